@@ -1,5 +1,12 @@
 """The Wan2.1 causal DiT and its components (text encoder, VAE), loaded from the official files."""
 
 from tokentrim.wan.config import PRESETS, WanConfig, get_preset
+from tokentrim.wan.kv_cache import KVCache
+from tokentrim.wan.loading import load_dit_checkpoint, read_dit_state_dict
+from tokentrim.wan.model import CausalWanModel, ContextCache, block_causal_mask, build_model
+from tokentrim.wan.scheduler import FlowMatchSchedule
 
-__all__ = ["PRESETS", "WanConfig", "get_preset"]
+__all__ = [
+    "PRESETS", "CausalWanModel", "ContextCache", "FlowMatchSchedule", "KVCache", "WanConfig",
+    "block_causal_mask", "build_model", "get_preset", "load_dit_checkpoint", "read_dit_state_dict",
+]  # fmt: skip

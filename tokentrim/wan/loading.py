@@ -1,0 +1,182 @@
+"""DiT checkpoint loading: Self Forcing / Rolling Forcing `.pt`, Wan base safetensors, Diffusers transformer folders.
+
+All three end as a flat dict with the original Wan names (spec §2.2) that is loaded strictly (spec §5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tokentrim.errors import UserError
+
+# Diffusers WanTransformer3DModel name -> original Wan name (the inverse of diffusers' converter, ecosystem §1.3).
+_DIFFUSERS_TO_WAN = [
+    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
+    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
+    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
+    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.self_attn.o."),
+    (r"^blocks\.(\d+)\.attn2\.to_out\.0\.", r"blocks.\1.cross_attn.o."),
+    (r"^blocks\.(\d+)\.attn1\.to_([qkv])\.", r"blocks.\1.self_attn.\2."),
+    (r"^blocks\.(\d+)\.attn2\.to_([qkv])\.", r"blocks.\1.cross_attn.\2."),
+    (r"^blocks\.(\d+)\.attn1\.norm_([qk])\.", r"blocks.\1.self_attn.norm_\2."),
+    (r"^blocks\.(\d+)\.attn2\.norm_([qk])\.", r"blocks.\1.cross_attn.norm_\2."),
+    (r"^blocks\.(\d+)\.norm2\.", r"blocks.\1.norm3."),
+    (r"^blocks\.(\d+)\.ffn\.net\.0\.proj\.", r"blocks.\1.ffn.0."),
+    (r"^blocks\.(\d+)\.ffn\.net\.2\.", r"blocks.\1.ffn.2."),
+    (r"^blocks\.(\d+)\.scale_shift_table$", r"blocks.\1.modulation"),
+    (r"^proj_out\.", "head.head."),
+    (r"^scale_shift_table$", "head.modulation"),
+]
+
+
+def diffusers_to_wan_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _DIFFUSERS_TO_WAN:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
+    """A folder with one `*.safetensors` file or a sharded `*.safetensors.index.json`."""
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise UserError(f"{folder}: shard files missing: {missing}; re-download the transformer folder")
+        sd = {}
+        for shard in shards:
+            sd.update(_read_safetensors(folder / shard))
+        return sd
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise UserError(f"{folder}: expected one .safetensors file or a shard index, found {len(files)} files")
+    return _read_safetensors(files[0])
+
+
+def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+    """Self Forcing / Rolling Forcing `.pt`: {"generator_ema" | "generator": wrapper state dict}."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}. "
+            "The file is corrupted or not a PyTorch checkpoint; download it again."
+        ) from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} holds a {type(raw).__name__}, not a state dict")
+    order = ["generator_ema", "generator"] if use_ema else ["generator"]
+    for name in order:
+        if name in raw and isinstance(raw[name], dict):
+            sd = raw[name]
+            break
+    else:
+        if all(isinstance(v, torch.Tensor) for v in raw.values()):
+            sd = raw  # a bare state dict
+        else:
+            wanted = " or ".join(repr(n) for n in order)
+            raise UserError(
+                f"{path} has no {wanted} entry (it has {sorted(raw)[:6]}). "
+                + ("" if use_ema else "Drop --no-ema to use 'generator_ema'. ")
+                + "Is this a Self Forcing / Rolling Forcing checkpoint?"
+            )
+    out = {}
+    for key, value in sd.items():
+        key = key.replace("_fsdp_wrapped_module.", "")
+        out[key.removeprefix("model.")] = value
+    return out
+
+
+def read_dit_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """Read any supported DiT checkpoint into original Wan key names."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"DiT checkpoint not found: {path}")
+    if path.is_dir():
+        sub = path / "transformer"
+        sd = _read_folder(sub if sub.is_dir() else path)
+    elif path.suffix == ".safetensors":
+        sd = _read_safetensors(path)
+    else:
+        sd = _read_training_checkpoint(path, use_ema)
+    sd = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
+    if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
+        sd = diffusers_to_wan_keys(sd)
+    return sd
+
+
+def _summarise(keys: list[str], limit: int = 5) -> str:
+    """Collapse block indices so 30 layers of the same key read as one line."""
+    patterns: dict[str, int] = {}
+    for key in keys:
+        pattern = re.sub(r"blocks\.\d+\.", "blocks.*.", key)
+        patterns[pattern] = patterns.get(pattern, 0) + 1
+    items = [f"{p} (x{n})" if n > 1 else p for p, n in list(patterns.items())[:limit]]
+    more = len(patterns) - limit
+    return ", ".join(items) + (f", and {more} more" if more > 0 else "")
+
+
+def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one UserError naming missing, unexpected and mis-shaped keys, with the likely cause."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    misshaped = [f"{k} {tuple(sd[k].shape)} != {expected[k]}" for k in expected if k in sd
+                 and tuple(sd[k].shape) != expected[k]]  # fmt: skip
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"checkpoint {source} does not match the model ({len(sd)} tensors, model expects {len(expected)}):"]
+    if missing:
+        lines.append(f"  missing {len(missing)}: {_summarise(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected {len(unexpected)}: {_summarise(unexpected)}")
+    if misshaped:
+        lines.append(f"  wrong shape {len(misshaped)}: {'; '.join(misshaped[:3])}")
+    if misshaped:
+        lines.append("Likely cause: the checkpoint is for another model size; check --preset / the config.json.")
+    elif missing and len(missing) == len(expected):
+        lines.append("Likely cause: this is not a Wan2.1 DiT checkpoint (e.g. a VAE or text-encoder file).")
+    else:
+        lines.append("Likely cause: a truncated or partial download; download the file again.")
+    raise UserError("\n".join(lines))
+
+
+def load_dit_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    use_ema: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Load a checkpoint strictly into `model` (built on the meta device or materialised).
+
+    As in the reference (spec §5): the weights are loaded in the checkpoint's precision (fp32 for the released
+    files), then the model is cast to `dtype` (round-to-nearest-even) and moved to `device`.
+    """
+    sd = read_dit_state_dict(path, use_ema=use_ema)
+    check_state_dict(model, sd, str(path))
+    on_meta = any(p.is_meta for p in model.parameters())
+    model.load_state_dict(sd, strict=True, assign=on_meta)
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    model.eval().requires_grad_(False)
+    return model

@@ -1,0 +1,50 @@
+"""Flow-matching schedule of the few-step samplers (spec §3.1–3.2).
+
+Table: s_i = linspace(1, 0, 1001)[i] for i < 1000 (float32), sigma_i = shift*s_i / (1 + (shift-1)*s_i),
+T_i = 1000*sigma_i. Convention: x_t = (1 - sigma) x0 + sigma eps, the model predicts v = eps - x0, so
+x0 = x_t - sigma v. Configured steps k are warped to T_ext[1000 - k] with T_ext = [T_0 .. T_999, 0].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+class FlowMatchSchedule:
+    def __init__(self, shift: float = 5.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS):
+        if shift <= 0:
+            raise ValueError(f"timestep shift must be positive, got {shift}")
+        self.shift = shift
+        n = num_train_timesteps
+        s = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float32)[:-1]
+        self.sigmas = shift * s / (1 + (shift - 1) * s)  # float32 [n], descending
+        self.timesteps = self.sigmas * n  # float32 [n]
+        self.num_train_timesteps = n
+
+    def warp(self, steps: Sequence[float]) -> torch.Tensor:
+        """Configured steps (e.g. [1000, 750, 500, 250]) -> the timesteps the model receives (float32)."""
+        extended = torch.cat([self.timesteps, torch.zeros(1)])
+        index = torch.tensor([self.num_train_timesteps - int(k) for k in steps])
+        if (index < 0).any() or (index > self.num_train_timesteps).any():
+            raise ValueError(f"denoising steps must lie in [0, {self.num_train_timesteps}], got {list(steps)}")
+        return extended[index]
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma of the table entry nearest to each timestep (float32, same shape as t)."""
+        table = self.timesteps.to(t.device)
+        index = (table[None, :] - t.reshape(-1, 1).float()).abs().argmin(dim=1)
+        return self.sigmas.to(t.device)[index].reshape(t.shape)
+
+    def to_x0(self, flow: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0 = x_t - sigma(t) v in float64, cast to the flow's dtype. flow, x_t `[B, F, C, H, W]`, t `[B, F]`."""
+        sigma = self.sigma(t).to(torch.float64)[..., None, None, None]
+        return (x_t.to(torch.float64) - sigma * flow.to(torch.float64)).to(flow.dtype)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(1 - sigma) x0 + sigma eps computed in float32, cast to the noise dtype. t `[B, F]`."""
+        sigma = self.sigma(t)[..., None, None, None]
+        return ((1 - sigma) * x0 + sigma * noise).to(noise.dtype)
