@@ -201,10 +201,15 @@ class CausalWanModel(nn.Module):
         if plan is not None:
             cache.finish(plan)
         # 5. head and unpatchify: (B, F, T, ph*pw*C) -> (B, F, C, H, W)
-        out = self.head(tokens, e.unflatten(0, (b, f)))
-        _, ph, pw = cfg.patch_size
-        out = out.reshape(b, f, cfg.grid_height, cfg.grid_width, ph, pw, cfg.out_dim)
-        return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, cfg.out_dim, h, w)
+        return unpatchify(self.head(tokens, e.unflatten(0, (b, f))), cfg)
+
+
+def unpatchify(out: torch.Tensor, cfg: WanConfig) -> torch.Tensor:
+    """(B, F, T, ph*pw*C) -> (B, F, C, H, W): channel o = (q*pw + r)*C + c of token (h, w) -> pixel (c, h*ph+q, w*pw+r)."""
+    b, f = out.shape[:2]
+    _, ph, pw = cfg.patch_size
+    out = out.reshape(b, f, cfg.grid_height, cfg.grid_width, ph, pw, cfg.out_dim)
+    return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, cfg.out_dim, cfg.latent_height, cfg.latent_width)
 
 
 def block_causal_mask(num_frames: int, frames_per_block: int, tokens_per_frame: int, device=None) -> torch.Tensor:

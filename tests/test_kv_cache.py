@@ -1,0 +1,156 @@
+"""KV-cache operations against hand-built expectations (spec §2.5, §2.6)."""
+
+import pytest
+import torch
+
+from tokentrim.wan import KVCache, get_preset
+from tokentrim.wan.rope import RopeTable
+
+C = get_preset("tiny")
+T = C.tokens_per_frame
+
+
+def tagged(frames, raw=False):
+    """Keys/values whose channel 0 holds the frame index and channel 1 the spatial index (channel 2: raw flag)."""
+    x = torch.zeros(1, len(frames) * T, C.num_heads, C.head_dim)
+    for i, f in enumerate(frames):
+        x[0, i * T : (i + 1) * T, :, 0] = f
+        x[0, i * T : (i + 1) * T, :, 1] = torch.arange(T, dtype=torch.float32)[:, None]
+    if raw:
+        x[..., 2] = 1.0
+    return x
+
+
+def call(cache, start, n, commit, rope=None):
+    """Run one model call's cache traffic for every layer; return (K, V) seen by layer 0."""
+    plan = cache.plan(start, n, commit, rope or RopeTable(C))
+    frames = list(range(start, start + n))
+    out = None
+    for layer in range(C.num_layers):
+        kv = cache.layer_kv(layer, plan, tagged(frames), tagged(frames, raw=True), tagged(frames))
+        out = out or kv
+    cache.finish(plan)
+    return out
+
+
+def frames_of(k):
+    """Frame tag of each key row, collapsed to one entry per run of equal tags."""
+    tags = k[0, :, 0, 0].tolist()
+    return [int(t) for i, t in enumerate(tags) if i == 0 or tags[i - 1] != t]
+
+
+def test_append_overwrite_and_read_order_self_forcing():
+    cache = KVCache(C, 1, 9, mode="self_forcing")
+    with torch.no_grad():
+        k, _ = call(cache, 0, 3, commit=False)  # a denoising step: written but not committed
+        assert cache.frame_indices == [] and frames_of(k) == [0, 1, 2]
+        call(cache, 0, 3, commit=True)
+        k, _ = call(cache, 3, 3, commit=False)
+    assert frames_of(k) == [0, 1, 2, 3, 4, 5]
+    assert cache.frame_indices == [0, 1, 2]
+    assert k.shape[1] == 6 * T
+    assert (k[0, :, 0, 2] == 0).all()  # Self Forcing stores rotated keys, never the raw ones
+
+
+def test_evict_keeps_sink_frames():
+    cache = KVCache(C, 1, 9, mode="self_forcing", pinned_frames=3)
+    with torch.no_grad():
+        for start in (0, 3, 6):
+            cache.make_room(3)
+            call(cache, start, 3, commit=True)
+        assert cache.make_room(3) == [3, 4, 5]
+        k, _ = call(cache, 9, 3, commit=True)
+        assert cache.make_room(3) == [6, 7, 8]
+        k, _ = call(cache, 12, 3, commit=False)
+    assert cache.frame_indices == [0, 1, 2, 9, 10, 11]
+    assert frames_of(k) == [0, 1, 2, 9, 10, 11, 12, 13, 14]
+    # the physical rows moved: rows of frame 9 now sit right after the sink
+    assert cache.k[0, 0, 3 * T, 0, 0] == 9
+
+
+def test_make_room_without_unpinned_frames_fails():
+    cache = KVCache(C, 1, 4, mode="self_forcing", pinned_frames=3)
+    with torch.no_grad():
+        call(cache, 0, 3, commit=True)
+    with pytest.raises(ValueError, match="cannot fit"):
+        cache.make_room(3)
+
+
+def test_remove_positions_from_unpinned_frames_in_every_layer():
+    cache = KVCache(C, 1, 12, mode="self_forcing", pinned_frames=3)
+    with torch.no_grad():
+        for start in (0, 3, 6):
+            call(cache, start, 3, commit=True)
+        removed = cache.remove_positions(torch.tensor([1, 5, 5]))
+        k, _ = call(cache, 9, 3, commit=False)
+    assert removed == 2 * 6  # 2 positions x 6 unpinned frames
+    for frame in range(9):
+        expected = list(range(T)) if frame < 3 else [n for n in range(T) if n not in (1, 5)]
+        assert cache.positions(frame).tolist() == expected
+    for layer in range(C.num_layers):
+        rows = cache.k[layer, 0, : cache.length, 0]
+        spatial = cache.k[layer, 0, : cache.length, 0, 1]
+        assert not ((rows[:, 0] >= 3) & ((spatial == 1) | (spatial == 5))).any()
+    assert k.shape[1] == 9 * T - 12 + 3 * T
+    # eviction after removal drops whole frames (by frame, not by token count)
+    with torch.no_grad():
+        cache.make_room(6)
+    assert cache.frame_indices == [0, 1, 2, 6, 7, 8]
+    assert cache.k[1, 0, 3 * T, 0, 0] == 6 and cache.k[1, 0, 3 * T, 0, 1] == 0
+
+
+def test_rolling_forcing_anchor_is_raw_and_overwritten_in_place():
+    cache = KVCache(C, 1, 24, mode="rolling_forcing", pinned_frames=3, attention_frames=21)
+    with torch.no_grad():
+        k, _ = call(cache, 0, 15, commit=False)  # head window: attends only to itself
+        assert k.shape[1] == 15 * T and cache.frame_indices == []
+        call(cache, 0, 3, commit=True)
+        call(cache, 0, 3, commit=True)  # the anchor is rewritten at later head windows
+    assert cache.frame_indices == [0, 1, 2]
+    assert (cache.k[:, 0, : 3 * T, 0, 2] == 1).all()  # raw (un-rotated) keys stored
+
+
+def _expected_anchor_freqs(rope, offset):
+    frames = torch.arange(offset, offset + 3).repeat_interleave(T)
+    return rope.token_freqs(frames, torch.arange(T).repeat(3))
+
+
+def test_rolling_forcing_anchor_offset_uses_working_frame_span():
+    rope = RopeTable(C)
+    cache = KVCache(C, 1, 24, mode="rolling_forcing", pinned_frames=3, attention_frames=21)
+    with torch.no_grad():
+        call(cache, 0, 3, commit=True)
+        for start in (3, 6, 9, 12, 15, 18):
+            cache.make_room(3)
+            call(cache, start, 3, commit=True)
+    # denoising window at frame 21 with 15 frames: budget 21 - 15 - 3 = 3 working frames (18..20)
+    plan = cache.plan(21, 15, False, rope)
+    assert [(s.start, s.end) for s in plan.reads] == [(0, 3 * T), (18 * T, 21 * T)]
+    torch.testing.assert_close(plan.reads[0].rope_freqs, _expected_anchor_freqs(rope, 21 - 3 - 3))
+    # a 9-frame tail window reads 9 working frames; the anchor moves back accordingly
+    plan = cache.plan(21, 9, False, rope)
+    assert (plan.reads[1].start, plan.reads[1].end) == (12 * T, 21 * T)
+    torch.testing.assert_close(plan.reads[0].rope_freqs, _expected_anchor_freqs(rope, 21 - 9 - 3))
+    # after removing tokens, the offset still counts frames (not tokens)
+    cache.remove_positions(torch.arange(0, T, 2))
+    plan = cache.plan(21, 15, False, rope)
+    assert plan.reads[1].end - plan.reads[1].start == 3 * (T // 2)
+    torch.testing.assert_close(plan.reads[0].rope_freqs, _expected_anchor_freqs(rope, 15))
+    assert cache.positions(0).tolist() == list(range(T))  # the anchor is never pruned
+
+
+def test_rolling_forcing_clean_pass_span():
+    rope = RopeTable(C)
+    cache = KVCache(C, 1, 24, mode="rolling_forcing", pinned_frames=3, attention_frames=21)
+    with torch.no_grad():
+        call(cache, 0, 3, commit=True)
+        for start in (3, 6, 9, 12, 15):
+            call(cache, start, 3, commit=True)
+        # 18 cached + 3 = 21: the anchor is read, rotated to its true frames 0..2
+        plan = cache.plan(18, 3, True, rope)
+        torch.testing.assert_close(plan.reads[0].rope_freqs, _expected_anchor_freqs(rope, 0))
+        assert (plan.reads[1].start, plan.reads[1].end) == (3 * T, 18 * T)
+        cache.finish(plan)
+        # 21 cached + 3 = 24 > 21: the anchor drops out of the clean pass
+        plan = cache.plan(21, 3, True, rope)
+    assert [(s.start, s.end, s.rope_freqs) for s in plan.reads] == [(3 * T, 21 * T, None)]
