@@ -1,0 +1,28 @@
+"""Model-agnostic TokenTrim: drift scoring, the accept/prune controller and FlowMo guidance.
+
+Imports torch only; the pipelines talk to it through `BlockHook` (see DEVELOPERS.md and docs/tokentrim.md).
+"""
+
+from .drift import latent_summary, num_unstable, token_drift, unstable_set
+from .flowmo import FlowMoConfig, applies, flowmo_guidance, motion_variance
+from .hook import BlockHook, Verdict
+from .stats import RunningStats
+from .trim import TokenTrim, TokenTrimConfig, decision_log, write_decision_log
+
+__all__ = [
+    "BlockHook",
+    "FlowMoConfig",
+    "RunningStats",
+    "TokenTrim",
+    "TokenTrimConfig",
+    "Verdict",
+    "applies",
+    "decision_log",
+    "flowmo_guidance",
+    "latent_summary",
+    "motion_variance",
+    "num_unstable",
+    "token_drift",
+    "unstable_set",
+    "write_decision_log",
+]

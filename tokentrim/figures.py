@@ -1,0 +1,252 @@
+"""Figures from TokenTrim runs: drift severity curves from decision logs, per-token drift heatmaps from latents.
+
+Uses matplotlib's object API (Figure + the Agg canvas), so no pyplot state and no display are involved. PNGs
+are written to a temporary name in the target folder and renamed when complete.
+`register(subparsers)` adds the `figure drift` / `figure heatmap` commands; each sets `args.func(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tokentrim.errors import UserError
+from tokentrim_core import latent_summary, token_drift
+
+# Pixel frames per latent frame of the Wan VAE (video T = 1 + 4 (F - 1)); latent frame f is shown as frame 4f.
+_VAE_TIME_STRIDE = 4
+
+
+def _save_png(fig: Figure, out_png: str | os.PathLike) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _check_log(log: object, name: str) -> dict:
+    if not isinstance(log, dict) or not isinstance(log.get("blocks"), list):
+        raise UserError(
+            f"{name} is not a TokenTrim decision log: expected a JSON object with a 'blocks' list"
+        )
+    return log
+
+
+def plot_drift(
+    log: dict | Sequence[dict], out_png: str | os.PathLike, labels: Sequence[str] | None = None
+) -> Path:
+    """Drift severity D_t per block, with the armed band mu..mu + lam·sigma, prune events and warm-up.
+
+    `log` is one decision log ({"config": ..., "blocks": [...]}) or a list of them, overlaid (e.g. baseline vs
+    TokenTrim). A prune is drawn as a cross at D_t joined to a hollow circle at the regenerated block's D*.
+    """
+    logs = [log] if isinstance(log, dict) else list(log)
+    if not logs:
+        raise UserError("plot_drift needs at least one decision log")
+    logs = [_check_log(lg, f"log {i}") for i, lg in enumerate(logs)]
+    if labels is None:
+        labels = [("TokenTrim" if lg.get("config", {}).get("enabled", True) else "baseline") for lg in logs]
+    fig = Figure(figsize=(10, 4))
+    ax = fig.add_subplot()
+    warm = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("action") == "warmup"})
+    for i, b in enumerate(warm):
+        ax.axvspan(b - 0.5, b + 0.5, color="0.9", zorder=0, label="warm-up" if i == 0 else None)
+    for i, (lg, label) in enumerate(zip(logs, labels, strict=True)):
+        color = f"C{i}"
+        scored = [r for r in lg["blocks"] if r.get("severity") is not None]
+        ax.plot(
+            [r["block"] for r in scored],
+            [r["severity"] for r in scored],
+            "o-",
+            ms=3,
+            color=color,
+            label=label,
+        )
+        armed = [r for r in scored if r.get("threshold") is not None]
+        if armed:
+            xs = [r["block"] for r in armed]
+            ax.fill_between(
+                xs,
+                [r["mean"] for r in armed],
+                [r["threshold"] for r in armed],
+                color=color,
+                alpha=0.15,
+                step="mid",
+                label=f"{label}: mean .. threshold",
+            )
+            ax.plot(xs, [r["threshold"] for r in armed], "--", color=color, lw=1, drawstyle="steps-mid")
+        pruned = [r for r in scored if r.get("action") == "prune"]
+        for j, r in enumerate(pruned):
+            ax.plot(
+                r["block"],
+                r["severity"],
+                "x",
+                color="red",
+                ms=9,
+                mew=2,
+                label="prune (D_t)" if i == j == 0 else None,
+            )
+            if r.get("regenerated_severity") is not None:
+                ax.plot([r["block"]] * 2, [r["severity"], r["regenerated_severity"]], ":", color="red", lw=1)
+                ax.plot(
+                    r["block"],
+                    r["regenerated_severity"],
+                    "o",
+                    mfc="none",
+                    color="red",
+                    ms=7,
+                    label="regenerated (D*)" if i == j == 0 else None,
+                )
+    ax.set_xlabel("block")
+    ax.set_ylabel("drift severity D_t")
+    ax.set_title("TokenTrim drift severity (top-p mean token drift)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _save_png(fig, out_png)
+
+
+def block_drift_maps(
+    latents: torch.Tensor, patch: tuple[int, int], frames_per_block: int = 3
+) -> torch.Tensor:
+    """Per-token drift between consecutive blocks' summaries (Eq. 3–5), as maps on the token grid.
+
+    Frames past the last full block are ignored. Shapes: latents [F, C, H, W] or [1, F, C, H, W]
+    -> [n_blocks - 1, H/ph, W/pw]; map i compares block i + 1 with block i.
+    """
+    if latents.ndim == 5 and latents.shape[0] == 1:
+        latents = latents[0]
+    if latents.ndim != 4:
+        raise UserError(f"latents must be [F, C, H, W] or [1, F, C, H, W], got shape {tuple(latents.shape)}")
+    ph, pw = patch
+    if frames_per_block < 1 or ph < 1 or pw < 1 or latents.shape[-2] % ph or latents.shape[-1] % pw:
+        raise UserError(
+            f"latent grid {tuple(latents.shape[-2:])} must split into patches {patch} and frames_per_block must be"
+            f" >= 1 (got {frames_per_block})"
+        )
+    n_blocks = latents.shape[0] // frames_per_block
+    if n_blocks < 2:
+        raise UserError(
+            f"need at least 2 blocks of {frames_per_block} latent frames, got {latents.shape[0]} frames"
+        )
+    grid = (latents.shape[-2] // ph, latents.shape[-1] // pw)
+    blocks = latents[: n_blocks * frames_per_block].reshape(n_blocks, frames_per_block, *latents.shape[1:])
+    z = latent_summary(blocks, patch)  # (n_blocks, N, D): each block is one "batch" row
+    return token_drift(z[1:], z[:-1]).reshape(n_blocks - 1, *grid)
+
+
+def plot_heatmap(
+    latents: torch.Tensor,
+    patch: tuple[int, int],
+    out_png: str | os.PathLike,
+    frames_per_block: int = 3,
+    frames: np.ndarray | None = None,
+) -> Path:
+    """A grid of per-token drift heatmaps, one per block transition (the paper's Fig. 2 style).
+
+    With `frames` (decoded video, uint8 [T, H, W, 3]) each map is stretched over the block's last frame (latent
+    frame f is video frame min(T - 1, 4f)) and drawn half-transparent on top of it. One colour scale for all.
+    """
+    maps = block_drift_maps(latents, patch, frames_per_block).numpy()
+    n = maps.shape[0]
+    ncols = min(n, 6)
+    nrows = math.ceil(n / ncols)
+    aspect = maps.shape[1] / maps.shape[2] if frames is None else frames.shape[1] / frames.shape[2]
+    fig = Figure(figsize=(2.6 * ncols + 1, 2.6 * nrows * aspect + 0.6))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    vmax = float(maps.max()) or 1.0
+    image = None
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        block = i + 1
+        kwargs = {"cmap": "inferno", "vmin": 0.0, "vmax": vmax, "interpolation": "nearest"}
+        if frames is not None:
+            last_latent = (block + 1) * frames_per_block - 1
+            frame = frames[min(frames.shape[0] - 1, _VAE_TIME_STRIDE * last_latent)]
+            ax.imshow(frame)
+            h, w = frame.shape[:2]
+            image = ax.imshow(maps[i], extent=(0, w, h, 0), alpha=0.55, **kwargs)
+        else:
+            image = ax.imshow(maps[i], **kwargs)
+        ax.set_title(f"block {block} vs {block - 1}", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="token drift ||Z_t - Z_t-1||")
+    return _save_png(fig, out_png)
+
+
+def _load_log(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise UserError(f"decision log not found: {path}") from err
+    try:
+        log = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); pass a decisions JSON written by a run") from err
+    return _check_log(log, str(path))
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    logs = [_load_log(p) for p in args.logs]
+    plot_drift(logs, args.output, labels=[p.stem for p in args.logs] if len(logs) > 1 else None)
+    return 0
+
+
+def _cmd_heatmap(args: argparse.Namespace) -> int:
+    if not args.latents.is_file():
+        raise UserError(f"latents file not found: {args.latents}")
+    try:
+        latents = torch.load(args.latents, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a non-tensor or corrupt file
+        raise UserError(f"cannot load {args.latents} as a torch-saved tensor: {err}") from err
+    if not isinstance(latents, torch.Tensor):
+        raise UserError(f"{args.latents} holds a {type(latents).__name__}, expected a [F, C, H, W] tensor")
+    frames = None
+    if args.video is not None:
+        from tokentrim.video import read_video
+
+        frames, _ = read_video(args.video)
+    plot_heatmap(latents.float(), tuple(args.patch), args.output, args.frames_per_block, frames)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `figure drift` and `figure heatmap` to the CLI; handlers are set as `args.func`."""
+    figure = subparsers.add_parser("figure", help="plot drift curves or per-token drift heatmaps")
+    kinds = figure.add_subparsers(dest="figure_kind", required=True)
+    drift = kinds.add_parser("drift", help="drift severity per block from decision logs (overlaid)")
+    drift.add_argument("logs", nargs="+", type=Path, help="decision log JSON file(s)")
+    drift.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    drift.set_defaults(func=_cmd_drift)
+    heat = kinds.add_parser("heatmap", help="per-token drift between consecutive blocks")
+    heat.add_argument("latents", type=Path, help="torch-saved latents [F, C, H, W] or [1, F, C, H, W]")
+    heat.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    heat.add_argument("--video", type=Path, default=None, help="decoded video to draw the maps over")
+    heat.add_argument(
+        "--patch",
+        type=int,
+        nargs=2,
+        default=[2, 2],
+        metavar=("PH", "PW"),
+        help="DiT patch (default: Wan2.1's 2 2)",
+    )
+    heat.add_argument("--frames-per-block", type=int, default=3, help="latent frames per block (default 3)")
+    heat.set_defaults(func=_cmd_heatmap)

@@ -1,0 +1,52 @@
+"""The typed interface between a sampling loop and the TokenTrim controller.
+
+A pipeline calls `propose` once per block with the candidate block's final x0, before the block is committed
+to the KV cache. If the verdict says prune, the pipeline removes `positions` (spatial indices n = h * grid_w + w)
+from the cached frames it is allowed to prune, regenerates the block, and calls `regenerated` with the new x0;
+it repeats while that verdict also says prune. Then it commits the accepted block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class Verdict:
+    """What the hook asks the pipeline to do with the current block.
+
+    prune: remove `positions` from the temporal KV cache and regenerate the block.
+    positions: long [k], sorted spatial token indices to remove, or None when prune is False.
+    """
+
+    prune: bool
+    positions: torch.Tensor | None = None
+
+
+@runtime_checkable
+class BlockHook(Protocol):
+    """Accept / prune-and-regenerate decisions, one block at a time."""
+
+    def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
+        """Judge a candidate block. x0 [B, F_block, C, H, W]: the block's final x0; `frames` its latent frames.
+
+        Called once per block, before the block is committed to the cache.
+        """
+        ...
+
+    def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
+        """Judge the block regenerated after pruning; x0 [B, F_block, C, H, W] is the new candidate.
+
+        tokens_removed: cache tokens the pipeline removed for this regeneration (positions x cached frames).
+        regenerations: regenerations done for this block so far, this one included (1 for the first).
+        Returns prune=True only to prune and regenerate again, which needs regenerations < max_regen.
+        """
+        ...
+
+    @property
+    def records(self) -> list[dict]:
+        """One JSON-serialisable dict per block, in call order."""
+        ...

@@ -1,0 +1,235 @@
+"""The TokenTrim controller: drift-triggered KV-cache pruning with one regeneration (paper §4, Algorithm 1).
+
+Decision rule, block by block (block = one AR chunk; indices count from 0):
+1. Block 0 has no previous block: action "warmup", severity None; its summary becomes Z_prev.
+2. The first `warmup` blocks that have a drift value (blocks 1..warmup) are accepted as "warmup"; their
+   severity D_t enters the statistics. A block is also accepted as "warmup" while no value has been accepted.
+3. Later blocks: "prune" if D_t > mu + lam·sigma (strict, Eq. 8), else "accept" and D_t enters the statistics.
+4. After a prune the pipeline regenerates the block and calls `regenerated`. The regenerated block's severity
+   D* is measured against the same Z_prev. With max_regen = 1 (the paper's R = 1) it is accepted as is; with
+   max_regen > 1 it is pruned again (with its own unstable set) while D* is still above the threshold. The
+   accepted block becomes Z_prev, and the statistics receive D* ("regenerated"), D_t ("candidate") or
+   nothing ("skip"), per `stats_after_regen`.
+With enabled=False every block is scored and recorded with action "off" and nothing is pruned; the statistics
+still accumulate every severity, so a baseline log shows where the threshold would have been.
+With max_regen = 0 nothing is regenerated: a block above the threshold is accepted (detection only) with
+"triggered": True in its record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .drift import latent_summary, token_drift, unstable_set
+from .hook import Verdict
+from .stats import RunningStats
+
+STATS_AFTER_REGEN = ("regenerated", "candidate", "skip")
+REGEN_NOISE = ("same", "fresh")
+
+
+@dataclass(frozen=True)
+class TokenTrimConfig:
+    """TokenTrim settings; defaults are the paper's (p = 0.1, lambda = 2, T_warm = 2, R = 1).
+
+    regen_noise is read by the pipelines: "same" regenerates a pruned block from the noise of its first
+    attempt, "fresh" draws new noise. The controller itself does not use it.
+    """
+
+    enabled: bool = True
+    p: float = 0.1
+    lam: float = 2.0
+    warmup: int = 2
+    max_regen: int = 1
+    stats_after_regen: str = "regenerated"
+    regen_noise: str = "same"
+    min_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        if isinstance(self.p, bool) or not isinstance(self.p, int | float) or not 0.0 < self.p < 1.0:
+            raise ValueError(f"p must be a number with 0 < p < 1, got {self.p!r}")
+        if (
+            isinstance(self.lam, bool)
+            or not isinstance(self.lam, int | float)
+            or not 0.0 <= self.lam < math.inf
+        ):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+        for name in ("warmup", "max_regen"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.stats_after_regen not in STATS_AFTER_REGEN:
+            raise ValueError(
+                f"stats_after_regen must be one of {STATS_AFTER_REGEN}, got {self.stats_after_regen!r}"
+            )
+        if self.regen_noise not in REGEN_NOISE:
+            raise ValueError(f"regen_noise must be one of {REGEN_NOISE}, got {self.regen_noise!r}")
+        if (
+            isinstance(self.min_std, bool)
+            or not isinstance(self.min_std, int | float)
+            or not 0.0 <= self.min_std < math.inf
+        ):
+            raise ValueError(f"min_std must be a finite number >= 0, got {self.min_std!r}")
+
+
+@dataclass
+class _Pending:
+    """A pruned block waiting for its regeneration."""
+
+    record: dict
+    severity: float
+    threshold: float
+
+
+class TokenTrim:
+    """BlockHook implementing TokenTrim. One instance per video (or call `reset`).
+
+    patch: the DiT patch (ph, pw); the token grid it defines must be the KV cache's spatial grid.
+    """
+
+    def __init__(self, config: TokenTrimConfig, patch: tuple[int, int]) -> None:
+        if len(patch) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
+            raise ValueError(f"patch must be two ints >= 1, got {patch!r}")
+        self.config = config
+        self.patch = (patch[0], patch[1])
+        self.stats = RunningStats(min_std=config.min_std)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous block, the statistics and the records (start a new video)."""
+        self.stats.reset()
+        self._z_prev: torch.Tensor | None = None  # (B, N, D) summary of the last accepted block
+        self._drift_blocks = 0  # blocks seen that had a drift value
+        self._pending: _Pending | None = None
+        self._records: list[dict] = []
+
+    @property
+    def records(self) -> list[dict]:
+        return list(self._records)
+
+    def decision_log(self) -> dict:
+        return decision_log(self.config, self._records)
+
+    def _score(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float | None, float]:
+        """Summary, unstable set and severity of a candidate (Eq. 3–7), and the time it took in ms."""
+        start = time.perf_counter()
+        z = latent_summary(x0, self.patch)
+        positions, severity = None, None
+        if self._z_prev is not None:
+            positions, d_t = unstable_set(token_drift(z, self._z_prev), self.config.p)
+            severity = d_t.item()  # the one host sync the decision needs
+        return z, positions, severity, (time.perf_counter() - start) * 1e3
+
+    def _stats_snapshot(self) -> tuple[float | None, float | None]:
+        if self.stats.count == 0:
+            return None, None
+        return self.stats.mean, self.stats.std
+
+    def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
+        """Judge the candidate block (see the module docstring). x0 [B, F_block, C, H, W]."""
+        assert self._pending is None, (
+            f"propose(block={block}) while block {self._pending.record['block']} is pending"
+        )
+        cfg = self.config
+        z, positions, severity, ms = self._score(x0)
+        mean, std = self._stats_snapshot()
+        record = {
+            "block": int(block),
+            "frames": [frames.start, frames.stop],
+            "action": "off",
+            "triggered": False,
+            "severity": severity,
+            "mean": mean,
+            "std": std,
+            "threshold": None,
+            "pruned_positions": [],
+            "tokens_removed": 0,
+            "regenerated_severity": None,
+            "regenerations": 0,
+            "score_ms": ms,
+        }
+        self._records.append(record)
+        if severity is None:  # block 0: nothing to compare with
+            record["action"] = "off" if not cfg.enabled else "warmup"
+        elif not cfg.enabled:
+            self.stats.update(severity)
+        elif self._drift_blocks < cfg.warmup or self.stats.count == 0:
+            record["action"] = "warmup"
+            self.stats.update(severity)
+        else:
+            threshold = self.stats.threshold(cfg.lam)
+            record["threshold"] = threshold
+            record["triggered"] = severity > threshold
+            if record["triggered"] and cfg.max_regen > 0:
+                record["action"] = "prune"
+                record["pruned_positions"] = positions.tolist()
+                self._pending = _Pending(record=record, severity=severity, threshold=threshold)
+                return Verdict(prune=True, positions=positions)
+            record["action"] = "accept"
+            self.stats.update(severity)
+        if severity is not None:
+            self._drift_blocks += 1
+        self._z_prev = z
+        return Verdict(prune=False)
+
+    def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
+        """Judge the regenerated block against the same Z_prev; accept it unless another round is allowed."""
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError(
+                f"regenerated(block={block}) called but no block is waiting for a regeneration"
+            )
+        record = pending.record
+        assert block == record["block"], f"regenerated(block={block}) but block {record['block']} is pending"
+        assert regenerations == record["regenerations"] + 1, (
+            f"regenerations={regenerations}, expected {record['regenerations'] + 1}"
+        )
+        z, positions, severity, ms = self._score(x0)
+        record["score_ms"] += ms
+        record["tokens_removed"] += int(tokens_removed)
+        record["regenerations"] = regenerations
+        record["regenerated_severity"] = severity
+        if severity > pending.threshold and regenerations < self.config.max_regen:
+            record["pruned_positions"] = sorted(set(record["pruned_positions"]) | set(positions.tolist()))
+            return Verdict(prune=True, positions=positions)
+        mode = self.config.stats_after_regen
+        if mode == "regenerated":
+            self.stats.update(severity)
+        elif mode == "candidate":
+            self.stats.update(pending.severity)
+        self._drift_blocks += 1
+        self._z_prev = z
+        self._pending = None
+        return Verdict(prune=False)
+
+
+def decision_log(config: TokenTrimConfig, records: Sequence[dict]) -> dict:
+    """The JSON document of a run: {"config": {...}, "blocks": [one record per block]}."""
+    return {"config": dataclasses.asdict(config), "blocks": [dict(r) for r in records]}
+
+
+def write_decision_log(path: str | os.PathLike, log: dict) -> None:
+    """Write `log` as JSON atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(log, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
