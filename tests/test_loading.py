@@ -53,7 +53,9 @@ def test_training_checkpoint_ema_and_generator(tmp_path, tiny_config, source):
     ema = {k.replace("blocks.0.", "blocks.0._fsdp_wrapped_module."): v for k, v in ema.items()}
     other = build_model(tiny_config, seed=12)
     path = tmp_path / "self_forcing_dmd.pt"
-    torch.save({"generator_ema": ema, "generator": {f"model.{k}": v for k, v in other.state_dict().items()}}, path)
+    torch.save(
+        {"generator_ema": ema, "generator": {f"model.{k}": v for k, v in other.state_dict().items()}}, path
+    )
     loaded = load_dit_checkpoint(build_model(tiny_config, device="meta"), path)
     assert_same_weights(loaded, source)
     loaded = load_dit_checkpoint(build_model(tiny_config, device="meta"), path, use_ema=False)

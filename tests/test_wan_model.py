@@ -132,7 +132,9 @@ def test_block_causal_equivalence(tiny_config, batch):
         steps = []
         for j in range(3):
             sl = slice(3 * j, 3 * j + 3)
-            model(x[:, sl] + 1.0, t[:, sl], ctx, cache=cache, start_frame=3 * j)  # a denoising call: no commit
+            model(
+                x[:, sl] + 1.0, t[:, sl], ctx, cache=cache, start_frame=3 * j
+            )  # a denoising call: no commit
             steps.append(model(x[:, sl], t[:, sl], ctx, cache=cache, start_frame=3 * j, commit=True))
         unmasked = model(x, t, ctx)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)

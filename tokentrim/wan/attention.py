@@ -48,7 +48,9 @@ def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise UserError(f"attention backend {name!r} is unknown; choose one of {BACKENDS}")
     if name == "flash" and not flash_available():
-        raise UserError("attention backend 'flash' needs flash-attn: pip install 'tokentrim[flash]' (CUDA only)")
+        raise UserError(
+            "attention backend 'flash' needs flash-attn: pip install 'tokentrim[flash]' (CUDA only)"
+        )
     return name
 
 

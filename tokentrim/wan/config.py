@@ -49,7 +49,9 @@ class WanConfig:
         if self.dim % self.num_heads:
             raise ValueError(f"WanConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.head_dim % 2 or self.rope_dims[1] == 0:
-            raise ValueError(f"WanConfig head dim {self.head_dim} must be even and at least 6 for the 3-D RoPE")
+            raise ValueError(
+                f"WanConfig head dim {self.head_dim} must be even and at least 6 for the 3-D RoPE"
+            )
         if self.freq_dim % 2:
             raise ValueError(f"WanConfig.freq_dim must be even, got {self.freq_dim}")
         if len(self.patch_size) != 3 or self.patch_size[0] != 1:
@@ -60,7 +62,9 @@ class WanConfig:
                 f"latent grid {self.latent_height}x{self.latent_width} is not divisible by the patch {ph}x{pw}"
             )
         if not self.qk_norm or not self.cross_attn_norm:
-            raise ValueError("only qk_norm=True and cross_attn_norm=True (the Wan2.1 T2V models) are supported")
+            raise ValueError(
+                "only qk_norm=True and cross_attn_norm=True (the Wan2.1 T2V models) are supported"
+            )
 
     # Derived sizes ------------------------------------------------------------------------------------------
     @property
@@ -138,7 +142,9 @@ class WanConfig:
         except json.JSONDecodeError as err:
             raise UserError(f"{path} is not valid JSON ({err}); re-download the model's config.json") from err
         if raw.get("model_type", "t2v") != "t2v":
-            raise UserError(f"{path}: model_type {raw['model_type']!r} is not supported; use a Wan2.1 T2V model")
+            raise UserError(
+                f"{path}: model_type {raw['model_type']!r} is not supported; use a Wan2.1 T2V model"
+            )
         return cls.from_dict(raw, **overrides)
 
 
@@ -146,8 +152,15 @@ PRESETS: dict[str, WanConfig] = {
     "wan2.1-t2v-1.3b": WanConfig(),
     # Same code path at toy size: 2 layers, 2 heads of 24 channels, an 8x12 latent grid (4x6 = 24 tokens/frame).
     "tiny": WanConfig(
-        dim=48, ffn_dim=96, freq_dim=32, num_heads=2, num_layers=2, text_len=16, text_dim=32,
-        latent_height=8, latent_width=12,
+        dim=48,
+        ffn_dim=96,
+        freq_dim=32,
+        num_heads=2,
+        num_layers=2,
+        text_len=16,
+        text_dim=32,
+        latent_height=8,
+        latent_width=12,
     ),  # fmt: skip
 }
 PRESETS_DOC = {

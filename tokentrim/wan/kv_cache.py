@@ -77,13 +77,21 @@ class KVCache:
         if mode not in MODES:
             raise ValueError(f"KVCache mode must be one of {MODES}, got {mode!r}")
         if not 0 <= pinned_frames < capacity_frames:
-            raise ValueError(f"pinned_frames ({pinned_frames}) must be in [0, capacity_frames={capacity_frames})")
+            raise ValueError(
+                f"pinned_frames ({pinned_frames}) must be in [0, capacity_frames={capacity_frames})"
+            )
         self.mode = mode
         self.tokens_per_frame = config.tokens_per_frame
         self.capacity_frames = capacity_frames
         self.pinned_frames = pinned_frames
         self.attention_frames = attention_frames or capacity_frames
-        shape = (config.num_layers, batch, capacity_frames * self.tokens_per_frame, config.num_heads, config.head_dim)
+        shape = (
+            config.num_layers,
+            batch,
+            capacity_frames * self.tokens_per_frame,
+            config.num_heads,
+            config.head_dim,
+        )
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.frames: list[CachedFrame] = []
@@ -195,7 +203,9 @@ class KVCache:
         freqs = rope.token_freqs(frames.to(device), spatial.to(device))
         return Segment(0, sum(f.rows for f in anchor), freqs)
 
-    def _plan_rolling_forcing(self, start_frame: int, num_frames: int, commit: bool, rope: RopeTable) -> CallPlan:
+    def _plan_rolling_forcing(
+        self, start_frame: int, num_frames: int, commit: bool, rope: RopeTable
+    ) -> CallPlan:
         anchor_frames = sum(f.pinned for f in self.frames)
         if start_frame == 0:
             # A call that starts at frame 0 attends only to itself; committing it stores the raw anchor.

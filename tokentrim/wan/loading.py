@@ -69,7 +69,9 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
         return sd
     files = sorted(folder.glob("*.safetensors"))
     if len(files) != 1:
-        raise UserError(f"{folder}: expected one .safetensors file or a shard index, found {len(files)} files")
+        raise UserError(
+            f"{folder}: expected one .safetensors file or a shard index, found {len(files)} files"
+        )
     return _read_safetensors(files[0])
 
 
@@ -144,7 +146,9 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
                  and tuple(sd[k].shape) != expected[k]]  # fmt: skip
     if not (missing or unexpected or misshaped):
         return
-    lines = [f"checkpoint {source} does not match the model ({len(sd)} tensors, model expects {len(expected)}):"]
+    lines = [
+        f"checkpoint {source} does not match the model ({len(sd)} tensors, model expects {len(expected)}):"
+    ]
     if missing:
         lines.append(f"  missing {len(missing)}: {_summarise(missing)}")
     if unexpected:
@@ -152,7 +156,9 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
     if misshaped:
         lines.append(f"  wrong shape {len(misshaped)}: {'; '.join(misshaped[:3])}")
     if misshaped:
-        lines.append("Likely cause: the checkpoint is for another model size; check --preset / the config.json.")
+        lines.append(
+            "Likely cause: the checkpoint is for another model size; check --preset / the config.json."
+        )
     elif missing and len(missing) == len(expected):
         lines.append("Likely cause: this is not a Wan2.1 DiT checkpoint (e.g. a VAE or text-encoder file).")
     else:

@@ -78,7 +78,9 @@ class WanBlock(nn.Module):
         self.norm3 = nn.LayerNorm(config.dim, eps=config.eps, elementwise_affine=True)
         self.cross_attn = Attention(config)
         self.ffn = nn.Sequential(
-            nn.Linear(config.dim, config.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(config.ffn_dim, config.dim)
+            nn.Linear(config.dim, config.ffn_dim),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(config.ffn_dim, config.dim),
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, config.dim) / math.sqrt(config.dim))
 
@@ -178,7 +180,9 @@ class CausalWanModel(nn.Module):
         cfg = self.config
         b, f, _, h, w = x.shape
         if (h, w) != (cfg.latent_height, cfg.latent_width):
-            raise ValueError(f"latents are {h}x{w}, the model config expects {cfg.latent_height}x{cfg.latent_width}")
+            raise ValueError(
+                f"latents are {h}x{w}, the model config expects {cfg.latent_height}x{cfg.latent_width}"
+            )
         if start_frame + f > cfg.rope_max_seq_len:
             raise ValueError(f"frames up to {start_frame + f} exceed the RoPE table ({cfg.rope_max_seq_len})")
         dtype = self.patch_embedding.weight.dtype
@@ -212,7 +216,9 @@ def unpatchify(out: torch.Tensor, cfg: WanConfig) -> torch.Tensor:
     return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, cfg.out_dim, cfg.latent_height, cfg.latent_width)
 
 
-def block_causal_mask(num_frames: int, frames_per_block: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+def block_causal_mask(
+    num_frames: int, frames_per_block: int, tokens_per_frame: int, device=None
+) -> torch.Tensor:
     """Boolean `[L, L]` mask: a token of block b attends to every token of blocks <= b."""
     block = torch.arange(num_frames, device=device).div(frames_per_block, rounding_mode="floor")
     block = block.repeat_interleave(tokens_per_frame)

@@ -30,7 +30,9 @@ class FlowMatchSchedule:
         extended = torch.cat([self.timesteps, torch.zeros(1)])
         index = torch.tensor([self.num_train_timesteps - int(k) for k in steps])
         if (index < 0).any() or (index > self.num_train_timesteps).any():
-            raise ValueError(f"denoising steps must lie in [0, {self.num_train_timesteps}], got {list(steps)}")
+            raise ValueError(
+                f"denoising steps must lie in [0, {self.num_train_timesteps}], got {list(steps)}"
+            )
         return extended[index]
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:

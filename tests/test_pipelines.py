@@ -1,0 +1,200 @@
+"""Loop structure, RNG order, cache consistency and input errors of both pipelines (spec §4)."""
+
+import pytest
+import torch
+
+from tokentrim.errors import UserError
+from tokentrim.pipelines import (
+    RollingForcingConfig,
+    RollingForcingPipeline,
+    SelfForcingConfig,
+    SelfForcingPipeline,  # fmt: skip
+)
+from tokentrim.wan import block_causal_mask, build_model, kv_cache
+from tokentrim.wan.rope import apply_rope
+
+SF_STEPS = [1000.0, 937.5, 833.33, 625.0]
+RF_STEPS = [1000.0, 952.38, 882.35, 769.23, 555.56]
+
+
+@pytest.fixture
+def model(tiny_config):
+    return build_model(tiny_config, seed=3)
+
+
+@pytest.fixture
+def embeds(tiny_config):
+    return torch.randn(1, 9, tiny_config.text_dim, generator=torch.Generator().manual_seed(5))
+
+
+def instrument(model):
+    """Record (start_frame, frames, per-frame timesteps, commit) for every DiT call."""
+    calls, forward = [], model.forward
+
+    def recording(x, t, context, cache=None, start_frame=0, commit=False, attn_mask=None):
+        calls.append((start_frame, x.shape[1], [round(v, 2) for v in t[0].tolist()], commit))
+        return forward(
+            x, t, context, cache=cache, start_frame=start_frame, commit=commit, attn_mask=attn_mask
+        )
+
+    model.forward = recording
+    return calls
+
+
+def record_draws(monkeypatch):
+    draws, randn = [], torch.randn
+
+    def recording(*args, **kwargs):
+        out = randn(*args, **kwargs)
+        draws.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch, "randn", recording)
+    return draws
+
+
+def test_self_forcing_calls_for_21_frames(model, embeds):
+    calls = instrument(model)
+    SelfForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    assert len(calls) == 7 * (4 + 1)
+    for j in range(7):
+        block = calls[5 * j : 5 * j + 5]
+        assert [c[0] for c in block] == [3 * j] * 5 and all(c[1] == 3 for c in block)
+        assert [c[2][0] for c in block] == SF_STEPS + [0.0]
+        assert [c[3] for c in block] == [False] * 4 + [True]
+
+
+def test_rolling_forcing_window_table_for_21_frames(model, embeds):
+    """The spec's F = 21 table: per window the frames, and each block's timestep oldest -> newest."""
+    table = [
+        (0, 3, [1000]), (0, 6, [952.38, 1000]), (0, 9, [882.35, 952.38, 1000]),
+        (0, 12, [769.23, 882.35, 952.38, 1000]), (0, 15, RF_STEPS[::-1]), (3, 18, RF_STEPS[::-1]),
+        (6, 21, RF_STEPS[::-1]), (9, 21, [555.56, 769.23, 882.35, 952.38]), (12, 21, [555.56, 769.23, 882.35]),
+        (15, 21, [555.56, 769.23]), (18, 21, [555.56]),
+    ]  # fmt: skip
+    calls = instrument(model)
+    RollingForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    assert len(calls) == 2 * (7 + 4)
+    for w, (s, e, per_block) in enumerate(table):
+        denoise, clean = calls[2 * w], calls[2 * w + 1]
+        assert denoise[:2] == (s, e - s) and not denoise[3]
+        assert denoise[2] == [t for t in per_block for _ in range(3)]
+        assert clean == (s, 3, [0.0, 0.0, 0.0], True)
+
+
+def test_rng_order_self_forcing(model, embeds, monkeypatch):
+    draws = record_draws(monkeypatch)
+    SelfForcingPipeline(model)(embeds, 9, seed=0, progress=False)
+    assert draws == [(1, 9, 16, 8, 12)] + [(1, 3, 16, 8, 12)] * (3 * 3)
+
+
+def test_rng_order_rolling_forcing(model, embeds, monkeypatch):
+    draws = record_draws(monkeypatch)
+    RollingForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    expected = [(1, 21, 16, 8, 12)]
+    for w in range(11):  # head windows draw w + 1 times; later ones (blocks - 1) times, full-window shapes
+        first, last = max(0, w - 4), min(6, w)
+        n = 3 * (last - first + 1)
+        count = w + 1 if w < 4 else last - first
+        expected += [(1, n, 16, 8, 12)] * count
+    assert draws == expected
+
+
+@pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
+def test_same_seed_same_latents_and_explicit_noise(model, embeds, pipeline):
+    a = pipeline(model)(embeds, 15, seed=7, progress=False).latents
+    b = pipeline(model)(embeds, 15, seed=7, progress=False).latents
+    c = pipeline(model)(embeds, 15, seed=8, progress=False).latents
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    gen = torch.Generator().manual_seed(7)
+    noise = torch.randn(1, 15, 16, 8, 12, generator=gen)
+    d = pipeline(model)(embeds, 15, noise=noise, generator=gen, progress=False).latents
+    assert torch.equal(a, d)
+
+
+def capture_caches(monkeypatch):
+    made, original = [], kv_cache.KVCache.__init__
+
+    def remember(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(kv_cache.KVCache, "__init__", remember)
+    return made
+
+
+def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, monkeypatch):
+    """The final cached keys/values equal a from-scratch block-causal pass over the accepted latents at t = 0."""
+    caches = capture_caches(monkeypatch)
+    out = SelfForcingPipeline(model)(embeds, 9, seed=1, progress=False)
+    cache = caches[0]
+    captured = {}
+    hooks = []
+    for n, blk in enumerate(model.blocks):
+        hooks.append(
+            blk.self_attn.norm_k.register_forward_hook(lambda m, i, o, n=n: captured.update({("k", n): o}))
+        )
+        hooks.append(
+            blk.self_attn.v.register_forward_hook(lambda m, i, o, n=n: captured.update({("v", n): o}))
+        )
+    ctx = model.encode_context(embeds)
+    with torch.no_grad():
+        model(
+            out.latents,
+            torch.zeros(1, 9),
+            ctx,
+            attn_mask=block_causal_mask(9, 3, tiny_config.tokens_per_frame),
+        )
+    for h in hooks:
+        h.remove()
+    freqs = model.rope.grid_freqs(0, 9, tiny_config.tokens_per_frame, "cpu")
+    heads = (tiny_config.num_heads, tiny_config.head_dim)
+    assert cache.frame_indices == list(range(9))
+    for n in range(tiny_config.num_layers):
+        k = apply_rope(captured[("k", n)].unflatten(-1, heads), freqs)
+        v = captured[("v", n)].unflatten(-1, heads)
+        torch.testing.assert_close(cache.k[n, :, : cache.length], k, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.v[n, :, : cache.length], v, rtol=1e-5, atol=1e-5)
+
+
+def test_self_forcing_long_rollout_evicts_with_sink(model, embeds):
+    calls = instrument(model)
+    config = SelfForcingConfig(cache_frames=9, sink_frames=3)
+    out = SelfForcingPipeline(model, config)(embeds, 24, seed=0, progress=False)
+    assert out.latents.shape[1] == 24 and torch.isfinite(out.latents).all()
+    assert [c[0] for c in calls if c[3]] == list(range(0, 24, 3))
+
+
+def test_self_forcing_sink_frames_stay(model, embeds, monkeypatch):
+    seen, original = [], kv_cache.KVCache.make_room
+
+    def spy(self, n):
+        evicted = original(self, n)
+        seen.append((evicted, list(self.frame_indices)))
+        return evicted
+
+    monkeypatch.setattr(kv_cache.KVCache, "make_room", spy)
+    SelfForcingPipeline(model, SelfForcingConfig(cache_frames=9, sink_frames=3))(
+        embeds, 18, seed=0, progress=False
+    )
+    assert seen[3] == ([3, 4, 5], [0, 1, 2, 6, 7, 8])
+    assert seen[5] == ([9, 10, 11], [0, 1, 2, 12, 13, 14])
+
+
+def test_input_errors(model, embeds):
+    with pytest.raises(UserError, match="multiple of 3"):
+        SelfForcingPipeline(model)(embeds, 10, seed=0, progress=False)
+    with pytest.raises(UserError, match="at least 15 latent frames"):
+        RollingForcingPipeline(model)(embeds, 12, seed=0, progress=False)
+    with pytest.raises(UserError, match="at most 1023 latent frames"):
+        SelfForcingPipeline(model)(embeds, 1026, seed=0, progress=False)
+    with pytest.raises(UserError, match="global cache"):
+        SelfForcingPipeline(model, SelfForcingConfig(rolling=False))(embeds, 24, seed=0, progress=False)
+    with pytest.raises(UserError, match="prompt_embeds"):
+        SelfForcingPipeline(model)(torch.randn(1, 9, 7), 9, seed=0, progress=False)
+    with pytest.raises(UserError, match="seed"):
+        SelfForcingPipeline(model)(embeds, 9, progress=False)
+    with pytest.raises(ValueError, match="sink_frames"):
+        SelfForcingConfig(cache_frames=3, sink_frames=3)
+    with pytest.raises(ValueError, match="attention_frames"):
+        RollingForcingConfig(cache_frames=20, attention_frames=21)
