@@ -1,0 +1,38 @@
+# Set-up is part of every target: `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build on a laptop / CI; on a CUDA machine the same pin resolves to the CUDA wheel of that version.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PRESET ?= toy
+OUT ?= outputs
+
+.PHONY: install test lint demo reproduce figures clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check tokentrim tokentrim_core tests scripts
+	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts
+
+demo: install
+	$(BIN)/tokentrim generate --preset toy --pipeline self_forcing --prompt "a red circle and a blue square bounce over a green striped background" \
+		--latent-frames 120 --seed 0 --out $(OUT)/demo.mp4 --save-latents
+	$(BIN)/tokentrim figure drift $(OUT)/demo.json -o $(OUT)/demo_drift.png
+	@echo "demo video: $(OUT)/demo.mp4   drift figure: $(OUT)/demo_drift.png   decision log: $(OUT)/demo.json"
+
+reproduce: install
+	$(BIN)/tokentrim reproduce --preset $(PRESET) --out results
+
+clean:
+	rm -rf $(VENV) outputs results .pytest_cache

@@ -1,0 +1,109 @@
+"""TokenTrim wired into both pipelines: bit-identity when it does nothing, and an injected corruption that is
+detected, pruned from the cache (never from the sink / anchor), and regenerated away."""
+
+import pytest
+import torch
+
+from tokentrim.pipelines import RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
+from tokentrim.wan import build_model, kv_cache
+from tokentrim_core import TokenTrim, TokenTrimConfig, Verdict
+
+CORRUPTED = [3, 10, 17]  # spatial token indices on the tiny 4x6 patch grid; p = 0.125 -> ceil(3.0) = 3
+
+
+@pytest.fixture
+def model(tiny_config):
+    return build_model(tiny_config, seed=4)
+
+
+@pytest.fixture
+def embeds(tiny_config):
+    return torch.randn(1, 8, tiny_config.text_dim, generator=torch.Generator().manual_seed(9))
+
+
+class Corrupting:
+    """Wraps a hook; adds a large offset to the candidate of one block at chosen token positions."""
+
+    def __init__(self, inner, block, positions, grid_width, patch=(2, 2)):
+        self.inner, self.block, self.positions = inner, block, positions
+        self.grid_width, self.patch = grid_width, patch
+        self.corrupted = None
+
+    def propose(self, block, frames, x0):
+        if block == self.block:
+            ph, pw = self.patch
+            for n in self.positions:
+                h, w = divmod(n, self.grid_width)
+                x0[:, :, :, h * ph : (h + 1) * ph, w * pw : (w + 1) * pw] += 25.0
+            self.corrupted = x0.clone()
+        return self.inner.propose(block, frames, x0)
+
+    def regenerated(self, block, x0, tokens_removed, regenerations) -> Verdict:
+        return self.inner.regenerated(block, x0, tokens_removed, regenerations)
+
+    @property
+    def records(self):
+        return self.inner.records
+
+
+def capture_cache(monkeypatch):
+    made, original = [], kv_cache.KVCache.__init__
+
+    def remember(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(kv_cache.KVCache, "__init__", remember)
+    return made
+
+
+@pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
+def test_disabled_or_idle_tokentrim_is_bit_identical(model, embeds, pipeline):
+    base = pipeline(model)(embeds, 18, seed=3, progress=False).latents
+    off = TokenTrim(TokenTrimConfig(enabled=False), (2, 2))
+    run_off = pipeline(model)(embeds, 18, seed=3, hook=off, progress=False)
+    idle = TokenTrim(TokenTrimConfig(lam=1e9), (2, 2))  # armed, never triggers
+    run_idle = pipeline(model)(embeds, 18, seed=3, hook=idle, progress=False)
+    assert torch.equal(base, run_off.latents) and torch.equal(base, run_idle.latents)
+    assert [r["action"] for r in run_off.records] == ["off"] * 6
+    assert [r["action"] for r in run_idle.records] == ["warmup"] * 3 + ["accept"] * 3
+
+
+def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(model, embeds, tiny_config, monkeypatch):
+    caches = capture_cache(monkeypatch)
+    config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
+    hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
+    sampler = SelfForcingConfig(cache_frames=21, sink_frames=3)
+    out = SelfForcingPipeline(model, sampler)(embeds, 18, seed=3, hook=hook, progress=False)
+    record = out.records[4]
+    assert record["action"] == "prune" and record["pruned_positions"] == CORRUPTED
+    assert record["tokens_removed"] == len(CORRUPTED) * 9  # 3 positions x 9 unpinned cached frames (3..11)
+    assert record["regenerated_severity"] < record["severity"] / 3
+    assert all(r["action"] != "prune" for i, r in enumerate(out.records) if i != 4)
+    cache = caches[0]
+    full = list(range(tiny_config.tokens_per_frame))
+    pruned = [n for n in full if n not in CORRUPTED]
+    for frame in cache.frame_indices:
+        expected = pruned if 3 <= frame < 12 else full  # sink 0..2 untouched; 12.. committed after the prune
+        assert cache.positions(frame).tolist() == expected
+    assert cache.length == 18 * tiny_config.tokens_per_frame - 27
+    # the accepted block 4 is the regenerated one, without the injected offset
+    assert (out.latents[:, 12:15] - hook.corrupted).abs().max() > 20
+
+
+def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, tiny_config, monkeypatch):
+    caches = capture_cache(monkeypatch)
+    config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
+    hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
+    out = RollingForcingPipeline(model)(embeds, 21, seed=3, hook=hook, progress=False)
+    record = out.records[4]
+    assert record["action"] == "prune" and record["pruned_positions"] == CORRUPTED
+    # at block 4's decision the cache holds the anchor (0..2) and working frames 3..11
+    assert record["tokens_removed"] == len(CORRUPTED) * 9
+    cache = caches[0]
+    full = list(range(tiny_config.tokens_per_frame))
+    for frame in (0, 1, 2):
+        assert cache.positions(frame).tolist() == full
+    for frame in range(3, 12):
+        assert cache.positions(frame).tolist() == [n for n in full if n not in CORRUPTED]
+    assert cache.positions(12).tolist() == full
