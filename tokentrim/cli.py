@@ -122,17 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text encoder after encoding: keep, move to CPU, or free")  # fmt: skip
     p.set_defaults(func=cmd_generate)
 
-    from tokentrim import figures
+    from tokentrim import bench, figures, reproduce
     from tokentrim.eval import command as eval_command
 
     eval_command.register(sub)
     figures.register(sub)
-    for name in ("bench", "reproduce"):
-        try:
-            module = __import__(f"tokentrim.{name}", fromlist=["register"])
-        except ImportError:
-            continue
-        module.register(sub)
+    bench.register(sub)
+    reproduce.register(sub)
     return parser
 
 

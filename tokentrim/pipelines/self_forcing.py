@@ -94,6 +94,7 @@ class SelfForcingPipeline:
         cache = KVCache(cfg, batch, self.config.cache_frames, mode="self_forcing",
                         pinned_frames=self.config.sink_frames, device=device, dtype=dtype)  # fmt: skip
         hook = hook or common.NoHook()
+        self._steps = self.timesteps.to(device)  # once per call: no host transfer inside the block loop
         output = torch.empty_like(noise)
         losses: list[list[float]] = []
         for j in tqdm(range(num_frames // block), desc="Self Forcing blocks", disable=not progress):
@@ -134,7 +135,7 @@ class SelfForcingPipeline:
         reference order: one `[B, 3, C, H, W]` standard-normal draw per step but the last.
         """
         used = []
-        steps = self.timesteps.to(x.device)
+        steps = self._steps
         shape = x.shape[:2]
         for i, step in enumerate(steps):
             t = step.expand(shape).to(torch.float32)

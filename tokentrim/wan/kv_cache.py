@@ -95,10 +95,12 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.frames: list[CachedFrame] = []
+        self._anchor_spatial: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     # Bookkeeping --------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.frames = []
+        self._anchor_spatial = None
 
     @property
     def length(self) -> int:
@@ -197,11 +199,21 @@ class KVCache:
     def _anchor_segment(self, offset: int, rope: RopeTable) -> Segment:
         """Pinned raw frames rotated to start at absolute frame `offset`."""
         anchor = [f for f in self.frames if f.pinned]
-        frames = torch.cat([torch.full((f.rows,), offset + i) for i, f in enumerate(anchor)])
-        spatial = torch.cat([f.spatial for f in anchor])
+        rows = [f.rows for f in anchor]
+        if offset < 0 or offset + len(anchor) > rope.max_frames:
+            raise ValueError(f"anchor offset {offset} is outside the RoPE table")
+        key = tuple(rows)
+        if self._anchor_spatial is None or self._anchor_spatial[0] != key:
+            # positions of the anchor's tokens, moved to the device once (the anchor never changes once full)
+            self._anchor_spatial = (key, torch.cat([f.spatial for f in anchor]).to(self.k.device))
         device = self.k.device
-        freqs = rope.token_freqs(frames.to(device), spatial.to(device))
-        return Segment(0, sum(f.rows for f in anchor), freqs)
+        if len(set(rows)) == 1:  # the usual case (a complete anchor): no host-to-device copy
+            frames = torch.arange(offset, offset + len(anchor), device=device).repeat_interleave(rows[0])
+        else:
+            frames = (
+                torch.arange(offset, offset + len(anchor)).repeat_interleave(torch.tensor(rows)).to(device)
+            )
+        return Segment(0, sum(rows), rope.token_freqs(frames, self._anchor_spatial[1]))
 
     def _plan_rolling_forcing(
         self, start_frame: int, num_frames: int, commit: bool, rope: RopeTable

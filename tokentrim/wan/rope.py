@@ -41,15 +41,19 @@ class RopeTable:
 
         frames, spatial: long `[L]` on the target device. Returns complex128 `[L, head_dim / 2]`.
         """
-        if frames.numel() and int(frames.max()) >= self.max_frames:
+        if frames.device.type == "cpu" and frames.numel() and int(frames.max()) >= self.max_frames:
             raise ValueError(f"latent frame {int(frames.max())} is beyond the RoPE table ({self.max_frames})")
-        t, h, w = self._on(frames.device)
+        t, h, w = self._on(frames.device)  # device inputs: callers check the range on the host (no sync)
         rows = torch.div(spatial, self.grid_width, rounding_mode="floor")
         cols = spatial - rows * self.grid_width
         return torch.cat([t[frames], h[rows], w[cols]], dim=1)
 
     def grid_freqs(self, start_frame: int, num_frames: int, tokens_per_frame: int, device) -> torch.Tensor:
         """Factors for `num_frames` full frames starting at absolute frame `start_frame`: `[F*T, head_dim/2]`."""
+        if start_frame < 0 or start_frame + num_frames > self.max_frames:
+            raise ValueError(
+                f"frames up to {start_frame + num_frames} are beyond the RoPE table ({self.max_frames})"
+            )
         frames = torch.arange(start_frame, start_frame + num_frames, device=device)
         frames = frames.repeat_interleave(tokens_per_frame)
         spatial = torch.arange(tokens_per_frame, device=device).repeat(num_frames)

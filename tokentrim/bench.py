@@ -1,0 +1,158 @@
+"""`tokentrim bench`: speed and memory of a pipeline, with and without TokenTrim, as JSON.
+
+Per-block latency (the device is synchronised at block boundaries only), video fps, time in drift scoring vs
+the rest (DiT), peak memory (CUDA max allocated, or the process's max RSS on CPU) and the regeneration rate.
+Warm-up runs are excluded. `--compare` alternates baseline and TokenTrim runs in one process and reports the
+wall-clock ratio TokenTrim / baseline as `overhead_ratio`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tokentrim.video import atomic_path
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.device) -> dict:
+    """One generation without decoding; per-block wall times measured at block boundaries."""
+    from tokentrim.generate import make_pipeline
+    from tokentrim_core.trim import TokenTrim
+
+    hook = TokenTrim(run.tokentrim, backend.model.config.patch_size[1:])
+    marks: list[float] = []
+
+    def on_block(start: int, x0: torch.Tensor) -> None:
+        _sync(device)
+        marks.append(time.perf_counter())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    kwargs = {"regen_noise": run.tokentrim.regen_noise} if run.pipeline == "self_forcing" else {}
+    pipe = make_pipeline(backend, run)
+    _sync(device)
+    t0 = time.perf_counter()
+    out = pipe(embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, on_block=on_block,
+               progress=False, **kwargs)  # fmt: skip
+    _sync(device)
+    wall = time.perf_counter() - t0
+    blocks = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
+    score_s = sum(r["score_ms"] for r in out.records) / 1000
+    regens = sum(r["action"] == "prune" for r in out.records)
+    return {"wall_s": wall, "block_s": blocks, "score_s": score_s, "regenerations": regens,
+            "blocks": len(out.records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+
+
+def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict:
+    walls = [r["wall_s"] for r in runs]
+    blocks = [b for r in runs for b in r["block_s"]]
+    video_frames = 1 + temporal_scale * (latent_frames - 1) if temporal_scale > 1 else latent_frames
+    wall = statistics.median(walls)
+    score = statistics.median(r["score_s"] for r in runs)
+    return {
+        "runs": len(runs),
+        "wall_s_median": wall,
+        "wall_s": walls,
+        "block_latency_ms_median": 1000 * statistics.median(blocks),
+        "block_latency_ms_p90": 1000 * sorted(blocks)[int(0.9 * (len(blocks) - 1))],
+        "video_frames": video_frames,
+        "video_fps": video_frames / wall,
+        "latent_fps": latent_frames / wall,
+        "scoring_s_median": score,
+        "scoring_share": score / wall,
+        "dit_and_rest_s_median": wall - score,
+        "regeneration_rate": statistics.mean(r["regenerations"] / max(1, r["blocks"]) for r in runs),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+    }
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tokentrim import generate as gen
+    from tokentrim.cli import run_config_from_args
+
+    device = gen.pick_device(args.device)
+    dtype = gen.pick_dtype(args.dtype, device)
+    treated = run_config_from_args(args)
+    backend = gen.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
+                               device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
+                               random_weights=args.random_weights)  # fmt: skip
+    backend.model.attention_backend = args.attention
+    if treated.flowmo.mode != "off" and device.type == "cuda":
+        backend.model.gradient_checkpointing = True  # FlowMo backpropagates through the DiT
+    if args.compile:
+        for block in backend.model.blocks:
+            block.compile(dynamic=True)
+    cfg = backend.model.config
+    gen_ = torch.Generator().manual_seed(args.seed)
+    embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
+    baseline = run_config_from_args(
+        argparse.Namespace(**{**vars(args), "no_tokentrim": True, "flowmo": "off"})
+    )
+    configs = {"tokentrim": treated, "baseline": baseline} if args.compare else {"run": treated}
+    for _ in range(args.warmup_runs):
+        for run in configs.values():
+            run_once(backend, run, embeds, args.latent_frames, args.seed, device)
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    for _ in range(args.repeats):  # alternate, so drifting clocks or thermals affect both alike
+        for name, run in configs.items():
+            results[name].append(run_once(backend, run, embeds, args.latent_frames, args.seed, device))
+    scale = 1 if backend.name == "toy" else 4
+    report = {
+        "pipeline": args.pipeline,
+        "backend": backend.name,
+        "latent_frames": args.latent_frames,
+        "latent_grid": [cfg.latent_height, cfg.latent_width],
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "attention": args.attention,
+        "compile": args.compile,
+        "torch": torch.__version__,
+        "tokentrim_config": treated.to_dict()["tokentrim"],
+        "flowmo_config": treated.to_dict()["flowmo"],
+        **{name: summarise(runs, args.latent_frames, scale) for name, runs in results.items()},
+    }
+    if args.compare:
+        report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
+    text = json.dumps(report, indent=2)
+    if args.json:
+        with atomic_path(Path(args.json)) as tmp:
+            tmp.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def register(subparsers) -> None:
+    from tokentrim.cli import add_model_args, add_run_args
+
+    p = subparsers.add_parser("bench", help="measure speed and memory (JSON)")
+    add_model_args(p)
+    add_run_args(p)
+    p.add_argument("--random-weights", action="store_true", help="full-size DiT with random weights")
+    p.add_argument("--json", help="write the report here")
+    p.add_argument(
+        "--compare", action="store_true", help="baseline vs TokenTrim, alternating; overhead_ratio"
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup-runs", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
+    p.set_defaults(func=cmd_bench)
