@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,17 +27,12 @@ _VAE_TIME_STRIDE = 4
 
 
 def _save_png(fig: Figure, out_png: str | os.PathLike) -> Path:
+    from tokentrim.video import atomic_path
+
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".png") as tmp:
         FigureCanvasAgg(fig)
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -192,6 +186,37 @@ def plot_heatmap(
     return _save_png(fig, out_png)
 
 
+def plot_frame_strips(
+    videos: Sequence[np.ndarray],
+    labels: Sequence[str],
+    fps: float,
+    times_s: Sequence[float],
+    out_png: str | os.PathLike,
+) -> Path:
+    """Rows of frames at the given times, one row per video (the paper's baseline-vs-TokenTrim figures).
+
+    videos: uint8 `[T, H, W, 3]` each; a time past a video's end shows its last frame.
+    """
+    if not videos or len(videos) != len(labels):
+        raise UserError("give one label per video")
+    rows, cols = len(videos), len(times_s)
+    h, w = videos[0].shape[1:3]
+    fig = Figure(figsize=(2.2 * cols * w / max(h, w) + 0.8, 2.2 * rows * h / max(h, w)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, (video, label) in enumerate(zip(videos, labels, strict=True)):
+        for c, t in enumerate(times_s):
+            ax = axes[r][c]
+            ax.imshow(video[min(len(video) - 1, round(t * fps))])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{t:g} s", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.subplots_adjust(wspace=0.03, hspace=0.03)
+    return _save_png(fig, out_png)
+
+
 def _load_log(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
@@ -228,6 +253,19 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_frames(args: argparse.Namespace) -> int:
+    from tokentrim.video import read_video
+
+    loaded = [read_video(v) for v in args.videos]
+    labels = args.labels or [Path(v).stem for v in args.videos]
+    if len(labels) != len(loaded):
+        raise UserError(f"--labels needs {len(loaded)} names, got {len(labels)}")
+    fps = loaded[0][1]
+    times = args.times or [round(i * (len(loaded[0][0]) - 1) / fps / 4, 1) for i in range(5)]
+    plot_frame_strips([v for v, _ in loaded], labels, fps, times, args.output)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `figure drift` and `figure heatmap` to the CLI; handlers are set as `args.func`."""
     figure = subparsers.add_parser("figure", help="plot drift curves or per-token drift heatmaps")
@@ -250,3 +288,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     heat.add_argument("--frames-per-block", type=int, default=3, help="latent frames per block (default 3)")
     heat.set_defaults(func=_cmd_heatmap)
+    frames = kinds.add_parser(
+        "frames", help="frames at chosen times, one row per video (baseline vs TokenTrim)"
+    )
+    frames.add_argument("videos", nargs="+", type=Path, help="mp4 files")
+    frames.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    frames.add_argument("--labels", nargs="+", help="row names (default: file names)")
+    frames.add_argument("--times", nargs="+", type=float, help="seconds (default: 5 evenly spaced)")
+    frames.set_defaults(func=_cmd_frames)

@@ -75,7 +75,7 @@ def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
                 if not (video.exists() and log.exists()):
                     start = time.perf_counter()
                     gen.generate_video(backend, run, prompt, embeds[i : i + 1], latent_frames=args.latent_frames,
-                                       seed=args.seed + i, out=video, log=log, progress=False,
+                                       seed=args.seed + i, out=video, log=log, progress=False, save_latents=True,
                                        extra_log={"variant": variant, "index": i})  # fmt: skip
                     data = json.loads(log.read_text())
                     data["wall_s"] = time.perf_counter() - start

@@ -1,0 +1,147 @@
+"""The command line end to end on the tiny preset: generate (single, batch, resume), figures, bench, reproduce,
+and one clear error (exit status 2, no traceback) per bad input."""
+
+import json
+
+import pytest
+import torch
+
+from tokentrim.cli import main
+from tokentrim.generate import batch_outputs, shard
+from tokentrim.video import read_video
+
+PROMPT = "a dog runs on the beach"
+
+
+def run(capsys, *argv):
+    code = main([*argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_single_video_and_log(tmp_path, capsys):
+    video = tmp_path / "dog.mp4"
+    code, out, _ = run(capsys, "generate", "--preset", "tiny", "--pipeline", "rolling_forcing", "--prompt", PROMPT,
+                       "--latent-frames", "15", "--out", str(video), "--save-latents", "tokentrim.lam=0.5")  # fmt: skip
+    assert code == 0 and str(video) in out
+    frames, fps = read_video(video)
+    assert frames.shape == (1 + 4 * 14, 64, 96, 3) and fps == 16
+    log = json.loads(video.with_suffix(".json").read_text())
+    assert log["config"]["run"]["pipeline"] == "rolling_forcing" and log["config"]["run"]["tokentrim"]["lam"] == 0.5
+    assert [b["block"] for b in log["blocks"]] == [0, 1, 2, 3, 4]
+    fields = {"block", "frames", "action", "severity", "mean", "std", "threshold", "pruned_positions",
+              "tokens_removed", "regenerated_severity", "score_ms"}  # fmt: skip
+    assert fields <= set(log["blocks"][3])
+    assert torch.load(video.with_suffix(".latents.pt"), weights_only=True).shape == (15, 16, 8, 12)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_baseline_flag_logs_off(tmp_path, capsys):
+    video = tmp_path / "base.mp4"
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "--prompt", PROMPT, "--latent-frames", "9",
+                     "--out", str(video), "--no-tokentrim")  # fmt: skip
+    log = json.loads(video.with_suffix(".json").read_text())
+    assert code == 0 and [b["action"] for b in log["blocks"]] == ["off"] * 3
+    assert log["config"]["run"]["flowmo"]["mode"] == "off"
+
+
+def test_batch_is_resumable_and_deterministic(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a boat\n\n# comment\na bird in the sky\n")
+    out_dir = tmp_path / "batch"
+    args = ["generate", "--preset", "tiny", "--prompts", str(prompts), "--out-dir", str(out_dir),
+            "--latent-frames", "6", "--save-latents", "--seed", "5"]  # fmt: skip
+    assert run(capsys, *args)[0] == 0
+    first, _ = batch_outputs(out_dir, 0, "a cat on a boat")
+    second, _ = batch_outputs(out_dir, 1, "a bird in the sky")
+    latents = {p: torch.load(p.with_suffix(".latents.pt"), weights_only=True) for p in (first, second)}
+    mtime = first.stat().st_mtime_ns
+    second.unlink()  # an interrupted run: the second video never finished
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and str(second) in out and str(first) not in out
+    assert first.stat().st_mtime_ns == mtime
+    assert torch.equal(torch.load(second.with_suffix(".latents.pt"), weights_only=True), latents[second])
+    assert not torch.equal(latents[first], latents[second])  # prompt i uses seed + i
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "nothing to do" in out
+
+
+def test_shard_assignment():
+    assert shard(list(range(10)), 0, 3) == [0, 3, 6, 9]
+    assert shard(list(range(10)), 2, 3) == [2, 5, 8]
+    assert sorted(sum((shard(list(range(10)), r, 4) for r in range(4)), [])) == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--latent-frames", "10"], "multiple of 3"),
+        (["--pipeline", "rolling_forcing", "--latent-frames", "9"], "at least 15 latent frames"),
+        (["--latent-frames", "2049"], "at most 1023"),
+        (["tokentrim.p=1.5"], "p must be a number with 0 < p < 1"),
+        (["--lam", "-1"], "lam must be"),
+        (["tokentrim.nope=1"], "Key 'nope' not in 'TokenTrimConfig'"),
+        (["--config", "missing.yaml"], "config file not found"),
+    ],
+)
+def test_bad_inputs_give_one_clear_error(tmp_path, capsys, argv, message):
+    code, _, err = run(capsys, "generate", "--preset", "tiny", "--prompt", PROMPT, "--out",
+                       str(tmp_path / "x.mp4"), *argv)  # fmt: skip
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_missing_model_files_error(tmp_path, capsys):
+    code, _, err = run(capsys, "generate", "--model-dir", str(tmp_path), "--checkpoint", str(tmp_path / "c.pt"),
+                       "--prompt", PROMPT)  # fmt: skip
+    assert code == 2 and "config.json" in err
+
+
+def test_figure_drift_from_a_generated_log(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    run(capsys, "generate", "--preset", "tiny", "--prompt", PROMPT, "--latent-frames", "15", "--out", str(video),
+        "--save-latents")  # fmt: skip
+    png = tmp_path / "drift.png"
+    assert run(capsys, "figure", "drift", str(video.with_suffix(".json")), "-o", str(png))[0] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    heat = tmp_path / "heat.png"
+    code = run(capsys, "figure", "heatmap", str(video.with_suffix(".latents.pt")), "--video", str(video),
+               "-o", str(heat))[0]  # fmt: skip
+    assert code == 0 and heat.stat().st_size > 1000
+
+
+def test_bench_compare_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, _, _ = run(capsys, "bench", "--preset", "tiny", "--pipeline", "self_forcing", "--latent-frames", "12",
+                     "--compare", "--repeats", "2", "--json", str(out))  # fmt: skip
+    report = json.loads(out.read_text())
+    assert code == 0 and report["overhead_ratio"] > 0
+    for name in ("baseline", "tokentrim"):
+        r = report[name]
+        assert r["runs"] == 2 and len(r["wall_s"]) == 2
+        for key in ("block_latency_ms_median", "video_fps", "scoring_s_median", "scoring_share",
+                    "regeneration_rate", "peak_memory_mb"):  # fmt: skip
+            assert r[key] >= 0, key
+    assert report["overhead_ratio"] == pytest.approx(
+        report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
+    )
+
+
+def test_reproduce_tiny_writes_tables(tmp_path, capsys):
+    out = tmp_path / "results"
+    code, stdout, _ = run(capsys, "reproduce", "--preset", "tiny", "--num-prompts", "1", "--latent-frames", "15",
+                          "--variants", "baseline", "tokentrim", "tokentrim_p0.2", "--out", str(out),
+                          "--segment-seconds", "1")  # fmt: skip
+    assert code == 0
+    table = (out / "table.md").read_text().splitlines()
+    assert len(table) == 2 + 2 * 3  # header, rule, 2 pipelines x 3 variants
+    csv_rows = (out / "table.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("pipeline,variant,videos,prune_rate,runtime_x") and len(csv_rows) == 7
+    assert (out / "drift_rolling_forcing.png").exists() and (out / "drift_self_forcing.png").exists()
+    # rerun: everything exists, nothing is regenerated
+    videos = sorted((out / "videos").rglob("*.mp4"))
+    stamps = [v.stat().st_mtime_ns for v in videos]
+    assert run(capsys, "reproduce", "--preset", "tiny", "--num-prompts", "1", "--latent-frames", "15",
+               "--variants", "baseline", "tokentrim", "tokentrim_p0.2", "--out", str(out),
+               "--segment-seconds", "1")[0] == 0  # fmt: skip
+    assert [v.stat().st_mtime_ns for v in videos] == stamps
