@@ -24,6 +24,13 @@ class FlowMatchSchedule:
         self.sigmas = shift * s / (1 + (shift - 1) * s)  # float32 [n], descending
         self.timesteps = self.sigmas * n  # float32 [n]
         self.num_train_timesteps = n
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timesteps, sigmas) on `device`, copied once (no host transfer inside the sampling loop)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.timesteps.to(device), self.sigmas.to(device))
+        return self._on_device[device]
 
     def warp(self, steps: Sequence[float]) -> torch.Tensor:
         """Configured steps (e.g. [1000, 750, 500, 250]) -> the timesteps the model receives (float32)."""
@@ -37,9 +44,9 @@ class FlowMatchSchedule:
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """sigma of the table entry nearest to each timestep (float32, same shape as t)."""
-        table = self.timesteps.to(t.device)
+        table, sigmas = self._tables(t.device)
         index = (table[None, :] - t.reshape(-1, 1).float()).abs().argmin(dim=1)
-        return self.sigmas.to(t.device)[index].reshape(t.shape)
+        return sigmas[index].reshape(t.shape)
 
     def to_x0(self, flow: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 = x_t - sigma(t) v in float64, cast to the flow's dtype. flow, x_t `[B, F, C, H, W]`, t `[B, F]`."""
