@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
+    for noisy in ("diffusers", "transformers"):  # their load-time notices are not the user's business
+        logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except UserError as err:

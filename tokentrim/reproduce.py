@@ -96,12 +96,12 @@ def evaluate(rows: list[dict], segment_seconds: float) -> list[dict]:
         row["prune_rate"] = sum(b["action"] == "prune" for b in blocks) / max(1, len(blocks))
         row["wall_s"] = log.get("wall_s")
         report = evaluate_video(row["video"], segment_seconds=segment_seconds)
-        row["metrics"] = {name: m["delta"] for name, m in report["metrics"].items()}
+        row["metrics"] = {name: m["drift"] for name, m in report["metrics"].items()}
     return rows
 
 
 def tables(rows: list[dict]) -> tuple[str, str]:
-    """Markdown and CSV: per pipeline and variant, the mean (and std) of each metric's drift over prompts."""
+    """Markdown and CSV: per pipeline and variant, the mean (and std) over prompts of each metric's first-vs-last drift (>= 0, lower is better)."""
     metric_names = sorted({m for r in rows for m in r["metrics"]})
     header = ["pipeline", "variant", "videos", "prune_rate", "runtime_x"] + metric_names
     groups: dict[tuple[str, str], list[dict]] = {}

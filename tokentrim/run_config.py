@@ -49,6 +49,13 @@ class RunConfig:
         return OmegaConf.to_container(OmegaConf.structured(self))
 
 
+def _off_is_a_mode(cfg):
+    """YAML 1.1 reads an unquoted `off` as false; `flowmo.mode: off` means the mode "off"."""
+    if "flowmo" in cfg and cfg.flowmo.get("mode") is False:
+        cfg.flowmo.mode = "off"
+    return cfg
+
+
 def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> RunConfig:
     """Defaults <- YAML file <- `key=value` overrides, validated by the dataclasses."""
     try:
@@ -56,12 +63,12 @@ def load_run_config(path: str | os.PathLike | None = None, overrides: list[str] 
         if path is not None:
             if not Path(path).is_file():
                 raise UserError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _off_is_a_mode(OmegaConf.load(path)))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise UserError(f"overrides must look like key=value (e.g. tokentrim.p=0.05), got {bad}")
         if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(merged, _off_is_a_mode(OmegaConf.from_dotlist(list(overrides))))
         return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError, TypeError) as err:
         if isinstance(err, UserError):
