@@ -1,16 +1,3 @@
 #!/usr/bin/env bash
-# rolling forcing on Wan2.1-T2V-1.3B + TokenTrim, 30 s (120 latent frames). Needs the downloaded weights (README).
-# Usage: scripts/run_rolling_forcing.sh "PROMPT" [extra tokentrim generate args / key=value overrides]
-#   NO_TOKENTRIM=1  the baseline;  MODEL_DIR, CKPT, OUT, SEED, FRAMES override the defaults below.
-set -euo pipefail
-PROMPT="${1:?usage: $0 \"PROMPT\" [args...]}"; shift
-MODEL_DIR="${MODEL_DIR:-wan_models/Wan2.1-T2V-1.3B}"
-CKPT="${CKPT:-checkpoints/rolling_forcing_dmd.pt}"
-FRAMES="${FRAMES:-120}"
-SEED="${SEED:-0}"
-OUT="${OUT:-outputs/rolling_forcing}"
-EXTRA=()
-if [[ -n "${NO_TOKENTRIM:-}" ]]; then EXTRA+=(--no-tokentrim); OUT="${OUT}_baseline"; fi
-exec tokentrim generate --pipeline rolling_forcing --model-dir "$MODEL_DIR" --checkpoint "$CKPT" \
-    --prompt "$PROMPT" --latent-frames "$FRAMES" --seed "$SEED" \
-    --out "$OUT/seed${SEED}.mp4" --save-latents "${EXTRA[@]}" "$@"
+# rolling_forcing + TokenTrim on the official checkpoint, 30 s. Usage: scripts/run_rolling_forcing.sh "PROMPT" [args]  (see run_pipeline.sh)
+exec "$(dirname "$0")/run_pipeline.sh" rolling_forcing "$@"

@@ -27,7 +27,10 @@ def test_generate_single_video_and_log(tmp_path, capsys):
     frames, fps = read_video(video)
     assert frames.shape == (1 + 4 * 14, 64, 96, 3) and fps == 16
     log = json.loads(video.with_suffix(".json").read_text())
-    assert log["config"]["run"]["pipeline"] == "rolling_forcing" and log["config"]["run"]["tokentrim"]["lam"] == 0.5
+    assert (
+        log["config"]["run"]["pipeline"] == "rolling_forcing"
+        and log["config"]["run"]["tokentrim"]["lam"] == 0.5
+    )
     assert [b["block"] for b in log["blocks"]] == [0, 1, 2, 3, 4]
     fields = {"block", "frames", "action", "severity", "mean", "std", "threshold", "pruned_positions",
               "tokens_removed", "regenerated_severity", "score_ms"}  # fmt: skip

@@ -112,20 +112,9 @@ def test_same_seed_same_latents_and_explicit_noise(model, embeds, pipeline):
     assert torch.equal(a, d)
 
 
-def capture_caches(monkeypatch):
-    made, original = [], kv_cache.KVCache.__init__
-
-    def remember(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(kv_cache.KVCache, "__init__", remember)
-    return made
-
-
-def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, monkeypatch):
+def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, captured_caches):
     """The final cached keys/values equal a from-scratch block-causal pass over the accepted latents at t = 0."""
-    caches = capture_caches(monkeypatch)
+    caches = captured_caches
     out = SelfForcingPipeline(model)(embeds, 9, seed=1, progress=False)
     cache = caches[0]
     captured = {}

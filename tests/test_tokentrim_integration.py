@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokentrim.pipelines import RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
-from tokentrim.wan import build_model, kv_cache
+from tokentrim.wan import build_model
 from tokentrim_core import TokenTrim, TokenTrimConfig, Verdict
 
 CORRUPTED = [3, 10, 17]  # spatial token indices on the tiny 4x6 patch grid; p = 0.125 -> ceil(3.0) = 3
@@ -46,17 +46,6 @@ class Corrupting:
         return self.inner.records
 
 
-def capture_cache(monkeypatch):
-    made, original = [], kv_cache.KVCache.__init__
-
-    def remember(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(kv_cache.KVCache, "__init__", remember)
-    return made
-
-
 @pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
 def test_disabled_or_idle_tokentrim_is_bit_identical(model, embeds, pipeline):
     base = pipeline(model)(embeds, 18, seed=3, progress=False).latents
@@ -69,8 +58,10 @@ def test_disabled_or_idle_tokentrim_is_bit_identical(model, embeds, pipeline):
     assert [r["action"] for r in run_idle.records] == ["warmup"] * 3 + ["accept"] * 3
 
 
-def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(model, embeds, tiny_config, monkeypatch):
-    caches = capture_cache(monkeypatch)
+def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(
+    model, embeds, tiny_config, captured_caches
+):
+    caches = captured_caches
     config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
     hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
     sampler = SelfForcingConfig(cache_frames=21, sink_frames=3)
@@ -91,8 +82,8 @@ def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(model, embeds
     assert (out.latents[:, 12:15] - hook.corrupted).abs().max() > 20
 
 
-def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, tiny_config, monkeypatch):
-    caches = capture_cache(monkeypatch)
+def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, tiny_config, captured_caches):
+    caches = captured_caches
     config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
     hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
     out = RollingForcingPipeline(model)(embeds, 21, seed=3, hook=hook, progress=False)

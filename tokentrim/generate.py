@@ -31,7 +31,7 @@ class Backend:
     name: str
     model: CausalWanModel
     encoder_factory: object  # tokentrim.wan.text_encoder.TextEncoderFactory
-    decoder: object | None  # WanVAE or the toy codec: decode(latents) -> uint8 [B, T, H, W, 3]
+    decoder: object | None  # WanVAE or ToyCodec: decode(latents) -> uint8 [B, T, H, W, 3], streaming()
     fps: int = DEFAULT_FPS
 
 
@@ -134,13 +134,11 @@ def generate_video(
     extra_log: dict | None = None,
 ) -> GenerationOutput:
     """One video: stream-decode finished blocks into `out` (mp4, atomic), then write the decision log."""
-    from tokentrim.wan.vae import WanVAE
-
     model = backend.model
     patch = model.config.patch_size[1:]
     hook = TokenTrim(run.tokentrim, patch)
     writer = VideoWriter(out, fps=backend.fps) if backend.decoder is not None else None
-    stream = backend.decoder.streaming() if isinstance(backend.decoder, WanVAE) else backend.decoder
+    stream = backend.decoder.streaming() if backend.decoder is not None else None  # WanVAE or the toy codec
 
     def on_block(start: int, x0: torch.Tensor) -> None:
         if writer is not None:

@@ -1,0 +1,180 @@
+"""The toy world, codec, text encoder and shipped checkpoint (CPU, a few seconds)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tokentrim.errors import UserError
+from tokentrim.toy import CODEC, TOY_CONFIG, VOCAB, load_toy
+from tokentrim.toy.codec import ToyCodec
+from tokentrim.toy.text import ToyTextEncoder
+from tokentrim.toy.world import COLORS, Scene, Shape, sample_scene
+from tokentrim.wan import FlowMatchSchedule, KVCache, block_causal_mask, get_preset
+
+
+def one_shape_scene(shape: Shape, size: int = 32) -> Scene:
+    return Scene(size, (shape,), "blue", "plain", (1.0, 0.0, 0.0, 0.0, 0.0), ())
+
+
+# World --------------------------------------------------------------------------------------------------------
+def test_scene_is_deterministic_per_seed():
+    a, b = sample_scene(7), sample_scene(7)
+    assert a == b and a.prompt == b.prompt
+    np.testing.assert_array_equal(a.render(10), b.render(10))
+    assert not np.array_equal(a.render(10), sample_scene(8).render(10))
+
+
+def test_render_shape_and_dtype():
+    frames = sample_scene(3).render(5)
+    assert frames.shape == (5, 32, 32, 3) and frames.dtype == np.uint8
+
+
+def test_shapes_stay_inside_the_frame():
+    for seed in range(40):
+        scene = sample_scene(seed)
+        pos = scene.positions(300)  # (T, S, 2)
+        half = np.array([s.half_size for s in scene.shapes])[None, :, None]
+        assert (pos - half >= -1e-9).all() and (pos + half <= scene.size + 1e-9).all()
+        assert 2 <= len(scene.shapes) <= 4
+
+
+def test_bounce_reverses_velocity():
+    # Half-size 4 in a 32 px frame: the centre moves in [4, 28]. Start at x = 26 moving +1 px/frame.
+    scene = one_shape_scene(Shape("square", "red", 4.0, (26.0, 10.0), (1.0, 0.5)))
+    pos, vel = scene.positions(6), scene.velocities(6)
+    np.testing.assert_allclose(pos[:, 0, 0], [26, 27, 28, 27, 26, 25])
+    np.testing.assert_allclose(pos[:, 0, 1], [10, 10.5, 11, 11.5, 12, 12.5])  # y unaffected
+    assert vel[1, 0, 0] == 1.0 and vel[3, 0, 0] == -1.0 and (vel[:, 0, 1] == 0.5).all()
+    # Top border: y = 5 moving -2 px/frame reflects at 4: 5, 3 -> 5, 7.
+    scene = one_shape_scene(Shape("circle", "red", 4.0, (16.0, 5.0), (0.0, -2.0)))
+    np.testing.assert_allclose(scene.positions(3)[:, 0, 1], [5, 5, 7])
+    assert scene.velocities(3)[2, 0, 1] == 2.0
+
+
+def test_shape_pixels_have_their_colour():
+    scene = one_shape_scene(Shape("circle", "yellow", 5.0, (16.0, 16.0), (0.0, 0.0)))
+    frame = scene.render(1)[0]
+    assert tuple(frame[15, 15]) == COLORS["yellow"] and tuple(frame[16, 16]) == COLORS["yellow"]
+    assert tuple(frame[2, 2]) != COLORS["yellow"]  # background far from the circle
+
+
+def test_prompt_mentions_every_shape_and_the_background():
+    for seed in range(50):
+        scene = sample_scene(seed)
+        words = scene.prompt.replace(",", "").split()
+        for shape in scene.shapes:
+            assert shape.color in words and shape.kind in words
+        assert scene.background in words and set(words) <= set(VOCAB)
+        assert len({s.color for s in scene.shapes}) == len(scene.shapes)
+
+
+# Codec ----------------------------------------------------------------------------------------------------
+def test_codec_round_trip_is_exact():
+    frames = torch.from_numpy(np.stack([sample_scene(s).render(4) for s in range(3)]))  # (3, 4, 32, 32, 3)
+    noise = torch.randint(0, 256, (1, 2, 32, 32, 3), dtype=torch.uint8)
+    for video in (frames, noise):
+        latents = CODEC.encode(video)
+        assert latents.shape == (video.shape[0], video.shape[1], 12, 16, 16)
+        assert torch.equal(CODEC.decode(latents), video)
+    assert 0.5 < CODEC.encode(frames).std() < 2.0  # roughly unit scale
+
+
+def test_codec_layout_is_space_to_depth():
+    video = torch.zeros(1, 1, 32, 32, 3, dtype=torch.uint8)
+    # Green of pixel (3, 4): block (1, 2), offset (i, j) = (1, 0) -> channel c*4 + i*2 + j = 6.
+    video[0, 0, 3, 4, 1] = 255
+    z = CODEC.encode(video) - CODEC.encode(torch.zeros_like(video))
+    assert z[0, 0, 6, 1, 2] > 0 and torch.count_nonzero(z) == 1
+
+
+def test_codec_decode_clamps():
+    big = torch.full((1, 1, 12, 16, 16), 100.0)
+    assert (CODEC.decode(big) == 255).all() and (CODEC.decode(-big) == 0).all()
+    with pytest.raises(UserError):
+        ToyCodec(32).encode(torch.zeros(1, 1, 16, 16, 3, dtype=torch.uint8))
+
+
+# Text encoder ---------------------------------------------------------------------------------------------
+def test_text_rows_past_the_prompt_are_zero():
+    enc = ToyTextEncoder(text_len=8, text_dim=5)
+    out = enc.encode(["a red circle", "an orange square and a blue triangle"])
+    assert out.shape == (2, 8, 5)
+    weight = enc.embedding.weight
+    torch.testing.assert_close(
+        out[0, :3], weight[[VOCAB.index("a"), VOCAB.index("red"), VOCAB.index("circle")]]
+    )
+    assert (out[0, 3:] == 0).all() and (out[1, 7:] == 0).all() and (out[1, :7] != 0).any(dim=1).all()
+
+
+def test_text_rejects_unknown_words_and_long_prompts():
+    enc = ToyTextEncoder(text_len=4, text_dim=5)
+    with pytest.raises(UserError, match="dog"):
+        enc.encode(["a red dog"])
+    with pytest.raises(UserError, match="at most 4"):
+        enc.encode(["a red circle and a blue square"])
+
+
+# Shipped checkpoint ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy():
+    return load_toy()
+
+
+def test_toy_preset_is_the_toy_config():
+    assert get_preset("toy") is TOY_CONFIG
+    assert TOY_CONFIG.in_dim == CODEC.z_dim and TOY_CONFIG.latent_height == CODEC.latent_size
+
+
+def test_missing_weights_raise_user_error(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_toy(path=tmp_path / "missing.safetensors")
+
+
+def generate_block(model, text, prompt: str, seed: int) -> torch.Tensor:
+    """One Self-Forcing block: 4 warped steps from noise, x0 -> re-noise, with a KV cache."""
+    cfg = model.config
+    fpb = cfg.frames_per_block
+    schedule = FlowMatchSchedule(shift=5.0)
+    steps = schedule.warp([1000, 750, 500, 250])
+    cache = KVCache(cfg, 1, 4 * fpb, pinned_frames=fpb)
+    ctx = model.encode_context(text.encode([prompt]))
+    gen = torch.Generator().manual_seed(seed)
+    shape = (1, fpb, cfg.in_dim, cfg.latent_height, cfg.latent_width)
+    x = torch.randn(shape, generator=gen)
+    for i, step in enumerate(steps):
+        t = torch.full((1, fpb), float(step))
+        x0 = schedule.to_x0(model(x, t, ctx, cache=cache, start_frame=0), x, t)
+        if i + 1 < len(steps):
+            x = schedule.add_noise(
+                x0, torch.randn(shape, generator=gen), torch.full((1, fpb), float(steps[i + 1]))
+            )
+    return x0
+
+
+def test_one_block_generation_is_deterministic(toy):
+    model, text, codec = toy
+    prompt = sample_scene(0).prompt
+    a = codec.decode(generate_block(model, text, prompt, seed=3))
+    b = codec.decode(generate_block(model, text, prompt, seed=3))
+    assert a.shape == (1, 3, 32, 32, 3) and torch.equal(a, b)
+    assert not torch.equal(a, codec.decode(generate_block(model, text, prompt, seed=4)))
+
+
+def test_shipped_model_predicts_the_next_block(toy):
+    # Clean first block as context, second block noised to sigma 0.625: the model's x0 must beat the best
+    # context-free guess (repeating the last clean frame) by a margin.
+    model, text, codec = toy
+    fpb = model.config.frames_per_block
+    scene = sample_scene(123_456)
+    x0 = codec.encode(torch.from_numpy(scene.render(2 * fpb))[None])
+    gen = torch.Generator().manual_seed(0)
+    sigma = torch.tensor([0.0] * fpb + [0.625] * fpb)[None]
+    s = sigma[..., None, None, None]
+    x_t = (1 - s) * x0 + s * torch.randn(x0.shape, generator=gen)
+    t = 1000 * sigma
+    model_ctx = model.encode_context(text.encode([scene.prompt]))
+    mask = block_causal_mask(2 * fpb, fpb, model.config.tokens_per_frame)
+    pred = FlowMatchSchedule(5.0).to_x0(model(x_t, t, model_ctx, attn_mask=mask), x_t, t)[:, fpb:]
+    model_err = (pred - x0[:, fpb:]).pow(2).mean()
+    copy_err = (x0[:, fpb - 1 : fpb] - x0[:, fpb:]).pow(2).mean()
+    assert model_err < copy_err
