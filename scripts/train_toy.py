@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tokentrim.toy import CODEC, TEXT_PREFIX, TOY_CONFIG, VOCAB, WEIGHTS_PATH
+from tokentrim.toy import CODEC, TEXT_PREFIX, TOY_CONFIG, VOCAB, WEIGHTS_PATH, load_toy
 from tokentrim.toy.codec import ToyCodec
 from tokentrim.toy.text import ToyTextEncoder
 from tokentrim.toy.world import sample_scene
@@ -160,12 +160,21 @@ def save(out: Path, model: CausalWanModel, text: ToyTextEncoder, metadata: dict)
         tmp.write_text(json.dumps(metadata, indent=1) + "\n")
 
 
-def train(cfg: TrainConfig, out: Path, command: list[str]) -> dict:
+def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = None) -> dict:
+    """Train from adaLN-Zero initialisation, or continue from the weights `init` (a toy.safetensors)."""
     torch.manual_seed(cfg.seed)
     model_cfg: WanConfig = TOY_CONFIG
     model = build_model(model_cfg, device="cpu", seed=cfg.seed).train().requires_grad_(True)
-    zero_init_residuals(model)
     text = ToyTextEncoder(model_cfg.text_len, model_cfg.text_dim).train()
+    earlier = None
+    if init is None:
+        zero_init_residuals(model)
+    else:
+        start_model, start_text, _ = load_toy(path=init)
+        model.load_state_dict(start_model.state_dict())
+        text.load_state_dict(start_text.state_dict())
+        meta_path = init.with_suffix(".json")
+        earlier = json.loads(meta_path.read_text())["training"] if meta_path.is_file() else None
     ema_model, ema_text = (
         copy.deepcopy(model).requires_grad_(False),
         copy.deepcopy(text).requires_grad_(False),
@@ -208,6 +217,8 @@ def train(cfg: TrainConfig, out: Path, command: list[str]) -> dict:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in params),
+            "init": str(init) if init is not None else None,
+            "earlier": earlier,  # the training record of the `init` weights, when continued
         },
     }
     step, stop = 0, False
@@ -271,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="wall-time budget: cosine schedule by time, stop when it is spent")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from these toy weights (.safetensors) instead of a fresh start")  # fmt: skip
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file (.safetensors)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
@@ -279,7 +292,10 @@ def main(argv: list[str] | None = None) -> None:
                       clean_prob=args.clean_prob, minutes=args.minutes)  # fmt: skip
     if args.out.suffix != ".safetensors":
         parser.error(f"--out must end in .safetensors, got {args.out}")
-    meta = train(cfg, args.out, [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init} does not exist")
+    command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
+    meta = train(cfg, args.out, command, init=args.init)
     logger.info("wrote %s: %d steps, loss %.4f, %.0f s", args.out, meta["training"]["steps"],
                 meta["training"]["final_loss"], meta["training"]["wall_time_s"])  # fmt: skip
 

@@ -3,6 +3,7 @@ and one clear error (exit status 2, no traceback) per bad input."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,16 @@ def test_shard_assignment():
         (["--lam", "-1"], "lam must be"),
         (["tokentrim.nope=1"], "Key 'nope' not in 'TokenTrimConfig'"),
         (["--config", "missing.yaml"], "config file not found"),
+        (["self_forcing.timestep_shift=0"], "timestep_shift must be"),
+        (["self_forcing.denoising_steps=[1000,1500]"], "integers in (0, 1000]"),
+        (
+            ["--pipeline", "rolling_forcing", "rolling_forcing.attention_frames=12", "--latent-frames", "15"],
+            "must hold the anchor block",
+        ),
+        (["--flowmo", "first_block", "flowmo.steps=[9]"], "must index the 4 denoising steps"),
+        (["--pipeline", "rolling_forcing", "tokentrim.regen_noise=fresh"], "Self Forcing only"),
+        (["--device", "tpu:x"], "--device must look like"),
+        (["--attention", "flash"], "needs flash-attn"),
     ],
 )
 def test_bad_inputs_give_one_clear_error(tmp_path, capsys, argv, message):
@@ -148,3 +159,80 @@ def test_reproduce_tiny_writes_tables(tmp_path, capsys):
                "--variants", "baseline", "tokentrim", "tokentrim_p0.2", "--out", str(out),
                "--segment-seconds", "1")[0] == 0  # fmt: skip
     assert [v.stat().st_mtime_ns for v in videos] == stamps
+
+
+def test_interrupted_batch_leaves_no_partial_output_and_resumes_identically(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt in the middle of the second video, then a rerun, equals one uninterrupted run."""
+    from tokentrim import video as video_module
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat on a boat\na bird in the sky\n")
+
+    def args(folder):
+        return ["generate", "--preset", "tiny", "--prompts", str(prompts), "--out-dir", str(folder),
+                "--latent-frames", "9", "--save-latents", "--seed", "2"]  # fmt: skip
+
+    assert run(capsys, *args(tmp_path / "clean"))[0] == 0
+    appended, append = [], video_module.VideoWriter.append
+
+    def interrupting(self, frames):
+        appended.append(self.path)
+        if len(appended) == 5:  # video 0 has 3 blocks; stop inside video 1's second block
+            raise KeyboardInterrupt
+        append(self, frames)
+
+    monkeypatch.setattr(video_module.VideoWriter, "append", interrupting)
+    assert run(capsys, *args(tmp_path / "cut"))[0] == 130
+    monkeypatch.setattr(video_module.VideoWriter, "append", append)
+    first, first_log = batch_outputs(tmp_path / "cut", 0, "a cat on a boat")
+    second, second_log = batch_outputs(tmp_path / "cut", 1, "a bird in the sky")
+    assert first.exists() and first_log.exists()
+    assert not second.exists() and not second_log.exists()
+    assert not [p for p in (tmp_path / "cut").iterdir() if p.name.startswith(".")]  # no temporary files left
+    code, out, _ = run(capsys, *args(tmp_path / "cut"))
+    assert code == 0 and "skipping 1 finished" in out
+    for index, prompt in enumerate(["a cat on a boat", "a bird in the sky"]):
+        resumed, _ = batch_outputs(tmp_path / "cut", index, prompt)
+        clean, _ = batch_outputs(tmp_path / "clean", index, prompt)
+        load = lambda p: torch.load(p.with_suffix(".latents.pt"), weights_only=True)
+        assert torch.equal(load(resumed), load(clean))
+        assert (read_video(resumed)[0] == read_video(clean)[0]).all()
+
+
+def test_ranks_from_the_environment_take_their_share(tmp_path, capsys, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\nthree\n")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "--prompts", str(prompts), "--out-dir",
+                     str(tmp_path), "--latent-frames", "3")  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [batch_outputs(tmp_path, 1, "two")[0].name]
+
+
+def test_png_frames_are_the_decoded_frames(tmp_path, capsys):
+    """The PNGs are exactly a one-shot VAE decode of the saved latents (not the lossy mp4)."""
+    from PIL import Image
+
+    from tokentrim.wan.components import build_tiny_components
+
+    video = tmp_path / "v.mp4"
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "--prompt", PROMPT, "--latent-frames", "6",
+                     "--out", str(video), "--png-frames", "--no-tokentrim", "--save-latents")  # fmt: skip
+    pngs = sorted((tmp_path / "v").glob("*.png"))
+    assert code == 0 and [p.name for p in pngs] == [f"{i:05d}.png" for i in range(1 + 4 * 5)]
+    latents = torch.load(video.with_suffix(".latents.pt"), weights_only=True)
+    expected = build_tiny_components(0, device="cpu", dtype=torch.float32).vae.decode(latents[None])[0]
+    assert np.array_equal(np.stack([np.asarray(Image.open(p)) for p in pngs]), expected.numpy())
+
+
+def test_single_prompt_overwrites_and_checkpoint_with_preset_is_refused(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    argv = ["generate", "--preset", "tiny", "--prompt", PROMPT, "--latent-frames", "3", "--out", str(video)]
+    assert run(capsys, *argv)[0] == 0
+    stamp = video.stat().st_mtime_ns
+    assert run(capsys, *argv)[0] == 0 and video.stat().st_mtime_ns != stamp
+    code, _, err = run(capsys, *argv, "--checkpoint", str(tmp_path / "c.pt"))
+    assert code == 2 and "drop --model-dir / --checkpoint" in err
+    code, _, err = run(capsys, *argv[:-1], str(tmp_path / "v.avi"))
+    assert code == 2 and "must be an .mp4" in err

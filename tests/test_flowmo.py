@@ -84,7 +84,7 @@ def test_guidance_default_settings_take_small_steps():
     assert len(losses) == 4
     # Adam moves each entry by at most about lr per step: 3 steps of 1e-3
     assert float((x_new - x_t).abs().max()) <= 3e-3 + 1e-6
-    assert min(losses) <= losses[0]
+    assert not torch.equal(x_new, x_t)  # at least one step lowered the loss and was kept
 
 
 def test_keep_last_and_dtype():

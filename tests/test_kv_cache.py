@@ -154,3 +154,40 @@ def test_rolling_forcing_clean_pass_span():
         # 21 cached + 3 = 24 > 21: the anchor drops out of the clean pass
         plan = cache.plan(21, 3, True, rope)
     assert [(s.start, s.end, s.rope_freqs) for s in plan.reads] == [(3 * T, 21 * T, None)]
+
+
+def test_remove_positions_from_chosen_frames_only():
+    cache = KVCache(C, 1, 12, mode="self_forcing", pinned_frames=3)
+    with torch.no_grad():
+        for start in (0, 3, 6):
+            call(cache, start, 3, commit=True)
+    removed = cache.remove_positions(torch.tensor([0, 2]), frames=[4, 7])
+    assert removed == 2 * 2
+    for frame in range(9):
+        expected = [n for n in range(T) if n not in (0, 2)] if frame in (4, 7) else list(range(T))
+        assert cache.positions(frame).tolist() == expected
+    # rows of frame 5 directly follow frame 4's remaining rows, in every layer
+    row5 = 4 * T + (T - 2)
+    assert (cache.k[:, 0, row5, 0, 0] == 5).all() and (cache.k[:, 0, row5 - 1, 0, 0] == 4).all()
+    with pytest.raises(KeyError, match="not cached"):
+        cache.remove_positions(torch.tensor([1]), frames=[30])
+
+
+def test_rolling_forcing_eviction_keeps_anchor_and_newest_working_frames():
+    """Spec §2.6: a 24-frame buffer = the pinned 3-frame anchor + the newest 21 working frames."""
+    rope = RopeTable(C)
+    cache = KVCache(C, 1, 24, mode="rolling_forcing", pinned_frames=3, attention_frames=21)
+    with torch.no_grad():
+        call(cache, 0, 3, commit=True)
+        for start in range(3, 36, 3):
+            evicted = cache.make_room(3)
+            assert evicted == ([] if start < 24 else [start - 21, start - 20, start - 19])
+            call(cache, start, 3, commit=True)
+    assert cache.frame_indices == [0, 1, 2] + list(range(15, 36))
+    # the anchor rows were never moved or overwritten; the working rows sit in time order after it
+    assert (cache.k[:, 0, : 3 * T, 0, 0] == torch.arange(3).repeat_interleave(T)).all()
+    assert (cache.k[:, 0, 3 * T : 24 * T, 0, 0] == torch.arange(15, 36).repeat_interleave(T)).all()
+    # next full window at frame 36: 21 - 15 - 3 = 3 working frames (33..35), the anchor rotated to 30..32
+    plan = cache.plan(36, 15, False, rope)
+    assert [(s.start, s.end) for s in plan.reads] == [(0, 3 * T), (21 * T, 24 * T)]
+    torch.testing.assert_close(plan.reads[0].rope_freqs, _expected_anchor_freqs(rope, 30))

@@ -115,3 +115,11 @@ def test_missing_entry_and_missing_file(tmp_path, tiny_config):
         load_dit_checkpoint(build_model(tiny_config, device="meta"), path)
     with pytest.raises(UserError, match="not found"):
         load_dit_checkpoint(build_model(tiny_config, device="meta"), tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("prefix", ["model.", "model.diffusion_model."])
+def test_safetensors_with_wrapper_prefix(tmp_path, tiny_config, source, prefix):
+    """A safetensors export of the training wrapper ("model.") or ComfyUI ("model.diffusion_model.")."""
+    path = tmp_path / "exported.safetensors"
+    save_file({prefix + k: v for k, v in source.state_dict().items()}, str(path))
+    assert_same_weights(load_dit_checkpoint(build_model(tiny_config, device="meta"), path), source)

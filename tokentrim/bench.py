@@ -87,6 +87,7 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 def cmd_bench(args: argparse.Namespace) -> int:
     from tokentrim import generate as gen
     from tokentrim.cli import run_config_from_args
+    from tokentrim.wan.attention import check_backend
 
     device = gen.pick_device(args.device)
     dtype = gen.pick_dtype(args.dtype, device)
@@ -94,9 +95,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     backend = gen.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
                                random_weights=args.random_weights)  # fmt: skip
-    backend.model.attention_backend = args.attention
-    if treated.flowmo.mode != "off" and device.type == "cuda":
-        backend.model.gradient_checkpointing = True  # FlowMo backpropagates through the DiT
+    backend.model.attention_backend = check_backend(args.attention)
     if args.compile:
         for block in backend.model.blocks:
             block.compile(dynamic=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,7 @@ def run_config_from_args(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim import generate as gen
+    from tokentrim.wan.attention import check_backend
 
     if (args.prompt is None) == (args.prompts is None):
         raise UserError("give exactly one of --prompt TEXT or --prompts FILE (with --out-dir)")
@@ -84,19 +86,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for i in gen.shard(list(range(len(prompts))), rank, world):
             video, log = gen.batch_outputs(Path(args.out_dir), i, prompts[i])
             jobs.append((i, prompts[i], video, log, args.seed + i))  # documented per-prompt seed
-    todo = [job for job in jobs if not (job[2].exists() and job[3].exists())]
+    if args.prompt is not None and jobs[0][2].suffix.lower() != ".mp4":
+        raise UserError(f"--out must be an .mp4 file, got {jobs[0][2]}")
+    # Batch mode resumes: a prompt whose video and log both exist is done. A single --prompt overwrites.
+    todo = [job for job in jobs if args.prompt is not None or not (job[2].exists() and job[3].exists())]
     if len(todo) < len(jobs):
-        logger.info("skipping %d finished video(s)", len(jobs) - len(todo))
+        print(f"skipping {len(jobs) - len(todo)} finished video(s)")
     if not todo:
         print("nothing to do: every output exists")
         return 0
     backend = gen.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
-    backend.model.attention_backend = args.attention
+    backend.model.attention_backend = check_backend(args.attention)
+    gen.make_pipeline(backend, run).check_num_frames(args.latent_frames)  # before the text encoder loads
     embeds = gen.encode(backend, [job[1] for job in todo], args.offload)
     for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=True):
+        frames_dir = video.with_suffix("") if args.png_frames else None
         result = gen.generate_video(backend, run, prompt, emb[None], latent_frames=args.latent_frames, seed=seed,
-                                    out=video, log=log, save_latents=args.save_latents,
+                                    out=video, log=log, save_latents=args.save_latents, frames_dir=frames_dir,
                                     extra_log={"index": index})  # fmt: skip
         pruned = sum(r["action"] == "prune" for r in result.records)
         where = video if backend.decoder is not None else "(no decoder)"
@@ -118,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="output folder for --prompts")
     p.add_argument("--log", help="decision log JSON (default: next to the video)")
     p.add_argument("--save-latents", action="store_true", help="also save the latents as <video>.latents.pt")
+    p.add_argument("--png-frames", action="store_true", help="also write every frame as <video>/NNNNN.png")
     p.add_argument("--offload", default="cpu", choices=["none", "cpu", "free"],
                    help="text encoder after encoding: keep, move to CPU, or free")  # fmt: skip
     p.set_defaults(func=cmd_generate)
@@ -135,13 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:  # diffusers / transformers read these when first imported
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     for noisy in ("diffusers", "transformers"):  # their load-time notices are not the user's business
         logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except UserError as err:
+    except (UserError, FloatingPointError) as err:  # FloatingPointError: non-finite latents (tokentrim_core)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

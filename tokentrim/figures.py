@@ -41,6 +41,9 @@ def _check_log(log: object, name: str) -> dict:
         raise UserError(
             f"{name} is not a TokenTrim decision log: expected a JSON object with a 'blocks' list"
         )
+    needed = ("block", "action", "severity")
+    if any(not isinstance(r, dict) or any(k not in r for k in needed) for r in log["blocks"]):
+        raise UserError(f"{name}: every entry of 'blocks' must be a record with the keys {needed}")
     return log
 
 
@@ -57,7 +60,10 @@ def plot_drift(
         raise UserError("plot_drift needs at least one decision log")
     logs = [_check_log(lg, f"log {i}") for i, lg in enumerate(logs)]
     if labels is None:
-        labels = [("TokenTrim" if lg.get("config", {}).get("enabled", True) else "baseline") for lg in logs]
+        # a log whose every block says "off" is a baseline run (--no-tokentrim)
+        labels = [
+            "baseline" if all(r.get("action") == "off" for r in lg["blocks"]) else "TokenTrim" for lg in logs
+        ]
     fig = Figure(figsize=(10, 4))
     ax = fig.add_subplot()
     warm = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("action") == "warmup"})

@@ -15,7 +15,7 @@ import torch
 from tokentrim.errors import UserError
 from tokentrim.pipelines import GenerationOutput, RollingForcingPipeline, SelfForcingPipeline
 from tokentrim.run_config import RunConfig
-from tokentrim.video import DEFAULT_FPS, VideoWriter, atomic_path
+from tokentrim.video import DEFAULT_FPS, VideoWriter, atomic_path, write_png_frames
 from tokentrim.wan import build_model, load_dit_checkpoint
 from tokentrim.wan.model import CausalWanModel
 from tokentrim_core.trim import TokenTrim, write_decision_log
@@ -37,9 +37,20 @@ class Backend:
 
 def pick_device(device: str | None) -> torch.device:
     if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise UserError(f"--device must look like cpu, cuda or cuda:N, got {device!r}") from None
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(
+                    f"--device {device} asked for, but no CUDA device is available; use --device cpu"
+                )
+            if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+                raise UserError(
+                    f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+                )
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -73,6 +84,11 @@ def load_backend(
     """
     from tokentrim.wan.text_encoder import TextEncoderFactory
 
+    if preset is not None and (model_dir or checkpoint):
+        raise UserError(
+            f"--preset {preset} uses built-in weights: drop --model-dir / --checkpoint, or drop --preset "
+            "to load the official files"
+        )
     if preset == "tiny":
         from tokentrim.wan.components import build_tiny_components
 
@@ -130,19 +146,28 @@ def generate_video(
     out: Path,
     log: Path,
     save_latents: bool = False,
+    frames_dir: Path | None = None,
     progress: bool = True,
     extra_log: dict | None = None,
 ) -> GenerationOutput:
-    """One video: stream-decode finished blocks into `out` (mp4, atomic), then write the decision log."""
+    """One video: stream-decode finished blocks into `out` (mp4, atomic); optionally the latents and PNG frames
+    (`frames_dir/000000.png`, ...); the decision log last."""
     model = backend.model
     patch = model.config.patch_size[1:]
     hook = TokenTrim(run.tokentrim, patch)
     writer = VideoWriter(out, fps=backend.fps) if backend.decoder is not None else None
     stream = backend.decoder.streaming() if backend.decoder is not None else None  # WanVAE or the toy codec
 
+    written = 0
+
     def on_block(start: int, x0: torch.Tensor) -> None:
+        nonlocal written
         if writer is not None:
-            writer.append(stream.decode(x0)[0].cpu().numpy())
+            frames = stream.decode(x0)[0].cpu().numpy()
+            writer.append(frames)
+            if frames_dir is not None:  # lossless copies of the decoded frames, numbered from 0
+                write_png_frames(frames_dir, frames, start=written)
+            written += len(frames)
 
     kwargs = {"regen_noise": run.tokentrim.regen_noise} if run.pipeline == "self_forcing" else {}
     try:
@@ -156,14 +181,15 @@ def generate_video(
         raise
     if writer is not None:
         writer.close()
+    if save_latents:
+        with atomic_path(out.with_suffix(".latents.pt")) as tmp:
+            torch.save(result.latents[0].float().cpu(), tmp)
+    # The log comes last: a video counts as finished (batch resume) once its log exists.
     config = {"run": run.to_dict(), "prompt": prompt, "seed": seed, "latent_frames": latent_frames,
               "backend": backend.name, **(extra_log or {})}  # fmt: skip
     write_decision_log(
         log, {"config": config, "blocks": result.records, "flowmo_losses": result.flowmo_losses}
     )
-    if save_latents:
-        with atomic_path(out.with_suffix(".latents.pt")) as tmp:
-            torch.save(result.latents[0].float().cpu(), tmp)
     return result
 
 

@@ -99,13 +99,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = DEFAULT_
     return Path(path)
 
 
-def write_png_frames(folder: str | os.PathLike, frames: np.ndarray) -> list[Path]:
-    """Write each frame as `folder/00000.png`, ... (atomic per file)."""
+def write_png_frames(folder: str | os.PathLike, frames: np.ndarray, start: int = 0) -> list[Path]:
+    """Write each frame as `folder/00000.png`, ... numbered from `start` (atomic per file)."""
     from PIL import Image
 
     frames = _check_frames(frames)
     paths = []
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(frames, start=start):
         target = Path(folder) / f"{i:05d}.png"
         with atomic_path(target) as tmp:
             Image.fromarray(frame).save(tmp, format="PNG")

@@ -26,6 +26,8 @@ class FlowMoConfig:
     steps: indices into the sampler's denoising-step list at which guidance runs (0 = the first, t = 1000).
     reduce: how per-token variances become one loss, "max" (FlowMo) or a softmax(v / temperature)-weighted mean.
     keep_best: return the lowest-loss latent seen instead of the last one.
+    checkpointing: recompute the predictor's activations in the backward pass instead of storing them (the
+    caller's model honours it), so a guided 1.3B step fits one GPU; costs one extra forward per iteration.
     """
 
     mode: str = "off"
@@ -35,6 +37,7 @@ class FlowMoConfig:
     reduce: str = "max"
     temperature: float = 1.0
     keep_best: bool = True
+    checkpointing: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,6 +66,8 @@ class FlowMoConfig:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be a bool, got {self.keep_best!r}")
+        if not isinstance(self.checkpointing, bool):
+            raise ValueError(f"checkpointing must be a bool, got {self.checkpointing!r}")
 
 
 def applies(cfg: FlowMoConfig, block_index: int) -> bool:

@@ -130,6 +130,11 @@ class TokenTrim:
         if self._z_prev is not None:
             positions, d_t = unstable_set(token_drift(z, self._z_prev), self.config.p)
             severity = d_t.item()  # the one host sync the decision needs
+            if not math.isfinite(severity):
+                raise FloatingPointError(
+                    f"the candidate latents are not finite (drift severity {severity}): the model diverged. "
+                    "Check the checkpoint, or run in another dtype (--dtype bf16 / fp32)"
+                )
         return z, positions, severity, (time.perf_counter() - start) * 1e3
 
     def _stats_snapshot(self) -> tuple[float | None, float | None]:

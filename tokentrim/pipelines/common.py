@@ -144,7 +144,11 @@ def guide(
         full = torch.cat([x[:, : frames.start or 0], z, x[:, frames.stop :]], dim=1) if frames.stop else z
         return predict_x0(model, schedule, full, t, context, cache, start_frame)[:, frames]
 
-    guided, losses = flowmo_guidance(x[:, frames], x0_of, flowmo, patch)
+    before, model.gradient_checkpointing = model.gradient_checkpointing, flowmo.checkpointing
+    try:
+        guided, losses = flowmo_guidance(x[:, frames], x0_of, flowmo, patch)
+    finally:
+        model.gradient_checkpointing = before
     out = x.clone()
     out[:, frames] = guided
     return out, losses

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from tokentrim.errors import UserError
 from tokentrim.pipelines import common
 from tokentrim.wan.kv_cache import KVCache
 from tokentrim.wan.model import CausalWanModel
-from tokentrim.wan.scheduler import FlowMatchSchedule
+from tokentrim.wan.scheduler import FlowMatchSchedule, check_sampler_steps
 from tokentrim_core.flowmo import FlowMoConfig, applies
 from tokentrim_core.hook import BlockHook
 
@@ -36,6 +37,7 @@ class RollingForcingConfig:
     attention_frames: int = 21
 
     def __post_init__(self) -> None:
+        check_sampler_steps(self.denoising_steps, self.timestep_shift)
         if len(self.denoising_steps) < 2:
             raise ValueError("denoising_steps needs at least 2 levels for a rolling window")
         if self.attention_frames > self.cache_frames:
@@ -56,12 +58,17 @@ class RollingForcingPipeline:
 
     def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
         common.check_prompt_embeds(self.model, prompt_embeds)
+        self.check_num_frames(num_frames)
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
         block = self.model.config.frames_per_block
-        common.check_frames(self.model, num_frames, self.window_blocks * block, "Rolling Forcing")
         window = self.window_blocks * block
-        if self.config.attention_frames < window + block or self.config.cache_frames < 2 * block + block:
-            raise ValueError(
-                f"attention_frames ({self.config.attention_frames}) must hold the anchor and a {window}-frame window"
+        common.check_frames(self.model, num_frames, window, "Rolling Forcing")
+        if self.config.attention_frames < window + block:
+            raise UserError(
+                f"rolling_forcing.attention_frames ({self.config.attention_frames}) must hold the anchor block "
+                f"and a {window}-frame window: set it to {window + block} or more"
             )
 
     @torch.no_grad()

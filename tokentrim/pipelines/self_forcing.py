@@ -14,7 +14,7 @@ from tokentrim.errors import UserError
 from tokentrim.pipelines import common
 from tokentrim.wan.kv_cache import KVCache
 from tokentrim.wan.model import CausalWanModel
-from tokentrim.wan.scheduler import FlowMatchSchedule
+from tokentrim.wan.scheduler import FlowMatchSchedule, check_sampler_steps
 from tokentrim_core.flowmo import FlowMoConfig, applies
 from tokentrim_core.hook import BlockHook
 
@@ -38,8 +38,7 @@ class SelfForcingConfig:
     rolling: bool = True
 
     def __post_init__(self) -> None:
-        if not self.denoising_steps:
-            raise ValueError("denoising_steps must not be empty")
+        check_sampler_steps(self.denoising_steps, self.timestep_shift)
         if self.cache_frames <= 0:
             raise ValueError(f"cache_frames must be positive, got {self.cache_frames}")
         if not 0 <= self.sink_frames < self.cache_frames:
@@ -57,6 +56,10 @@ class SelfForcingPipeline:
 
     def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
         common.check_prompt_embeds(self.model, prompt_embeds)
+        self.check_num_frames(num_frames)
+
+    def check_num_frames(self, num_frames: int) -> None:
+        """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
         common.check_frames(self.model, num_frames, self.model.config.frames_per_block, "Self Forcing")
         block, c = self.model.config.frames_per_block, self.config
         if c.cache_frames < c.sink_frames + block:
@@ -107,7 +110,7 @@ class SelfForcingPipeline:
             x0, draws = self._denoise_block(x_init, s, context, cache, generator, None, guided, losses)
 
             regenerate = functools.partial(
-                self._regenerate, x_init, s, context, cache, generator, draws, regen_noise, losses
+                self._regenerate, x_init, s, context, cache, generator, draws, regen_noise, guided, losses
             )
             # 4. TokenTrim: accept, or prune the cache and regenerate
             x0 = common.run_hook(hook, j, frames, x0, cache, regenerate)
@@ -120,13 +123,14 @@ class SelfForcingPipeline:
         return common.GenerationOutput(output, frames_out, list(hook.records), losses)
 
     def _regenerate(
-        self, x_init, start, context, cache, generator, draws, regen_noise, losses
+        self, x_init, start, context, cache, generator, draws, regen_noise, flowmo, losses
     ) -> torch.Tensor:
-        """The block again on the pruned cache: from the same noise and draws, or from fresh noise."""
+        """The block again on the pruned cache, by the candidate's procedure (FlowMo guidance included): from
+        the same noise and draws, or from fresh noise."""
         if regen_noise == "fresh":
             x_init = torch.randn(x_init.shape, generator=generator, device=x_init.device, dtype=x_init.dtype)
             draws = None
-        return self._denoise_block(x_init, start, context, cache, generator, draws, None, losses)[0]
+        return self._denoise_block(x_init, start, context, cache, generator, draws, flowmo, losses)[0]
 
     def _denoise_block(self, x, start, context, cache, generator, draws, flowmo, losses):
         """Run the step list on one block: x0 = G(x, t_i); x = add_noise(x0, eps_i, t_{i+1}).

@@ -19,6 +19,7 @@ A call is described once by a `CallPlan` (host-side), then every layer applies i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -140,17 +141,26 @@ class KVCache:
         del self.frames[first : first + excess]
         return [f.index for f in evicted]
 
-    def remove_positions(self, positions: torch.Tensor, include_pinned: bool = False) -> int:
-        """Remove the tokens at spatial `positions` from every cached (unpinned) frame, in every layer.
+    def remove_positions(
+        self,
+        positions: torch.Tensor,
+        frames: Sequence[int] | None = None,
+        include_pinned: bool = False,
+    ) -> int:
+        """Remove the tokens at spatial `positions` from the cached `frames` (absolute indices; default every
+        cached frame), in every layer and head. Pinned frames are skipped unless `include_pinned`.
 
         Returns the number of tokens removed per layer. The kept rows stay in time order and are compacted.
         """
         drop = torch.zeros(self.tokens_per_frame, dtype=torch.bool)
         drop[positions.detach().to("cpu", torch.long)] = True
+        chosen = None if frames is None else set(frames)
+        if chosen is not None and not chosen <= set(self.frame_indices):
+            raise KeyError(f"frames {sorted(chosen - set(self.frame_indices))} are not cached")
         keep_rows, row, removed = [], 0, 0
         for f in self.frames:
             mask = torch.ones(f.rows, dtype=torch.bool)
-            if include_pinned or not f.pinned:
+            if (include_pinned or not f.pinned) and (chosen is None or f.index in chosen):
                 mask = ~drop[f.spatial]
             keep_rows.append(torch.arange(row, row + f.rows)[mask])
             row += f.rows

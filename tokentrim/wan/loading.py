@@ -120,7 +120,8 @@ def read_dit_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[s
         sd = _read_safetensors(path)
     else:
         sd = _read_training_checkpoint(path, use_ema)
-    sd = {k.removeprefix("model.diffusion_model."): v for k, v in sd.items()}
+    # ComfyUI's "model.diffusion_model." and the training wrapper's "model." (no Wan key starts with "model.")
+    sd = {k.removeprefix("model.diffusion_model.").removeprefix("model."): v for k, v in sd.items()}
     if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
         sd = diffusers_to_wan_keys(sd)
     return sd

@@ -8,10 +8,26 @@ x0 = x_t - sigma v. Configured steps k are warped to T_ext[1000 - k] with T_ext 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
+
+
+def check_sampler_steps(steps: Sequence[float], shift: float) -> None:
+    """Sampler settings the schedule can honour: integer steps in (0, 1000], strictly decreasing; shift > 0.
+
+    Raises ValueError naming the field (the reference indexes its table with integer steps, spec §3.2).
+    """
+    if not steps:
+        raise ValueError("denoising_steps must not be empty")
+    if any(float(k) != int(k) or not 0 < k <= NUM_TRAIN_TIMESTEPS for k in steps):
+        raise ValueError(f"denoising_steps must be integers in (0, {NUM_TRAIN_TIMESTEPS}], got {list(steps)}")
+    if any(a <= b for a, b in pairwise(steps)):
+        raise ValueError(f"denoising_steps must be strictly decreasing, got {list(steps)}")
+    if not 0 < shift < float("inf"):
+        raise ValueError(f"timestep_shift must be a finite number > 0, got {shift}")
 
 
 class FlowMatchSchedule:

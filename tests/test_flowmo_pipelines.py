@@ -1,0 +1,86 @@
+"""FlowMo inside both pipelines on the tiny DiT: the objective falls, weights stay, the right blocks are guided."""
+
+import pytest
+import torch
+
+from tokentrim.pipelines import RollingForcingPipeline, SelfForcingPipeline, common
+from tokentrim.wan import build_model
+from tokentrim_core import FlowMoConfig
+
+PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
+
+
+@pytest.fixture
+def model(tiny_config):
+    return build_model(tiny_config, seed=3)
+
+
+@pytest.fixture
+def embeds(tiny_config):
+    return torch.randn(1, 9, tiny_config.text_dim, generator=torch.Generator().manual_seed(5))
+
+
+def record_guided(monkeypatch):
+    """(start_frame, guided frame rows) of every FlowMo guidance call."""
+    calls, guide = [], common.guide
+
+    def recording(model, schedule, x, t, context, cache, start_frame, flowmo, frames=slice(None)):
+        rows = range(x.shape[1])[frames]
+        calls.append((start_frame, rows.start, rows.stop))
+        return guide(model, schedule, x, t, context, cache, start_frame, flowmo, frames)
+
+    monkeypatch.setattr(common, "guide", recording)
+    return calls
+
+
+@pytest.mark.parametrize("pipeline, frames", PIPELINES)
+def test_off_is_bit_identical_to_no_flowmo(model, embeds, pipeline, frames):
+    plain = pipeline(model)(embeds, frames, seed=2, progress=False)
+    off = pipeline(model)(
+        embeds, frames, seed=2, flowmo=FlowMoConfig(mode="off", steps=(0, 1)), progress=False
+    )
+    assert torch.equal(plain.latents, off.latents)
+    assert off.flowmo_losses == []
+
+
+@pytest.mark.parametrize("pipeline, frames", PIPELINES)
+def test_objective_falls_and_weights_stay(model, embeds, pipeline, frames):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FlowMoConfig(mode="first_block", steps=(0,), iterations=6, lr=0.05, keep_best=False)
+    guided = pipeline(model)(embeds, frames, seed=2, flowmo=cfg, progress=False)
+    plain = pipeline(model)(embeds, frames, seed=2, progress=False)
+    assert len(guided.flowmo_losses) == 1  # block 0, step 0, once
+    losses = guided.flowmo_losses[0]
+    assert len(losses) == cfg.iterations + 1 and losses[-1] < losses[0]
+    assert not torch.equal(guided.latents[:, :3], plain.latents[:, :3])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+
+
+def test_self_forcing_guides_the_chosen_blocks(model, embeds, monkeypatch):
+    calls = record_guided(monkeypatch)
+    cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
+    SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=cfg, progress=False)
+    assert calls == [(0, 0, 3), (0, 0, 3)]  # block 0 at steps 0 and 1, nothing later
+    calls.clear()
+    SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=FlowMoConfig(mode="every_block"), progress=False)
+    assert calls == [(0, 0, 3), (3, 0, 3), (6, 0, 3)]
+
+
+def test_rolling_forcing_guides_block_zero_rows_only(model, embeds, monkeypatch):
+    calls = record_guided(monkeypatch)
+    cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
+    RollingForcingPipeline(model)(embeds, 15, seed=2, flowmo=cfg, progress=False)
+    # window 0 holds block 0 at level 0; window 1 holds blocks 0-1 with block 0 (its rows 0-2) at level 1
+    assert calls == [(0, 0, 3), (0, 0, 3)]
+
+
+def test_checkpointing_is_exact_and_restored(model, embeds):
+    runs = []
+    for checkpointing in (False, True):
+        cfg = FlowMoConfig(mode="first_block", iterations=3, lr=0.05, checkpointing=checkpointing)
+        runs.append(SelfForcingPipeline(model)(embeds, 6, seed=2, flowmo=cfg, progress=False))
+        assert model.gradient_checkpointing is False
+    assert runs[0].flowmo_losses[0] == pytest.approx(runs[1].flowmo_losses[0], rel=1e-5)
+    torch.testing.assert_close(runs[0].latents, runs[1].latents, rtol=1e-4, atol=1e-5)
