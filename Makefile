@@ -31,8 +31,20 @@ demo: install
 	$(BIN)/tokentrim figure drift $(OUT)/demo.json -o $(OUT)/demo_drift.png
 	@echo "demo video: $(OUT)/demo.mp4   drift figure: $(OUT)/demo_drift.png   decision log: $(OUT)/demo.json"
 
+# `make reproduce` (toy, CPU), `make reproduce PRESET=tiny` (a small CPU smoke grid, run by CI), or the real
+# weights on a GPU: `make reproduce MODEL_DIR=wan_models/Wan2.1-T2V-1.3B CKPT_SF=... CKPT_RF=...`.
+ifeq ($(PRESET),tiny)
+REPRO_ARGS ?= --num-prompts 2 --latent-frames 15 --segment-seconds 1
+endif
+ifdef MODEL_DIR
+REPRO_MODEL = --model-dir $(MODEL_DIR) $(if $(CKPT_SF),--checkpoint-sf $(CKPT_SF)) $(if $(CKPT_RF),--checkpoint-rf $(CKPT_RF))
+else
+REPRO_MODEL = --preset $(PRESET)
+endif
+RESULTS ?= results
+
 reproduce: install
-	$(BIN)/tokentrim reproduce --preset $(PRESET) --out results
+	$(BIN)/tokentrim reproduce $(REPRO_MODEL) --out $(RESULTS) $(REPRO_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs results .pytest_cache

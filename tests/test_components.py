@@ -182,3 +182,24 @@ def test_tiny_components():
     video = parts.vae.decode(torch.zeros(1, 2, cfg.out_dim, cfg.latent_height, cfg.latent_width))
     assert video.shape == (1, 5, 8 * cfg.latent_height, 8 * cfg.latent_width, 3)
     assert parts.text_encoder_factory.get() is parts.text_encoder
+
+
+def test_tokenizer_vocabulary_shards_and_corrupt_weights(tmp_path, tiny, tiny_original_architecture):
+    root = make_original(tmp_path / "o", tiny)
+    for name in ("tokenizer.json", "spiece.model"):
+        (root / "google" / "umt5-xxl" / name).unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"google/umt5-xxl/spiece.model\|google/umt5-xxl/tokenizer.json"):
+        load_components(root, device="cpu")
+    # a sharded Diffusers text encoder whose index names a shard that is not there
+    root = make_diffusers(tmp_path / "d", tiny)
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (root / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    os.replace(root / "text_encoder" / "model.safetensors", root / "text_encoder" / shards["a"])
+    with pytest.raises(UserError, match="is missing: text_encoder/model-00002-of-00002.safetensors"):
+        load_components(root, device="cpu")
+    # a truncated original T5 file: one clear error, not a pickle traceback
+    root = make_original(tmp_path / "o2", tiny)
+    weights = root / "models_t5_umt5-xxl-enc-bf16.pth"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserError, match="cannot read checkpoint .*download it again"):
+        load_components(root, device="cpu")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from tokentrim.errors import UserError
+from tokentrim.eval.command import check_segment_seconds
 from tokentrim.video import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise UserError("give --preset tiny|toy, or --model-dir with --checkpoint-sf / --checkpoint-rf")
     if args.preset is None:
         args.pipelines = [p for p in args.pipelines if getattr(args, f"checkpoint_{p[0]}f")]  # noqa: B009
+    if args.num_prompts is not None and args.num_prompts < 1:
+        raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+    check_segment_seconds(args.segment_seconds)
     prompts = default_prompts(args.preset) if args.prompts is None else _read(args.prompts)
     prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
     out = Path(args.out)

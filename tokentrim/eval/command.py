@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def register(subparsers) -> None:
     p.add_argument("--flow-long-side", type=int, default=EvalSettings.flow_long_side,
                    help="optical flow on frames downscaled to this long side (default %(default)s px)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
+
+
+def check_segment_seconds(seconds: float) -> None:
+    if not 0 < seconds < math.inf:
+        raise UserError(f"--segment-seconds must be a positive number of seconds, got {seconds}")
 
 
 def write_json(path: str | Path, data: dict) -> Path:
@@ -79,6 +85,11 @@ def pair_table(result: dict) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     if bool(args.videos) == bool(args.pair):
         raise UserError("give either VIDEO [VIDEO ...] or --pair BASELINE TREATED (not both, not neither)")
+    check_segment_seconds(args.segment_seconds)
+    if Path(args.json).is_dir():
+        raise UserError(
+            f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}"
+        )
     try:
         settings = EvalSettings(frame_stride=args.frame_stride, flow_long_side=args.flow_long_side)
     except ValueError as err:

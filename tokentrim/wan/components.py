@@ -7,6 +7,7 @@ config and weights. File lists and download commands are documented in docs/mode
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,11 @@ LAYOUTS: dict[str, LayoutFiles] = {
         dit_files=("diffusion_pytorch_model.safetensors",),
         text_encoder="models_t5_umt5-xxl-enc-bf16.pth",
         tokenizer="google/umt5-xxl",
-        text_encoder_files=("models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/tokenizer_config.json"),
+        text_encoder_files=(
+            "models_t5_umt5-xxl-enc-bf16.pth",
+            "google/umt5-xxl/tokenizer_config.json",
+            "google/umt5-xxl/spiece.model|google/umt5-xxl/tokenizer.json",
+        ),
         vae="Wan2.1_VAE.pth",
         vae_files=("Wan2.1_VAE.pth",),
     ),
@@ -67,6 +72,7 @@ LAYOUTS: dict[str, LayoutFiles] = {
             "text_encoder/config.json",
             "text_encoder/model*.safetensors",
             "tokenizer/tokenizer_config.json",
+            "tokenizer/spiece.model|tokenizer/tokenizer.json",
         ),  # fmt: skip
         vae="vae",
         vae_files=("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
@@ -99,7 +105,16 @@ def detect_layout(model_dir: str | os.PathLike) -> Layout:
 
 
 def _missing(root: Path, patterns: tuple[str, ...]) -> list[str]:
-    return [p for p in patterns if not any(root.glob(p))]
+    """Patterns (globs; "a|b" = either) with no match, plus shards named by a `*.safetensors.index.json`."""
+    missing = [p for p in patterns if not any(any(root.glob(alt)) for alt in p.split("|"))]
+    for index in root.glob("*/*.safetensors.index.json"):
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        missing += [
+            str((index.parent / s).relative_to(root))
+            for s in sorted(shards)
+            if not (index.parent / s).is_file()
+        ]
+    return missing
 
 
 def file_identity(paths: list[Path]) -> str:

@@ -75,15 +75,20 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
     return _read_safetensors(files[0])
 
 
-def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
-    """Self Forcing / Rolling Forcing `.pt`: {"generator_ema" | "generator": wrapper state dict}."""
+def read_torch_file(path: str | os.PathLike) -> object:
+    """`torch.load(weights_only=True)` on CPU; an unreadable file is one `UserError` that says what to do."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise UserError(
             f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}. "
             "The file is corrupted or not a PyTorch checkpoint; download it again."
         ) from err
+
+
+def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
+    """Self Forcing / Rolling Forcing `.pt`: {"generator_ema" | "generator": wrapper state dict}."""
+    raw = read_torch_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a state dict")
     order = ["generator_ema", "generator"] if use_ema else ["generator"]

@@ -22,6 +22,7 @@ import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
 from tokentrim.errors import UserError
+from tokentrim.wan.loading import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,13 @@ def _umt5_on_meta(
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as err:
+        raise UserError(
+            f"the text-encoder weights do not fit umT5-XXL ({str(err).splitlines()[0]}); "
+            "is this Wan2.1's models_t5_umt5-xxl-enc-bf16.pth? Download it again."
+        ) from err
     model.set_input_embeddings(model.shared)  # one embedding tensor, as in the checkpoint
     return model
 
@@ -162,7 +169,7 @@ def load_original_text_encoder(
     """Wan's `models_t5_umt5-xxl-enc-bf16.pth` + the `google/umt5-xxl/` tokenizer folder (`config`: umT5-XXL)."""
     from transformers import AutoTokenizer
 
-    state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    state_dict = read_torch_file(weights)
     umt5 = UMT5Config(**(config or UMT5_XXL_CONFIG))
     model = _umt5_on_meta(umt5, convert_wan_t5_state_dict(state_dict), dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)

@@ -15,6 +15,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from tokentrim.errors import UserError
+from tokentrim.wan.loading import read_torch_file
 
 # Wan2.1 VAE per-channel latent statistics (reference-pipelines.md §3.4, Self Forcing `WanVAEWrapper`; the same
 # numbers are AutoencoderKLWan's `latents_mean` / `latents_std` config defaults).
@@ -139,7 +140,7 @@ def load_original_vae(
 
     `config`: `AutoencoderKLWan` arguments, default `WAN21_VAE_CONFIG`.
     """
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = read_torch_file(path)
     converted = {k: v.to(dtype) for k, v in convert_wan_vae_to_diffusers(state_dict).items()}
     with torch.device("meta"):
         model = AutoencoderKLWan(**(config or WAN21_VAE_CONFIG))
