@@ -139,6 +139,11 @@ def test_bench_compare_json(tmp_path, capsys):
     assert report["overhead_ratio"] == pytest.approx(
         report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
     )
+    from tokentrim.wan import get_preset
+
+    c = get_preset("tiny")  # keys + values, every layer, 21 cached frames (the SF default), fp32 on CPU
+    expected = 2 * c.num_layers * 21 * c.tokens_per_frame * c.dim * 4 / 2**20
+    assert report["kv_cache_mb"] == pytest.approx(expected)
 
 
 def test_reproduce_tiny_writes_tables(tmp_path, capsys):

@@ -61,6 +61,14 @@ def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.
             "blocks": len(out.records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
 
 
+def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
+    """Bytes of the pipeline's preallocated KV cache (keys + values, batch 1), exact: built on the meta device."""
+    from tokentrim.wan.kv_cache import KVCache
+
+    cache = KVCache(backend.model.config, 1, run.sampler.cache_frames, device="meta", dtype=dtype)
+    return 2 * cache.k.numel() * cache.k.element_size() / 2**20
+
+
 def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict:
     walls = [r["wall_s"] for r in runs]
     blocks = [b for r in runs for b in r["block_s"]]
@@ -128,6 +136,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "tokentrim_config": treated.to_dict()["tokentrim"],
         "flowmo_config": treated.to_dict()["flowmo"],
+        "kv_cache_mb": kv_cache_mb(backend, treated, dtype),
+        "dit_weights_mb": sum(p.numel() * p.element_size() for p in backend.model.parameters()) / 2**20,
         **{name: summarise(runs, args.latent_frames, scale) for name, runs in results.items()},
     }
     if args.compare:

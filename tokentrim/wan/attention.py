@@ -20,25 +20,45 @@ BACKENDS = ("sdpa", "flash", "auto")
 
 @functools.cache
 def _flash_func():
-    """flash-attn 3 (`flash_attn_interface`) on Hopper, else flash-attn 2, else None."""
+    """The reference's choice (spec §7): flash-attn 3 (`flash_attn_interface`) when GPU 0's name says H100 /
+    Hopper, else flash-attn 2, else None. Returns a varlen function `(q, k, v, cu_q, cu_k, max_q, max_k)`."""
     try:
         import flash_attn_interface  # FA3
 
-        name = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else ""
-        if "h100" in name or "hopper" in name:  # the reference's rule (spec §7): an H200 runs flash-attn 2
-            return lambda q, k, v: _first(flash_attn_interface.flash_attn_func(q, k, v))
+        name = torch.cuda.get_device_name(0).lower() if torch.cuda.is_available() else ""
+        if "h100" in name or "hopper" in name:  # the reference's rule: an H200 runs flash-attn 2
+            return lambda q, k, v, cu_q, cu_k, mq, mk: _first(
+                flash_attn_interface.flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk)
+            )
     except ImportError:
         pass
     try:
-        from flash_attn import flash_attn_func  # FA2
+        from flash_attn import flash_attn_varlen_func  # FA2
 
-        return lambda q, k, v: flash_attn_func(q, k, v)
+        return lambda q, k, v, cu_q, cu_k, mq, mk: flash_attn_varlen_func(
+            q, k, v, cu_q, cu_k, mq, mk, dropout_p=0.0, causal=False, window_size=(-1, -1)
+        )
     except ImportError:
         return None
 
 
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
+
+
+def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The reference's `flash_attention` call: batch flattened to varlen form with full lengths, non-half inputs
+    cast to bf16, output cast back to q's dtype. q `[B, Lq, H, D]`, k/v `[B, Lk, H, D]` -> `[B, Lq, H, D]`."""
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)  # on device: no host sync
+    cu_k = torch.arange(0, (b + 1) * lk, lk, dtype=torch.int32, device=q.device)
+    out = _flash_func()(
+        q.reshape(b * lq, h, d).to(half), k.reshape(b * lk, h, d).to(half), v.reshape(b * lk, h, d).to(half),
+        cu_q, cu_k, lq, lk,
+    )  # fmt: skip
+    return out.reshape(b, lq, h, d).to(q.dtype)
 
 
 def flash_available() -> bool:
@@ -67,15 +87,9 @@ def attention(
     q `[B, Lq, H, D]`, k and v `[B, Lk, H, D]`, optional boolean `attn_mask [Lq, Lk]` (True = attend).
     Returns `[B, Lq, H, D]` in q's dtype.
     """
-    use_flash = (
-        backend in ("flash", "auto")
-        and attn_mask is None
-        and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and flash_available()
-    )
+    use_flash = backend in ("flash", "auto") and attn_mask is None and q.is_cuda and flash_available()
     if use_flash:
-        return _flash_func()(q, k, v).to(q.dtype)
+        return flash_varlen(q, k, v)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask
     )
