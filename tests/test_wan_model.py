@@ -95,6 +95,24 @@ def test_rmsnorm_over_full_width_with_fp32_statistics():
     torch.testing.assert_close(norm(x), torch.tensor([[3 / rms, 8 / rms, 0.0, 0.0]]))
 
 
+def test_rmsnorm_bf16_statistics_in_fp32_then_cast_then_weight():
+    """Spec §10 order in bf16: normalise in fp32, cast to bf16, then multiply by the (bf16) weight."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(64, 1536, generator=g) * 30).to(torch.bfloat16)
+    norm = RMSNorm(1536, eps=1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_((1 + torch.randn(1536, generator=g) / 3).to(torch.bfloat16))
+    xf = x.double()
+    normed = (xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).float().to(torch.bfloat16)
+    expected = normed * norm.weight
+    assert torch.equal(norm(x), expected)
+    # the orders this pins down do differ in bf16 (so the check above can fail)
+    bf16_stats = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
+    weight_in_fp32 = (xf.float() * torch.rsqrt(xf.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+                      * norm.weight.float()).to(torch.bfloat16)  # fmt: skip
+    assert not torch.equal(bf16_stats, expected) and not torch.equal(weight_in_fp32, expected)
+
+
 def test_unpatchify_channel_to_pixel_mapping(tiny_config):
     c = tiny_config
     b, f, ph, pw, ch = 1, 2, 2, 2, c.out_dim

@@ -14,7 +14,14 @@ Two reference conventions (spec §2.5, §2.6):
   `attention_frames - call - anchor` working frames and itself; the clean (commit) call reads the newest
   `attention_frames` frames including itself, the anchor (at its true position) only while they fit.
 
-A call is described once by a `CallPlan` (host-side), then every layer applies it with `layer_kv`.
+A call is described once by a `CallPlan` (host-side), then every layer applies it with `layer_kv`. The named
+operations, in those terms:
+
+* append a block: `plan(start, n, commit=True)` for frames not cached yet, `layer_kv` per layer, `finish(plan)`;
+* overwrite the block being denoised: the same for frames already cached (their rows are written in place);
+* evict the oldest frames, keeping the pinned sink / anchor frames: `make_room(n)`;
+* remove tokens by (frames, spatial positions): `remove_positions(positions, frames=None)`;
+* the keys / values to attend to: what `layer_kv` returns (cached segments, then the call's own tokens).
 """
 
 from __future__ import annotations
