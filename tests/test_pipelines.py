@@ -112,13 +112,9 @@ def test_same_seed_same_latents_and_explicit_noise(model, embeds, pipeline):
     assert torch.equal(a, d)
 
 
-def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, captured_caches):
-    """The final cached keys/values equal a from-scratch block-causal pass over the accepted latents at t = 0."""
-    caches = captured_caches
-    out = SelfForcingPipeline(model)(embeds, 9, seed=1, progress=False)
-    cache = caches[0]
-    captured = {}
-    hooks = []
+def recomputed_kv(model, embeds, latents, mask):
+    """Per layer, rotated keys and values `[B, F*T, H, D]` of one masked forward over `latents` at t = 0."""
+    cfg, captured, hooks = model.config, {}, []
     for n, blk in enumerate(model.blocks):
         hooks.append(
             blk.self_attn.norm_k.register_forward_hook(lambda m, i, o, n=n: captured.update({("k", n): o}))
@@ -126,24 +122,48 @@ def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, cap
         hooks.append(
             blk.self_attn.v.register_forward_hook(lambda m, i, o, n=n: captured.update({("v", n): o}))
         )
-    ctx = model.encode_context(embeds)
     with torch.no_grad():
-        model(
-            out.latents,
-            torch.zeros(1, 9),
-            ctx,
-            attn_mask=block_causal_mask(9, 3, tiny_config.tokens_per_frame),
-        )
+        model(latents, torch.zeros(latents.shape[:2]), model.encode_context(embeds), attn_mask=mask)
     for h in hooks:
         h.remove()
-    freqs = model.rope.grid_freqs(0, 9, tiny_config.tokens_per_frame, "cpu")
-    heads = (tiny_config.num_heads, tiny_config.head_dim)
+    freqs = model.rope.grid_freqs(0, latents.shape[1], cfg.tokens_per_frame, "cpu")
+    heads = (cfg.num_heads, cfg.head_dim)
+    return [
+        (apply_rope(captured[("k", n)].unflatten(-1, heads), freqs), captured[("v", n)].unflatten(-1, heads))
+        for n in range(cfg.num_layers)
+    ]
+
+
+def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, captured_caches):
+    """The final cached keys/values equal a from-scratch block-causal pass over the accepted latents at t = 0."""
+    out = SelfForcingPipeline(model)(embeds, 9, seed=1, progress=False)
+    cache = captured_caches[0]
+    kv = recomputed_kv(model, embeds, out.latents, block_causal_mask(9, 3, tiny_config.tokens_per_frame))
     assert cache.frame_indices == list(range(9))
-    for n in range(tiny_config.num_layers):
-        k = apply_rope(captured[("k", n)].unflatten(-1, heads), freqs)
-        v = captured[("v", n)].unflatten(-1, heads)
+    for n, (k, v) in enumerate(kv):
         torch.testing.assert_close(cache.k[n, :, : cache.length], k, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(cache.v[n, :, : cache.length], v, rtol=1e-5, atol=1e-5)
+
+
+def test_self_forcing_rolling_cache_equals_recomputation(model, embeds, tiny_config, captured_caches):
+    """A 9-frame cache with 3 sink frames over 18 frames: room for the sink, one earlier block and the new one, so
+    block j was committed attending to block 0, block j-1 and itself; one forward with that mask recomputes it.
+    The cache ends with frames 0-2 and 12-17."""
+    config = SelfForcingConfig(cache_frames=9, sink_frames=3)
+    out = SelfForcingPipeline(model, config)(embeds, 18, seed=1, progress=False)
+    cache, T = captured_caches[0], tiny_config.tokens_per_frame
+    blocks = 6
+    seen = torch.zeros(blocks, blocks, dtype=torch.bool)
+    for j in range(blocks):
+        seen[j, 0] = True
+        seen[j, max(1, j - 1) : j + 1] = True
+    mask = seen.repeat_interleave(3 * T, 0).repeat_interleave(3 * T, 1)
+    kv = recomputed_kv(model, embeds, out.latents, mask)
+    assert cache.frame_indices == [0, 1, 2, *range(12, 18)]
+    rows = torch.cat([torch.arange(0, 3 * T), torch.arange(12 * T, 18 * T)])
+    for n, (k, v) in enumerate(kv):
+        torch.testing.assert_close(cache.k[n, :, : cache.length], k[:, rows], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.v[n, :, : cache.length], v[:, rows], rtol=1e-5, atol=1e-5)
 
 
 def test_self_forcing_long_rollout_evicts_with_sink(model, embeds):
@@ -187,3 +207,58 @@ def test_input_errors(model, embeds):
         SelfForcingConfig(cache_frames=3, sink_frames=3)
     with pytest.raises(ValueError, match="attention_frames"):
         RollingForcingConfig(cache_frames=20, attention_frames=21)
+
+
+def test_rolling_forcing_data_flow_follows_the_spec(model, embeds, monkeypatch):
+    """Replay spec §4.2 from the recorded calls and draws: which tensor feeds each window, what is re-noised and
+    stored, what each clean pass commits, what is output (F = 21: head, full and tail windows)."""
+    from tokentrim.wan.scheduler import FlowMatchSchedule
+
+    calls, forward = [], model.forward
+
+    def recording(x, t, context, cache=None, start_frame=0, commit=False, attn_mask=None):
+        out = forward(x, t, context, cache=cache, start_frame=start_frame, commit=commit, attn_mask=attn_mask)
+        calls.append((start_frame, x.clone(), t.clone(), commit, out.clone()))
+        return out
+
+    model.forward = recording
+    draws, randn = [], torch.randn
+
+    def drawing(*args, **kwargs):
+        draws.append(randn(*args, **kwargs))
+        return draws[-1]
+
+    monkeypatch.setattr(torch, "randn", drawing)
+    F, K, B = 21, 5, 3
+    gen = torch.Generator().manual_seed(4)
+    noise = randn(1, F, 16, 8, 12, generator=gen)
+    out = RollingForcingPipeline(model)(embeds, F, noise=noise, generator=gen, progress=False)
+    sched = FlowMatchSchedule(5.0)
+    steps = sched.warp([1000, 800, 600, 400, 200])
+    noisy, final, calls_iter, draw_iter = (
+        torch.zeros_like(noise),
+        torch.empty_like(noise),
+        iter(calls),
+        iter(draws),
+    )
+    for w in range(F // B + K - 1):
+        first, last = max(0, w - K + 1), min(F // B - 1, w)
+        s, e = first * B, (last + 1) * B
+        start, x, t, commit, flow = next(calls_iter)  # the window's denoising pass
+        fresh = e - s == K * B or s == 0
+        expected = torch.cat([noisy[:, s : e - B], noise[:, e - B : e]], 1) if fresh else noisy[:, s:e]
+        assert (start, commit) == (s, False) and torch.equal(x, expected), w
+        levels = [w - b for b in range(first, last + 1)]
+        assert torch.equal(t[0], steps[levels].repeat_interleave(B))
+        x0 = sched.to_x0(flow, x, t)
+        for i, b in enumerate(range(first, last + 1)):
+            if levels[i] < K - 1:
+                eps = next(draw_iter)
+                assert eps.shape == x0.shape  # one full-window draw per unfinished block
+                renoised = sched.add_noise(x0, eps, steps[levels[i] + 1].expand(x0.shape[:2]))
+                noisy[:, b * B : (b + 1) * B] = renoised[:, i * B : (i + 1) * B]
+        final[:, s:e] = x0
+        start, x, t, commit, _ = next(calls_iter)  # the clean pass commits the oldest block at t = 0
+        assert (start, commit) == (s, True) and torch.equal(x, x0[:, :B]) and (t == 0).all()
+    assert next(calls_iter, None) is None and next(draw_iter, None) is None
+    assert torch.equal(out.latents, final)
