@@ -38,6 +38,7 @@ VARIANTS = {  # name -> overrides
 }
 FPS = 8
 HIST_BINS = 32
+SCENE_SEED_OFFSET = 20_000_000  # held-out scenes: training streams start at 0, 1_000_003, ...; validation at 1e7
 
 
 def truth_distance(frames: np.ndarray, truth: np.ndarray, segment: int) -> list[float]:
@@ -76,8 +77,8 @@ def main() -> None:
     model, text, codec = load_toy()
     segment = int(args.segment_seconds * FPS)
     rows = []
-    for seed in range(args.seeds):
-        scene = sample_scene(seed)
+    for seed in range(args.seeds):  # seed i: scene SCENE_SEED_OFFSET + i, sampler seed i
+        scene = sample_scene(SCENE_SEED_OFFSET + seed)
         embeds = text.encode([scene.prompt])
         truth = scene.render(args.latent_frames)
         for pipeline in args.pipelines:

@@ -151,7 +151,7 @@ def generate_video(
     extra_log: dict | None = None,
 ) -> GenerationOutput:
     """One video: stream-decode finished blocks into `out` (mp4, atomic); optionally the latents and PNG frames
-    (`frames_dir/000000.png`, ...); the decision log last."""
+    (`frames_dir/00000.png`, ...); the decision log last."""
     model = backend.model
     patch = model.config.patch_size[1:]
     hook = TokenTrim(run.tokentrim, patch)
