@@ -28,3 +28,17 @@ def captured_caches(monkeypatch):
 
     monkeypatch.setattr(kv_cache.KVCache, "__init__", remember)
     return made
+
+
+@pytest.fixture
+def model(tiny_config):
+    """A 2-layer random-weight DiT on the tiny 8x12 latent grid (tests may override with their own seed)."""
+    from tokentrim.wan import build_model
+
+    return build_model(tiny_config, seed=3)
+
+
+@pytest.fixture
+def embeds(tiny_config):
+    """Random prompt embeddings, 9 of the tiny preset's 16 text rows."""
+    return torch.randn(1, 9, tiny_config.text_dim, generator=torch.Generator().manual_seed(5))

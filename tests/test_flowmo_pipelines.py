@@ -4,20 +4,9 @@ import pytest
 import torch
 
 from tokentrim.pipelines import RollingForcingPipeline, SelfForcingPipeline, common
-from tokentrim.wan import build_model
 from tokentrim_core import FlowMoConfig
 
 PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
-
-
-@pytest.fixture
-def model(tiny_config):
-    return build_model(tiny_config, seed=3)
-
-
-@pytest.fixture
-def embeds(tiny_config):
-    return torch.randn(1, 9, tiny_config.text_dim, generator=torch.Generator().manual_seed(5))
 
 
 def record_guided(monkeypatch):

@@ -10,21 +10,11 @@ from tokentrim.pipelines import (
     SelfForcingConfig,
     SelfForcingPipeline,  # fmt: skip
 )
-from tokentrim.wan import block_causal_mask, build_model, kv_cache
+from tokentrim.wan import block_causal_mask, kv_cache
 from tokentrim.wan.rope import apply_rope
 
 SF_STEPS = [1000.0, 937.5, 833.33, 625.0]
 RF_STEPS = [1000.0, 952.38, 882.35, 769.23, 555.56]
-
-
-@pytest.fixture
-def model(tiny_config):
-    return build_model(tiny_config, seed=3)
-
-
-@pytest.fixture
-def embeds(tiny_config):
-    return torch.randn(1, 9, tiny_config.text_dim, generator=torch.Generator().manual_seed(5))
 
 
 def instrument(model):
