@@ -38,7 +38,9 @@ VARIANTS = {  # name -> overrides
 }
 FPS = 8
 HIST_BINS = 32
-SCENE_SEED_OFFSET = 20_000_000  # held-out scenes: training streams start at 0, 1_000_003, ...; validation at 1e7
+SCENE_SEED_OFFSET = (
+    20_000_000  # held-out scenes: training streams start at 0, 1_000_003, ...; validation at 1e7
+)
 
 
 def truth_distance(frames: np.ndarray, truth: np.ndarray, segment: int) -> list[float]:

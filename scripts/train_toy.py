@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from tokentrim.toy import CODEC, TEXT_PREFIX, TOY_CONFIG, VOCAB, WEIGHTS_PATH, load_toy
+from tokentrim.toy import CODEC, TEXT_PREFIX, TOY_CONFIG, VOCAB, WEIGHTS_PATH
 from tokentrim.toy.codec import ToyCodec
 from tokentrim.toy.text import ToyTextEncoder
 from tokentrim.toy.world import sample_scene
@@ -123,6 +123,36 @@ def flow_loss(
     return (err * noisy).sum() / noisy.sum().clamp(min=1)
 
 
+def load_weights(path: Path, model: CausalWanModel, text: ToyTextEncoder) -> None:
+    """Toy weights into a built model and text encoder; a file from before the text position table (which
+    then stays at its zero initialisation) is accepted, any other missing tensor is an error."""
+    state = load_file(str(path))
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(TEXT_PREFIX)})
+    text_state = {k[len(TEXT_PREFIX) :]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+    missing = text.load_state_dict(text_state, strict=False).missing_keys
+    if set(missing) - {"position.weight"}:
+        raise ValueError(f"{path} lacks the text tensors {missing}")
+
+
+def validation(cfg: TrainConfig):
+    """The fixed validation loss: scenes, noise levels and noise drawn once from seeds that depend on nothing
+    else, so runs with different training seeds (and any weights file) are scored on the same data."""
+    fpb = TOY_CONFIG.frames_per_block
+    gen = torch.Generator().manual_seed(VALIDATION_SEED_OFFSET)
+    x0, prompts = make_clips([VALIDATION_SEED_OFFSET + i for i in range(cfg.val_batch)], cfg.frames, CODEC)
+    sigma = sample_noise_levels(
+        cfg.val_batch, cfg.frames // fpb, FlowMatchSchedule(cfg.shift), cfg.clean_prob, gen
+    )
+    noise = torch.randn(x0.shape, generator=gen)
+    mask = block_causal_mask(cfg.frames, fpb, TOY_CONFIG.tokens_per_frame)
+
+    def validate(model: CausalWanModel, text: ToyTextEncoder) -> float:
+        with torch.no_grad():
+            return flow_loss(model, text, x0, prompts, sigma, noise, mask).item()
+
+    return validate
+
+
 def zero_init_residuals(model: CausalWanModel) -> None:
     """adaLN-Zero (Peebles & Xie 2023, DiT §3.2): every residual branch and the output start at zero.
 
@@ -170,9 +200,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
     if init is None:
         zero_init_residuals(model)
     else:
-        start_model, start_text, _ = load_toy(path=init)
-        model.load_state_dict(start_model.state_dict())
-        text.load_state_dict(start_text.state_dict())
+        load_weights(init, model, text)
         meta_path = init.with_suffix(".json")
         earlier = json.loads(meta_path.read_text())["training"] if meta_path.is_file() else None
     ema_model, ema_text = (
@@ -194,17 +222,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
     mask = block_causal_mask(cfg.frames, fpb, model_cfg.tokens_per_frame)
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    # Fixed validation set: scenes, noise levels and noise drawn once.
-    val_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    val_x0, val_prompts = make_clips(
-        [VALIDATION_SEED_OFFSET + i for i in range(cfg.val_batch)], cfg.frames, CODEC
-    )
-    val_sigma = sample_noise_levels(cfg.val_batch, blocks, schedule, cfg.clean_prob, val_gen)
-    val_noise = torch.randn(val_x0.shape, generator=val_gen)
-
-    def validate(m: CausalWanModel, t: ToyTextEncoder) -> float:
-        with torch.no_grad():
-            return flow_loss(m, t, val_x0, val_prompts, val_sigma, val_noise, mask).item()
+    validate = validation(cfg)
 
     curve, running, start = [], [], time.time()
     metadata = {
@@ -282,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="wall-time budget: cosine schedule by time, stop when it is spent")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--validate", type=Path, default=None,
+                        help="only print the fixed validation loss of these toy weights (.safetensors)")  # fmt: skip
     parser.add_argument("--init", type=Path, default=None,
                         help="continue from these toy weights (.safetensors) instead of a fresh start")  # fmt: skip
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file (.safetensors)")
@@ -292,6 +312,12 @@ def main(argv: list[str] | None = None) -> None:
                       clean_prob=args.clean_prob, minutes=args.minutes)  # fmt: skip
     if args.out.suffix != ".safetensors":
         parser.error(f"--out must end in .safetensors, got {args.out}")
+    if args.validate is not None:
+        model = build_model(TOY_CONFIG, device="cpu").eval()
+        text = ToyTextEncoder(TOY_CONFIG.text_len, TOY_CONFIG.text_dim)
+        load_weights(args.validate, model, text)
+        print(f"{args.validate}: validation loss {validation(cfg)(model, text):.4f}")
+        return
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init} does not exist")
     command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]

@@ -106,6 +106,23 @@ def test_text_rows_past_the_prompt_are_zero():
     assert (out[0, 3:] == 0).all() and (out[1, 7:] == 0).all() and (out[1, :7] != 0).any(dim=1).all()
 
 
+def test_text_positions_make_word_order_visible():
+    """Cross-attention ignores row order: only the position table tells 'red ... green background' apart."""
+    enc = ToyTextEncoder(text_len=8, text_dim=5)
+    prompts = ["a red circle over a green background", "a green circle over a red background"]
+
+    def row_multiset(out):
+        return sorted(map(tuple, out[0, :7].tolist()))
+
+    assert row_multiset(enc.encode(prompts[:1])) == row_multiset(enc.encode(prompts[1:]))  # zero at init
+    with torch.no_grad():
+        enc.position.weight.copy_(torch.randn(8, 5, generator=torch.Generator().manual_seed(0)))
+    first, second = enc.encode(prompts[:1]), enc.encode(prompts[1:])
+    assert row_multiset(first) != row_multiset(second)
+    torch.testing.assert_close(first[0, 1], enc.embedding.weight[VOCAB.index("red")] + enc.position.weight[1])
+    assert (first[0, 7:] == 0).all()
+
+
 def test_text_rejects_unknown_words_and_long_prompts():
     enc = ToyTextEncoder(text_len=4, text_dim=5)
     with pytest.raises(UserError, match="dog"):
@@ -178,3 +195,44 @@ def test_shipped_model_predicts_the_next_block(toy):
     model_err = (pred - x0[:, fpb:]).pow(2).mean()
     copy_err = (x0[:, fpb - 1 : fpb] - x0[:, fpb:]).pow(2).mean()
     assert model_err < copy_err
+
+
+# Trainer ----------------------------------------------------------------------------------------------------
+def _trainer():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "train_toy.py"
+    spec = importlib.util.spec_from_file_location("train_toy", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_toy", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trainer_writes_loadable_weights_and_continues(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    trainer = _trainer()
+    cfg = trainer.TrainConfig(steps=2, batch=2, frames=6, val_batch=2, log_every=1, val_every=1, save_every=1)
+    first = tmp_path / "a.safetensors"
+    meta = trainer.train(cfg, first, ["train_toy.py"])
+    assert meta["training"]["steps"] == 2 and meta["training"]["complete"]
+    model, text, _ = load_toy(path=first)  # strict: every tensor present, config recorded alongside
+    assert np.isfinite(meta["training"]["final_loss"])
+    second = tmp_path / "b.safetensors"
+    meta = trainer.train(cfg, second, ["train_toy.py"], init=first)
+    assert meta["training"]["init"] == str(first) and meta["training"]["earlier"]["steps"] == 2
+    # weights from before the text position table load with the table at zero; other gaps are refused
+    state = load_file(str(first))
+    old = tmp_path / "old.safetensors"
+    save_file({k: v for k, v in state.items() if k != "text.position.weight"}, str(old))
+    fresh_model = trainer.build_model(TOY_CONFIG, device="cpu")
+    fresh_text = ToyTextEncoder(TOY_CONFIG.text_len, TOY_CONFIG.text_dim)
+    trainer.load_weights(old, fresh_model, fresh_text)
+    assert (fresh_text.position.weight == 0).all()
+    torch.testing.assert_close(fresh_text.embedding.weight, text.embedding.weight)
+    save_file({k: v for k, v in state.items() if k != "text.embedding.weight"}, str(old))
+    with pytest.raises(ValueError, match="lacks the text tensors"):
+        trainer.load_weights(old, fresh_model, fresh_text)

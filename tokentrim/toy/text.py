@@ -1,8 +1,10 @@
-"""The toy text encoder: a fixed word vocabulary and one learned embedding table.
+"""The toy text encoder: a fixed word vocabulary, a learned word table and a learned position table.
 
 Same output contract as the UMT5 encoder (spec §3.3): `[B, text_len, text_dim]`, one row per word in order, rows
 past each prompt's words zero. Words are lower-case letter runs (punctuation is ignored); a word outside the
 vocabulary or a prompt longer than `text_len` words is a `UserError` (the model was only trained on this language).
+Row i is word i's embedding plus position i's: cross-attention ignores order, and without positions "a red
+circle ... over a green background" could not say which colour is the background's.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ def tokenize(prompt: str, text_len: int) -> list[int]:
 
 
 class ToyTextEncoder(nn.Module):
-    """`encode(prompts) -> [B, text_len, text_dim]` from a learned `[len(VOCAB), text_dim]` embedding."""
+    """`encode(prompts) -> [B, text_len, text_dim]`: word embedding `[len(VOCAB), text_dim]` + position embedding
+    `[text_len, text_dim]` (zero at initialisation) on the prompt's rows."""
 
     def __init__(self, text_len: int, text_dim: int):
         super().__init__()
         self.text_len = text_len
         self.embedding = nn.Embedding(len(VOCAB), text_dim)
+        self.position = nn.Embedding(text_len, text_dim)
+        nn.init.zeros_(self.position.weight)
 
     @property
     def dim(self) -> int:
@@ -55,7 +60,9 @@ class ToyTextEncoder(nn.Module):
         out = weight.new_zeros(len(prompts), self.text_len, weight.shape[1])
         for i, prompt in enumerate(prompts):
             ids = tokenize(prompt, self.text_len)
-            out[i, : len(ids)] = weight[torch.tensor(ids, device=weight.device)]
+            out[i, : len(ids)] = (
+                weight[torch.tensor(ids, device=weight.device)] + self.position.weight[: len(ids)]
+            )
         return out
 
     @torch.no_grad()
