@@ -177,6 +177,23 @@ def test_one_block_generation_is_deterministic(toy):
     assert not torch.equal(a, codec.decode(generate_block(model, text, prompt, seed=4)))
 
 
+def test_shipped_model_reads_the_scene_colours_from_the_prompt(toy):
+    """From pure noise the only information is the prompt: the predicted x0's mean colour must match the scene's
+    (the shipped weights: about 6 grey levels off on held-out scenes; without the text position table, 26)."""
+    model, text, codec = toy
+    fpb = model.config.frames_per_block
+    gen = torch.Generator().manual_seed(0)
+    for seed in (20_000_000, 20_000_001):  # held-out scenes
+        scene = sample_scene(seed)
+        truth = torch.from_numpy(scene.render(fpb)).float().mean(dim=(0, 1, 2))
+        eps = torch.randn(4, fpb, model.config.in_dim, model.config.latent_height, model.config.latent_width,
+                          generator=gen)  # fmt: skip
+        ctx = model.encode_context(text.encode([scene.prompt] * 4))
+        x0 = eps - model(eps, torch.full((4, fpb), 1000.0), ctx)  # sigma = 1: x0 = x_t - v
+        colour = codec.decode(x0).float().mean(dim=(0, 1, 2, 3))
+        assert (colour - truth).abs().mean() < 15, (scene.prompt, colour, truth)
+
+
 def test_shipped_model_predicts_the_next_block(toy):
     # Clean first block as context, second block noised to sigma 0.625: the model's x0 must beat the best
     # context-free guess (repeating the last clean frame) by a margin.
