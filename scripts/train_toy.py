@@ -147,8 +147,11 @@ def validation(cfg: TrainConfig):
     mask = block_causal_mask(cfg.frames, fpb, TOY_CONFIG.tokens_per_frame)
 
     def validate(model: CausalWanModel, text: ToyTextEncoder) -> float:
+        device = model.patch_embedding.weight.device
+        batch = (t.to(device) for t in (x0, sigma, noise, mask))
         with torch.no_grad():
-            return flow_loss(model, text, x0, prompts, sigma, noise, mask).item()
+            x, s, n, m = batch
+            return flow_loss(model, text, x, prompts, s, n, m).item()
 
     return validate
 
@@ -182,16 +185,21 @@ def lr_at(step: int, progress: float, cfg: TrainConfig) -> float:
 
 
 def save(out: Path, model: CausalWanModel, text: ToyTextEncoder, metadata: dict) -> None:
-    tensors = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({TEXT_PREFIX + k: v.detach().float().contiguous() for k, v in text.state_dict().items()})
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(
+        {TEXT_PREFIX + k: v.detach().float().cpu().contiguous() for k, v in text.state_dict().items()}
+    )
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp))
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(metadata, indent=1) + "\n")
 
 
-def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = None) -> dict:
-    """Train from adaLN-Zero initialisation, or continue from the weights `init` (a toy.safetensors)."""
+def train(
+    cfg: TrainConfig, out: Path, command: list[str], init: Path | None = None, device: str = "cpu"
+) -> dict:
+    """Train from adaLN-Zero initialisation, or continue from the weights `init` (a toy.safetensors), on
+    `device`. Data and noise are drawn on the CPU from the seeds, so the data stream does not depend on it."""
     torch.manual_seed(cfg.seed)
     model_cfg: WanConfig = TOY_CONFIG
     model = build_model(model_cfg, device="cpu", seed=cfg.seed).train().requires_grad_(True)
@@ -203,6 +211,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
         load_weights(init, model, text)
         meta_path = init.with_suffix(".json")
         earlier = json.loads(meta_path.read_text())["training"] if meta_path.is_file() else None
+    model, text = model.to(device), text.to(device)
     ema_model, ema_text = (
         copy.deepcopy(model).requires_grad_(False),
         copy.deepcopy(text).requires_grad_(False),
@@ -219,7 +228,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
     schedule = FlowMatchSchedule(shift=cfg.shift)
     fpb = model_cfg.frames_per_block
     blocks = cfg.frames // fpb
-    mask = block_causal_mask(cfg.frames, fpb, model_cfg.tokens_per_frame)
+    mask = block_causal_mask(cfg.frames, fpb, model_cfg.tokens_per_frame).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     validate = validation(cfg)
@@ -236,6 +245,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
             "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in params),
             "init": str(init) if init is not None else None,
+            "device": str(device),
             "earlier": earlier,  # the training record of the `init` weights, when continued
         },
     }
@@ -251,6 +261,7 @@ def train(cfg: TrainConfig, out: Path, command: list[str], init: Path | None = N
         x0, prompts = make_clips(seeds, cfg.frames, CODEC)
         sigma = sample_noise_levels(cfg.batch, blocks, schedule, cfg.clean_prob, gen)
         noise = torch.randn(x0.shape, generator=gen)
+        x0, sigma, noise = x0.to(device), sigma.to(device), noise.to(device)
         loss = flow_loss(model, text, x0, prompts, sigma, noise, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -300,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="wall-time budget: cosine schedule by time, stop when it is spent")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (the model trains there)")
     parser.add_argument("--validate", type=Path, default=None,
                         help="only print the fixed validation loss of these toy weights (.safetensors)")  # fmt: skip
     parser.add_argument("--init", type=Path, default=None,
@@ -321,7 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.init is not None and not args.init.is_file():
         parser.error(f"--init {args.init} does not exist")
     command = [Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]
-    meta = train(cfg, args.out, command, init=args.init)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available")
+    meta = train(cfg, args.out, command, init=args.init, device=args.device)
     logger.info("wrote %s: %d steps, loss %.4f, %.0f s", args.out, meta["training"]["steps"],
                 meta["training"]["final_loss"], meta["training"]["wall_time_s"])  # fmt: skip
 
