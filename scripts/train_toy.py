@@ -148,9 +148,8 @@ def validation(cfg: TrainConfig):
 
     def validate(model: CausalWanModel, text: ToyTextEncoder) -> float:
         device = model.patch_embedding.weight.device
-        batch = (t.to(device) for t in (x0, sigma, noise, mask))
+        x, s, n, m = (t.to(device) for t in (x0, sigma, noise, mask))
         with torch.no_grad():
-            x, s, n, m = batch
             return flow_loss(model, text, x, prompts, s, n, m).item()
 
     return validate

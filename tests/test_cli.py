@@ -88,6 +88,7 @@ def test_shard_assignment():
         (["--config", "missing.yaml"], "config file not found"),
         (["self_forcing.timestep_shift=0"], "timestep_shift must be"),
         (["self_forcing.denoising_steps=[1000,1500]"], "integers in (0, 1000]"),
+        (["self_forcing.denoising_steps=[1000,inf]"], "integers in (0, 1000]"),
         (
             ["--pipeline", "rolling_forcing", "rolling_forcing.attention_frames=12", "--latent-frames", "15"],
             "must hold the anchor block",

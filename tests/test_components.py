@@ -197,6 +197,9 @@ def test_tokenizer_vocabulary_shards_and_corrupt_weights(tmp_path, tiny, tiny_or
     os.replace(root / "text_encoder" / "model.safetensors", root / "text_encoder" / shards["a"])
     with pytest.raises(UserError, match="is missing: text_encoder/model-00002-of-00002.safetensors"):
         load_components(root, device="cpu")
+    (root / "text_encoder" / "model.safetensors.index.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"model.safetensors.index.json \(unreadable\)"):
+        load_components(root, device="cpu")
     # a truncated original T5 file: one clear error, not a pickle traceback
     root = make_original(tmp_path / "o2", tiny)
     weights = root / "models_t5_umt5-xxl-enc-bf16.pth"

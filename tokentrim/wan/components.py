@@ -108,7 +108,11 @@ def _missing(root: Path, patterns: tuple[str, ...]) -> list[str]:
     """Patterns (globs; "a|b" = either) with no match, plus shards named by a `*.safetensors.index.json`."""
     missing = [p for p in patterns if not any(any(root.glob(alt)) for alt in p.split("|"))]
     for index in root.glob("*/*.safetensors.index.json"):
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (ValueError, AttributeError):  # not JSON, or not an object: the index itself is broken
+            missing.append(f"{index.relative_to(root)} (unreadable)")
+            continue
         missing += [
             str((index.parent / s).relative_to(root))
             for s in sorted(shards)

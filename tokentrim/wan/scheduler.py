@@ -22,7 +22,7 @@ def check_sampler_steps(steps: Sequence[float], shift: float) -> None:
     """
     if not steps:
         raise ValueError("denoising_steps must not be empty")
-    if any(float(k) != int(k) or not 0 < k <= NUM_TRAIN_TIMESTEPS for k in steps):
+    if any(not 0 < k <= NUM_TRAIN_TIMESTEPS or float(k) != int(k) for k in steps):  # range first: inf, nan
         raise ValueError(f"denoising_steps must be integers in (0, {NUM_TRAIN_TIMESTEPS}], got {list(steps)}")
     if any(a <= b for a, b in pairwise(steps)):
         raise ValueError(f"denoising_steps must be strictly decreasing, got {list(steps)}")
