@@ -252,3 +252,69 @@ def test_rolling_forcing_data_flow_follows_the_spec(model, embeds, monkeypatch):
         assert (start, commit) == (s, True) and torch.equal(x, x0[:, :B]) and (t == 0).all()
     assert next(calls_iter, None) is None and next(draw_iter, None) is None
     assert torch.equal(out.latents, final)
+
+
+# Observed first frames (`prefix`) ---------------------------------------------------------------------------------
+def test_self_forcing_observed_block_equal_to_its_own_gives_the_same_video(model, embeds, tiny_config):
+    """Observing the block the model generated itself, with the generator advanced past that block's re-noising
+    draws, must continue exactly as the unobserved run did (TokenTrim decisions included)."""
+    from tokentrim_core import TokenTrim, TokenTrimConfig
+
+    def hook():
+        return TokenTrim(TokenTrimConfig(p=0.2, lam=0.0, warmup=1), tiny_config.patch_size[1:])
+
+    pipe = SelfForcingPipeline(model)
+    first = pipe(embeds, 24, seed=4, hook=hook(), progress=False)
+    gen = torch.Generator().manual_seed(4)
+    noise = torch.randn(first.latents.shape, generator=gen)
+    for _ in range(len(SF_STEPS) - 1):  # block 0's re-noising draws
+        torch.randn(1, 3, *first.latents.shape[2:], generator=gen)
+    second = pipe(
+        embeds, 24, noise=noise, generator=gen, prefix=first.latents[:, :3], hook=hook(), progress=False
+    )
+    assert torch.equal(second.latents, first.latents)
+    actions = [[r["action"] for r in out.records] for out in (first, second)]
+    assert actions[0] == actions[1] and "prune" in actions[0]  # lam = 0: the comparison covers prunes
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_rolling_forcing_after_observed_blocks_is_the_same_loop_shifted(model, embeds, blocks):
+    """With P observed blocks: P clean passes at frames 0, 3, ..., then the DiT calls of an unobserved run over
+    the remaining frames with every start frame shifted by 3 P (same windows and levels), except the head
+    windows' clean passes of a not yet final block (in the unobserved run they only overwrite block 0)."""
+    calls = instrument(model)
+    plain = RollingForcingPipeline(model)(embeds, 15, seed=0, progress=False)
+    head = len(RF_STEPS) - 1  # windows 0..3 commit block 0 before it is final
+    kept = [c for i, c in enumerate(calls) if not (i % 2 == 1 and i // 2 < head)]
+    assert len(kept) == len(calls) - head and all(c[0] == 0 and c[3] for c in calls[1 : 2 * head : 2])
+    expected = [(s + 3 * blocks, n, t, c) for s, n, t, c in kept]
+    calls.clear()
+    prefix = torch.randn(1, 3 * blocks, *plain.latents.shape[2:], generator=torch.Generator().manual_seed(1))
+    out = RollingForcingPipeline(model)(embeds, 15 + 3 * blocks, seed=0, prefix=prefix, progress=False)
+    assert calls[:blocks] == [(3 * b, 3, [0.0] * 3, True) for b in range(blocks)]
+    assert calls[blocks:] == expected
+    assert torch.equal(out.latents[:, : 3 * blocks], prefix)
+
+
+def test_self_forcing_observed_blocks_are_committed_and_returned(model, embeds, monkeypatch):
+    prefix = torch.randn(1, 6, 16, 8, 12, generator=torch.Generator().manual_seed(2))
+    calls = instrument(model)
+    draws = record_draws(monkeypatch)
+    out = SelfForcingPipeline(model)(embeds, 12, seed=0, prefix=prefix, progress=False)
+    assert torch.equal(out.latents[:, :6], prefix)
+    assert calls[:2] == [(0, 3, [0.0] * 3, True), (3, 3, [0.0] * 3, True)]
+    assert [c[0] for c in calls[2:]] == [6] * 5 + [9] * 5
+    assert draws == [(1, 12, 16, 8, 12)] + [(1, 3, 16, 8, 12)] * (
+        2 * 3
+    )  # noise for all frames, then 2 blocks
+
+
+def test_observed_frames_errors(model, embeds):
+    with pytest.raises(UserError, match="multiple of 3"):
+        SelfForcingPipeline(model)(embeds, 9, seed=0, prefix=torch.zeros(1, 2, 16, 8, 12), progress=False)
+    with pytest.raises(UserError, match=r"latents \[1, P, 16, 8, 12\]"):
+        SelfForcingPipeline(model)(embeds, 9, seed=0, prefix=torch.zeros(1, 3, 16, 8, 8), progress=False)
+    with pytest.raises(UserError, match="at least 6 latent frames"):
+        SelfForcingPipeline(model)(embeds, 3, seed=0, prefix=torch.zeros(1, 3, 16, 8, 12), progress=False)
+    with pytest.raises(UserError, match="at least 18 latent frames"):
+        RollingForcingPipeline(model)(embeds, 15, seed=0, prefix=torch.zeros(1, 3, 16, 8, 12), progress=False)

@@ -84,6 +84,42 @@ def prepare_noise(
     return noise.to(device=device, dtype=dtype), generator
 
 
+def check_prefix(
+    model: CausalWanModel,
+    prefix: torch.Tensor | None,
+    batch: int,
+    num_frames: int,
+    minimum: int,
+    pipeline: str,
+) -> int:
+    """Observed first frames (clean latents `[B, P, C, H, W]`, P a multiple of the block) -> P // block.
+
+    At least `minimum` frames must be left to generate (one block; Rolling Forcing: one full window)."""
+    if prefix is None:
+        return 0
+    cfg, block = model.config, model.config.frames_per_block
+    shape = (batch, cfg.in_dim, cfg.latent_height, cfg.latent_width)
+    if prefix.dim() != 5 or (prefix.shape[0], *prefix.shape[2:]) != shape or prefix.shape[1] % block:
+        raise UserError(
+            f"the observed first frames must be latents [{batch}, P, {', '.join(map(str, shape[1:]))}] with P a "
+            f"multiple of {block}, got {list(prefix.shape)}"
+        )
+    if num_frames - prefix.shape[1] < minimum:
+        raise UserError(
+            f"{pipeline} with {prefix.shape[1]} observed frames needs at least {prefix.shape[1] + minimum} latent "
+            f"frames in all, got {num_frames}"
+        )
+    return prefix.shape[1] // block
+
+
+def observe(hook: BlockHook, block: int, frames: range, x0: torch.Tensor) -> None:
+    """Show an observed block to the hook (its latent summary becomes the reference of the next block)."""
+    if hook.propose(block, frames, x0).prune:
+        raise RuntimeError(
+            f"the hook asked to prune observed block {block}; observed blocks are never regenerated"
+        )
+
+
 def check_prompt_embeds(model: CausalWanModel, prompt_embeds: torch.Tensor) -> None:
     cfg = model.config
     if (

@@ -80,11 +80,17 @@ class RollingForcingPipeline:
         seed: int | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
         hook: BlockHook | None = None,
         flowmo: FlowMoConfig = FlowMoConfig(),
         on_block: common.BlockCallback | None = None,
         progress: bool = True,
     ) -> common.GenerationOutput:
+        """Generate `num_frames` latent frames. `prefix` (optional): observed first frames, clean latents
+        `[B, P, C, H, W]`; their blocks are committed first (the first one is the anchor), returned unchanged,
+        the last of them is shown to the hook as its first block, and the windows then run over the remaining
+        blocks exactly as over a whole video, at their true frame positions. The initial noise is drawn for all
+        frames either way."""
         self.check_inputs(prompt_embeds, num_frames)
         model, cfg, block, k = (
             self.model,
@@ -94,6 +100,7 @@ class RollingForcingPipeline:
         )
         device, dtype = common.model_device_dtype(model)
         batch, num_blocks = prompt_embeds.shape[0], num_frames // block
+        observed = common.check_prefix(model, prefix, batch, num_frames, k * block, "Rolling Forcing")
         # 1. initial noise first, then the text context and an empty cache
         noise, generator = common.prepare_noise(model, batch, num_frames, seed, noise, generator)
         context = model.encode_context(prompt_embeds.to(device))
@@ -104,34 +111,51 @@ class RollingForcingPipeline:
         noisy = torch.zeros_like(noise)  # `noisy_cache`: each unfinished block at its next noise level
         output = torch.empty_like(noise)
         losses: list[list[float]] = []
-        for w in tqdm(range(num_blocks + k - 1), desc="Rolling Forcing windows", disable=not progress):
-            first, last = max(0, w - k + 1), min(num_blocks - 1, w)
+        for b in range(observed):  # observed blocks: committed as they are
+            s = b * block
+            if s > 0:
+                cache.make_room(block)
+            x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
+            if b == observed - 1:
+                common.observe(hook, b, range(s, s + block), x0)
+            output[:, s : s + block] = x0
+            common.commit(model, x0, context, cache, s, self.config.context_noise)
+            if on_block is not None:
+                on_block(s, x0)
+        generated = num_blocks - observed
+        for w in tqdm(range(generated + k - 1), desc="Rolling Forcing windows", disable=not progress):
+            # blocks first..last are in the window; block b sits at level w - (b - observed) (0 = pure noise)
+            first, last = observed + max(0, w - k + 1), observed + min(generated - 1, w)
             s, e = first * block, (last + 1) * block
             # 2. input: unfinished blocks from `noisy`, the newest block (while one enters) from the noise
-            if e - s == k * block or s == 0:
+            if e - s == k * block or first == observed:
                 x = torch.cat([noisy[:, s : e - block], noise[:, e - block : e]], dim=1)
             else:
                 x = noisy[:, s:e]
-            # block b sits at level w - b (0 = pure noise); each of its frames gets that timestep
-            t = steps[torch.arange(w - last, w - first + 1, device=device).flip(0)]
+            level_of_first = w - (first - observed)
+            t = steps[torch.arange(w - (last - observed), level_of_first + 1, device=device).flip(0)]
             t = t.repeat_interleave(block)[None].expand(batch, -1).contiguous()
-            if s > 0 and cache.frame_indices[-1] < s:
+            # Head windows commit their oldest block before it is final; without observed blocks that is block 0,
+            # overwritten before any call reads it. After observed blocks it would be read as if earlier, so
+            # there only final blocks are committed.
+            commit_now = observed == 0 or level_of_first == k - 1
+            if commit_now and s > 0 and cache.frame_indices[-1] < s:
                 cache.make_room(block)  # a new block will be committed at the end of this window
             # 3. FlowMo on the blocks it applies to (each at the levels in flowmo.steps), then one denoising pass
             for b in range(first, last + 1):
-                if applies(flowmo, b) and w - b in flowmo.steps:
+                if applies(flowmo, b) and w - (b - observed) in flowmo.steps:
                     rows = slice((b - first) * block, (b - first + 1) * block)
                     x, step_losses = common.guide(model, self.schedule, x, t, context, cache, s, flowmo, rows)
                     losses.append(step_losses)
             x0 = common.predict_x0(model, self.schedule, x, t, context, cache, s)
             # 4. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
-            if w - first == k - 1:
+            if level_of_first == k - 1:
                 regenerate = functools.partial(self._regenerate, x0, x, t, context, cache, s)
                 common.run_hook(hook, first, range(s, s + block), x0[:, :block], cache, regenerate)
             output[:, s:e] = x0
             # 5. re-noise every unfinished block to its next level; one full-window draw per block
             for b in range(first, last + 1):
-                level = w - b
+                level = w - (b - observed)
                 if level == k - 1:
                     continue
                 eps = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype)
@@ -140,8 +164,9 @@ class RollingForcingPipeline:
                     :, (b - first) * block : (b - first + 1) * block
                 ]
             # 6. clean pass: the window's oldest block enters the cache
-            common.commit(model, x0[:, :block], context, cache, s, self.config.context_noise)
-            if w - first == k - 1 and on_block is not None:
+            if commit_now:
+                common.commit(model, x0[:, :block], context, cache, s, self.config.context_noise)
+            if level_of_first == k - 1 and on_block is not None:
                 on_block(s, x0[:, :block])
         frames_out = self.vae.decode(output) if self.vae is not None else None
         return common.GenerationOutput(output, frames_out, list(hook.records), losses)

@@ -81,16 +81,22 @@ class SelfForcingPipeline:
         seed: int | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
         hook: BlockHook | None = None,
         flowmo: FlowMoConfig = FlowMoConfig(),
         regen_noise: str = "same",
         on_block: common.BlockCallback | None = None,
         progress: bool = True,
     ) -> common.GenerationOutput:
+        """Generate `num_frames` latent frames. `prefix` (optional): observed first frames, clean latents
+        `[B, P, C, H, W]`; their blocks are committed to the cache as they are (no denoising, no draws) and
+        returned unchanged, the last of them is shown to the hook as its first block, and generation continues
+        from there. The initial noise is drawn for all frames either way."""
         self.check_inputs(prompt_embeds, num_frames)
         model, cfg, block = self.model, self.model.config, self.model.config.frames_per_block
         device, dtype = common.model_device_dtype(model)
         batch = prompt_embeds.shape[0]
+        observed = common.check_prefix(model, prefix, batch, num_frames, block, "Self Forcing")
         # 1. initial noise first, then the text context and an empty cache
         noise, generator = common.prepare_noise(model, batch, num_frames, seed, noise, generator)
         context = model.encode_context(prompt_embeds.to(device))
@@ -104,6 +110,15 @@ class SelfForcingPipeline:
             s = j * block
             frames = range(s, s + block)
             cache.make_room(block)  # 2. evict before the block's first step
+            if j < observed:  # an observed block: committed as it is
+                x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
+                if j == observed - 1:
+                    common.observe(hook, j, frames, x0)
+                output[:, s : s + block] = x0
+                common.commit(model, x0, context, cache, s, self.config.context_noise)
+                if on_block is not None:
+                    on_block(s, x0)
+                continue
             x_init = noise[:, s : s + block]
             guided = flowmo if applies(flowmo, j) else None
             # 3. the candidate block, from its noise; the re-noising draws are kept for a regeneration
