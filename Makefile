@@ -6,6 +6,8 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PRESET ?= toy
 OUT ?= outputs
+# A held-out toy scene: its prompt and observed first block start the demo rollout.
+DEMO_SCENE ?= 20000000
 
 .PHONY: install test lint demo reproduce figures clean
 
@@ -26,7 +28,7 @@ lint: install
 	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts
 
 demo: install
-	$(BIN)/tokentrim generate --preset toy --pipeline self_forcing --prompt "a red circle and a blue square bounce over a green striped background" \
+	$(BIN)/tokentrim generate --preset toy --pipeline self_forcing --scene $(DEMO_SCENE) \
 		--latent-frames 120 --seed 0 --out $(OUT)/demo.mp4 --save-latents
 	$(BIN)/tokentrim figure drift $(OUT)/demo.json -o $(OUT)/demo_drift.png
 	@echo "demo video: $(OUT)/demo.mp4   drift figure: $(OUT)/demo_drift.png   decision log: $(OUT)/demo.json"

@@ -242,3 +242,51 @@ def test_single_prompt_overwrites_and_checkpoint_with_preset_is_refused(tmp_path
     assert code == 2 and "drop --model-dir / --checkpoint" in err
     code, _, err = run(capsys, *argv[:-1], str(tmp_path / "v.avi"))
     assert code == 2 and "must be an .mp4" in err
+
+
+def test_toy_preset_runs_its_own_sampler_config(tmp_path, capsys):
+    """`--preset toy` defaults to configs/toy/<pipeline>.yaml (shift 1); other presets to configs/<pipeline>.yaml;
+    the log records the config that ran."""
+    from tokentrim.run_config import default_config_path, load_run_config
+
+    for pipeline in ("self_forcing", "rolling_forcing"):
+        wan = load_run_config(default_config_path(pipeline)).sampler
+        toy = load_run_config(default_config_path(pipeline, "toy")).sampler
+        assert wan.timestep_shift == 5.0 and toy.timestep_shift == 1.0
+        assert toy.denoising_steps == wan.denoising_steps
+        assert default_config_path(pipeline, "tiny") == default_config_path(pipeline)
+    video = tmp_path / "toy.mp4"
+    code, _, _ = run(capsys, "generate", "--preset", "toy", "--prompt", "a red circle bounces over a plain blue background",
+                     "--latent-frames", "6", "--out", str(video), "--no-tokentrim")  # fmt: skip
+    log = json.loads(video.with_suffix(".json").read_text())
+    assert code == 0 and log["config"]["run"]["self_forcing"]["timestep_shift"] == 1.0
+    frames, _ = read_video(video)
+    assert frames.shape[1:] == (32, 32, 3)
+
+
+def test_toy_scene_starts_from_the_observed_first_block(tmp_path, capsys):
+    """`--scene N`: the scene's prompt, its first block observed (lossless PNGs == the world's frames), the rest
+    generated; the log says so. --scene without the toy preset, or with a prompt, is one clear error."""
+    from PIL import Image
+
+    from tokentrim.toy import sample_scene
+
+    video = tmp_path / "scene.mp4"
+    code, _, _ = run(capsys, "generate", "--preset", "toy", "--scene", "20000001", "--latent-frames", "9",
+                     "--out", str(video), "--png-frames")  # fmt: skip
+    assert code == 0
+    log = json.loads(video.with_suffix(".json").read_text())
+    scene = sample_scene(20000001)
+    assert log["config"]["prompt"] == scene.prompt and log["config"]["observed_frames"] == 3
+    assert log["config"]["scene"] == 20000001 and [b["block"] for b in log["blocks"]] == [0, 1, 2]
+    pngs = sorted(video.with_suffix("").glob("*.png"))
+    assert len(pngs) == 9
+    truth = scene.render(3)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(Image.open(pngs[i]).convert("RGB")), truth[i])
+    code, _, err = run(
+        capsys, "generate", "--preset", "tiny", "--scene", "1", "--out", str(tmp_path / "x.mp4")
+    )
+    assert code == 2 and "--preset toy" in err and "Traceback" not in err
+    code, _, err = run(capsys, "generate", "--preset", "toy", "--scene", "1", "--prompt", "a red circle")
+    assert code == 2 and "own prompt" in err

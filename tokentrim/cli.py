@@ -62,15 +62,27 @@ def run_config_from_args(args: argparse.Namespace):
             overrides.append("flowmo.mode=off")
     if args.flowmo is not None:
         overrides.append(f"flowmo.mode={args.flowmo}")
-    return load_run_config(args.config or default_config_path(args.pipeline), overrides)
+    return load_run_config(args.config or default_config_path(args.pipeline, args.preset), overrides)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim import generate as gen
     from tokentrim.wan.attention import check_backend
 
+    prefix, scene_log = None, {}
+    if args.scene is not None:
+        if args.preset != "toy":
+            raise UserError("--scene is for the toy world model: add --preset toy")
+        if args.prompt is not None or args.prompts is not None:
+            raise UserError("--scene brings its own prompt: drop --prompt / --prompts")
+        from tokentrim.toy import observed_start
+
+        args.prompt, prefix = observed_start(args.scene)
+        scene_log = {"scene": args.scene}
     if (args.prompt is None) == (args.prompts is None):
-        raise UserError("give exactly one of --prompt TEXT or --prompts FILE (with --out-dir)")
+        raise UserError(
+            "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir) or --scene SEED (toy)"
+        )
     if args.prompts and not args.out_dir:
         raise UserError("--prompts needs --out-dir DIR")
     run = run_config_from_args(args)
@@ -104,7 +116,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         frames_dir = video.with_suffix("") if args.png_frames else None
         result = gen.generate_video(backend, run, prompt, emb[None], latent_frames=args.latent_frames, seed=seed,
                                     out=video, log=log, save_latents=args.save_latents, frames_dir=frames_dir,
-                                    extra_log={"index": index})  # fmt: skip
+                                    extra_log={"index": index, **scene_log}, prefix=prefix)  # fmt: skip
         pruned = sum(r["action"] == "prune" for r in result.records)
         where = video if backend.decoder is not None else "(no decoder)"
         print(f"wrote {where} and {log}  [{len(result.records)} blocks, {pruned} pruned]")
@@ -121,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.add_argument("--prompt", help="the text prompt")
     p.add_argument("--prompts", help="a file with one prompt per line (batch mode, resumable)")
+    p.add_argument("--scene", type=int, help="toy world: start from scene SEED's first block (observed) and its "
+                   "prompt; the model generates the rest")  # fmt: skip
     p.add_argument("--out", help="output mp4 (default outputs/<prompt>.mp4)")
     p.add_argument("--out-dir", help="output folder for --prompts")
     p.add_argument("--log", help="decision log JSON (default: next to the video)")

@@ -149,9 +149,11 @@ def generate_video(
     frames_dir: Path | None = None,
     progress: bool = True,
     extra_log: dict | None = None,
+    prefix: torch.Tensor | None = None,
 ) -> GenerationOutput:
     """One video: stream-decode finished blocks into `out` (mp4, atomic); optionally the latents and PNG frames
-    (`frames_dir/00000.png`, ...); the decision log last."""
+    (`frames_dir/00000.png`, ...); the decision log last. `prefix`: observed first latent frames (see the
+    pipelines), written to the video like generated ones."""
     model = backend.model
     patch = model.config.patch_size[1:]
     hook = TokenTrim(run.tokentrim, patch)
@@ -173,7 +175,7 @@ def generate_video(
     try:
         result = make_pipeline(backend, run)(
             prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, on_block=on_block,
-            progress=progress, **kwargs,
+            progress=progress, prefix=prefix, **kwargs,
         )  # fmt: skip
     except BaseException:
         if writer is not None:
@@ -186,7 +188,8 @@ def generate_video(
             torch.save(result.latents[0].float().cpu(), tmp)
     # The log comes last: a video counts as finished (batch resume) once its log exists.
     config = {"run": run.to_dict(), "prompt": prompt, "seed": seed, "latent_frames": latent_frames,
-              "backend": backend.name, **(extra_log or {})}  # fmt: skip
+              "observed_frames": 0 if prefix is None else prefix.shape[1], "backend": backend.name,
+              **(extra_log or {})}  # fmt: skip
     write_decision_log(
         log, {"config": config, "blocks": result.records, "flowmo_losses": result.flowmo_losses}
     )

@@ -35,11 +35,14 @@ VARIANTS = {
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 
+TOY_SCENES = 4  # the toy grid: held-out scenes HELD_OUT_SCENES + 0..3, each from its observed first block
+
+
 def default_prompts(preset: str | None) -> list[str]:
     if preset == "toy":
-        from tokentrim.toy import sample_scene
+        from tokentrim.toy import HELD_OUT_SCENES, sample_scene
 
-        return [sample_scene(seed).prompt for seed in range(4)]
+        return [sample_scene(HELD_OUT_SCENES + i).prompt for i in range(TOY_SCENES)]
     return [
         p for p in (PROMPTS_DIR / "paper_30s.txt").read_text().splitlines() if p and not p.startswith("#")
     ]
@@ -51,13 +54,20 @@ def variant_overrides(name: str) -> list[str]:
 
 
 def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
-    """Generate every missing video; return one row per (pipeline, variant, prompt)."""
+    """Generate every missing video; return one row per (pipeline, variant, prompt). The toy preset's default
+    scenes start from their observed first block (`tokentrim.toy.observed_start`)."""
     from tokentrim import generate as gen
     from tokentrim.run_config import default_config_path, load_run_config
 
     device = gen.pick_device(args.device)
     dtype = gen.pick_dtype(args.dtype, device)
     rows, backends = [], {}
+    prefixes, scenes = [None] * len(prompts), [{}] * len(prompts)
+    if args.preset == "toy" and args.prompts is None:
+        from tokentrim.toy import HELD_OUT_SCENES, observed_start
+
+        scenes = [{"scene": HELD_OUT_SCENES + i} for i in range(len(prompts))]
+        prefixes = [observed_start(HELD_OUT_SCENES + i)[1] for i in range(len(prompts))]
     for pipeline in args.pipelines:
         checkpoint = {"self_forcing": args.checkpoint_sf, "rolling_forcing": args.checkpoint_rf}[pipeline]
         key = args.preset or checkpoint
@@ -67,7 +77,9 @@ def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
         backend = backends[key]
         embeds = gen.encode(backend, prompts, "cpu")
         for variant in args.variants:
-            run = load_run_config(default_config_path(pipeline), variant_overrides(variant) + args.overrides)
+            run = load_run_config(
+                default_config_path(pipeline, args.preset), variant_overrides(variant) + args.overrides
+            )
             folder = out / "videos" / pipeline / variant
             for i, prompt in enumerate(prompts):
                 video, log = gen.batch_outputs(folder, i, prompt)
@@ -77,7 +89,8 @@ def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
                     start = time.perf_counter()
                     gen.generate_video(backend, run, prompt, embeds[i : i + 1], latent_frames=args.latent_frames,
                                        seed=args.seed + i, out=video, log=log, progress=False, save_latents=True,
-                                       extra_log={"variant": variant, "index": i})  # fmt: skip
+                                       extra_log={"variant": variant, "index": i, **scenes[i]},
+                                       prefix=prefixes[i])  # fmt: skip
                     data = json.loads(log.read_text())
                     data["wall_s"] = time.perf_counter() - start
                     with atomic_path(log) as tmp:

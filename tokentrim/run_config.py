@@ -22,11 +22,13 @@ PIPELINES = ("self_forcing", "rolling_forcing")
 CONFIG_DIR = Path(__file__).parent / "configs"  # also reachable as ./configs in a checkout
 
 
-def default_config_path(pipeline: str) -> Path:
-    """The shipped run config of a pipeline (`configs/self_forcing.yaml`, `configs/rolling_forcing.yaml`)."""
+def default_config_path(pipeline: str, preset: str | None = None) -> Path:
+    """The shipped run config of a pipeline: `configs/<pipeline>.yaml` (Wan2.1 and the tiny preset), or
+    `configs/toy/<pipeline>.yaml` for the toy world model (its own sampler noise levels, docs/toy.md)."""
     if pipeline not in PIPELINES:
         raise UserError(f"--pipeline must be one of {PIPELINES}, got {pipeline!r}")
-    return CONFIG_DIR / f"{pipeline}.yaml"
+    folder = CONFIG_DIR / "toy" if preset == "toy" else CONFIG_DIR
+    return folder / f"{pipeline}.yaml"
 
 
 @dataclass
