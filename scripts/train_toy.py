@@ -47,13 +47,13 @@ class TrainConfig:
     steps: int = 2600
     batch: int = 8
     frames: int = 12  # latent frames per clip (4 blocks of 3)
-    lr: float = 8e-4
+    lr: float = 1e-3
     min_lr_ratio: float = 0.05
-    warmup: int = 100
+    warmup: int = 200
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema: float = 0.999
-    shift: float = 5.0
+    shift: float = 1.0  # noise-level table of the training sigmas: 1.0 = uniform in (0, 1]
     clean_prob: float = 0.15
     seed: int = 0
     val_batch: int = 16

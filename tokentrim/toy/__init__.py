@@ -77,6 +77,17 @@ def load_toy(
     return model, text_encoder, CODEC
 
 
+HELD_OUT_SCENES = 20_000_000  # scene seeds from here on are never drawn by scripts/train_toy.py
+
+
+def observed_start(seed: int, frames: int = TOY_CONFIG.frames_per_block) -> tuple[str, torch.Tensor]:
+    """Scene `seed`'s prompt and its first `frames` frames as latents `[1, frames, C, h, w]` (the pipelines'
+    `prefix`): a rollout that starts from an observation of the world, as a world model does."""
+    scene = sample_scene(seed)
+    return scene.prompt, CODEC.encode(torch.from_numpy(scene.render(frames))[None])
+
+
 __all__ = [
-    "CODEC", "TOY_CONFIG", "VOCAB", "Scene", "ToyCodec", "ToyTextEncoder", "load_toy", "sample_scene",
+    "CODEC", "HELD_OUT_SCENES", "TOY_CONFIG", "VOCAB", "Scene", "ToyCodec", "ToyTextEncoder", "load_toy",
+    "observed_start", "sample_scene",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ from tokentrim.toy.world import COLORS, SHAPES, TEXTURES
 
 # Order fixes the embedding rows: never reorder, only append (the checkpoint's rows follow it).
 VOCAB: tuple[str, ...] = (
-    ("a", "an", "and", "bounce", "over", "background") + tuple(COLORS) + SHAPES + TEXTURES
+    ("a", "an", "and", "bounce", "over", "background") + tuple(COLORS) + SHAPES + TEXTURES + ("bounces",)
 )
 WORD_PATTERN = re.compile(r"[a-z]+")
 

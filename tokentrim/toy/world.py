@@ -1,6 +1,6 @@
 """A procedural video world: coloured shapes moving at constant velocity and bouncing off the borders.
 
-Everything follows from one seed: 2-4 shapes (circle, square, triangle) with distinct colours, sizes, start
+Everything follows from one seed: 1-3 shapes (circle, square, triangle) with distinct colours, sizes, start
 positions and velocities, over a static background made of a smooth colour gradient and a low-contrast texture
 (stripes, a checkerboard, or none). `sample_scene(seed).render(T)` gives uint8 frames `[T, S, S, 3]`; the same seed
 also gives a one-sentence prompt naming every shape and the background (the toy text encoder's vocabulary).
@@ -34,11 +34,11 @@ SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("striped", "checkered", "plain")
 BACKGROUND_MIX = 0.45  # background base colour = BACKGROUND_MIX * named colour + (1 - BACKGROUND_MIX) * grey
 BACKGROUND_GREY = 70.0
-GRADIENT_AMPLITUDE = 35.0  # +- colour offset across the frame (per channel, random direction and sign)
-TEXTURE_AMPLITUDE = 12.0  # +- brightness of the stripes / checkerboard
-MIN_SHAPES, MAX_SHAPES = 2, 4
-MIN_HALF_SIZE, MAX_HALF_SIZE = 3.5, 6.0  # in units of FRAME_SIZE / 32 pixels
-MIN_SPEED, MAX_SPEED = 0.6, 1.6  # pixels per frame, in units of FRAME_SIZE / 32
+GRADIENT_AMPLITUDE = 20.0  # +- colour offset across the frame (per channel, random direction and sign)
+TEXTURE_AMPLITUDE = 10.0  # +- brightness of the stripes / checkerboard
+MIN_SHAPES, MAX_SHAPES = 1, 3
+MIN_HALF_SIZE, MAX_HALF_SIZE = 4.5, 7.0  # in units of FRAME_SIZE / 32 pixels
+MIN_SPEED, MAX_SPEED = 0.5, 1.3  # pixels per frame, in units of FRAME_SIZE / 32
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,11 @@ class Scene:
     def prompt(self) -> str:
         """E.g. "a red circle and a blue square bounce over a green striped background"."""
         names = [f"{'an' if s.color[0] in 'aeiou' else 'a'} {s.color} {s.kind}" for s in self.shapes]
-        subject = ", ".join(names[:-1]) + " and " + names[-1]
+        subject = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        verb = "bounce" if len(names) > 1 else "bounces"
         if self.texture == "plain":
-            return f"{subject} bounce over a plain {self.background} background"
-        return f"{subject} bounce over a {self.background} {self.texture} background"
+            return f"{subject} {verb} over a plain {self.background} background"
+        return f"{subject} {verb} over a {self.background} {self.texture} background"
 
     def positions(self, num_frames: int) -> np.ndarray:
         """Shape centres `[T, num_shapes, 2]` (x, y) in pixels, float64, bounces included."""
