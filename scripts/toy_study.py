@@ -36,7 +36,11 @@ VARIANTS = {  # name -> overrides
     "tokentrim_p0.05": ["tokentrim.p=0.05", "flowmo.mode=off"],
     "tokentrim_p0.1": ["tokentrim.p=0.1", "flowmo.mode=off"],
     "tokentrim_p0.2": ["tokentrim.p=0.2", "flowmo.mode=off"],
+    # a lower trigger (not run by default): --variants baseline tokentrim_p0.1_lam1 tokentrim_p0.1_lam0.5
+    "tokentrim_p0.1_lam1": ["tokentrim.p=0.1", "tokentrim.lam=1.0", "flowmo.mode=off"],
+    "tokentrim_p0.1_lam0.5": ["tokentrim.p=0.1", "tokentrim.lam=0.5", "flowmo.mode=off"],
 }  # FlowMo guides block 0 only, which the rollouts observe: it has nothing to do here
+DEFAULT_VARIANTS = ["baseline", "tokentrim_p0.05", "tokentrim_p0.1", "tokentrim_p0.2"]
 FPS = 8
 HIST_BINS = 32
 SHAPE_COLOUR_RADIUS = 35.0  # RGB distance; the two closest shape colours are 78 apart
@@ -120,7 +124,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--latent-frames", type=int, default=120)
     ap.add_argument("--pipelines", nargs="+", default=["self_forcing", "rolling_forcing"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--segment-seconds", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=Path("results/toy_study"))
     ap.add_argument("--threads", type=int, default=2)
