@@ -290,3 +290,22 @@ def test_toy_scene_starts_from_the_observed_first_block(tmp_path, capsys):
     assert code == 2 and "--preset toy" in err and "Traceback" not in err
     code, _, err = run(capsys, "generate", "--preset", "toy", "--scene", "1", "--prompt", "a red circle")
     assert code == 2 and "own prompt" in err
+
+
+def test_reproduce_toy_starts_from_held_out_scenes(tmp_path, capsys):
+    """The toy grid's default prompts are held-out scenes, each started from its observed first block (the saved
+    latents' first block equals the codec's encoding of the world's frames)."""
+    from tokentrim.toy import HELD_OUT_SCENES, observed_start
+
+    out = tmp_path / "results"
+    code, _, _ = run(capsys, "reproduce", "--preset", "toy", "--num-prompts", "2", "--pipelines", "rolling_forcing",
+                     "--variants", "baseline", "--latent-frames", "18", "--segment-seconds", "1",
+                     "--out", str(out))  # fmt: skip
+    assert code == 0
+    for i, log in enumerate(sorted((out / "videos" / "rolling_forcing" / "baseline").glob("*.json"))):
+        config = json.loads(log.read_text())["config"]
+        prompt, first_block = observed_start(HELD_OUT_SCENES + i)
+        assert config["scene"] == HELD_OUT_SCENES + i and config["prompt"] == prompt
+        assert config["observed_frames"] == 3
+        latents = torch.load(log.with_suffix(".latents.pt"), weights_only=True)
+        assert torch.equal(latents[:3], first_block[0])
