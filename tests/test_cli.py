@@ -269,20 +269,21 @@ def test_toy_scene_starts_from_the_observed_first_block(tmp_path, capsys):
     generated; the log says so. --scene without the toy preset, or with a prompt, is one clear error."""
     from PIL import Image
 
-    from tokentrim.toy import sample_scene
+    from tokentrim.toy import TOY_CONFIG, sample_scene
 
+    fpb = TOY_CONFIG.frames_per_block
     video = tmp_path / "scene.mp4"
-    code, _, _ = run(capsys, "generate", "--preset", "toy", "--scene", "20000001", "--latent-frames", "9",
-                     "--out", str(video), "--png-frames")  # fmt: skip
+    code, _, _ = run(capsys, "generate", "--preset", "toy", "--scene", "20000001", "--latent-frames",
+                     str(3 * fpb), "--out", str(video), "--png-frames")  # fmt: skip
     assert code == 0
     log = json.loads(video.with_suffix(".json").read_text())
     scene = sample_scene(20000001)
-    assert log["config"]["prompt"] == scene.prompt and log["config"]["observed_frames"] == 3
+    assert log["config"]["prompt"] == scene.prompt and log["config"]["observed_frames"] == fpb
     assert log["config"]["scene"] == 20000001 and [b["block"] for b in log["blocks"]] == [0, 1, 2]
     pngs = sorted(video.with_suffix("").glob("*.png"))
-    assert len(pngs) == 9
-    truth = scene.render(3)
-    for i in range(3):
+    assert len(pngs) == 3 * fpb
+    truth = scene.render(fpb)
+    for i in range(fpb):
         np.testing.assert_array_equal(np.asarray(Image.open(pngs[i]).convert("RGB")), truth[i])
     code, _, err = run(
         capsys, "generate", "--preset", "tiny", "--scene", "1", "--out", str(tmp_path / "x.mp4")
@@ -290,12 +291,14 @@ def test_toy_scene_starts_from_the_observed_first_block(tmp_path, capsys):
     assert code == 2 and "--preset toy" in err and "Traceback" not in err
     code, _, err = run(capsys, "generate", "--preset", "toy", "--scene", "1", "--prompt", "a red circle")
     assert code == 2 and "own prompt" in err
+    code, _, err = run(capsys, "generate", "--preset", "toy", "--scene", "-1")
+    assert code == 2 and "non-negative" in err
 
 
 def test_reproduce_toy_starts_from_held_out_scenes(tmp_path, capsys):
     """The toy grid's default prompts are held-out scenes, each started from its observed first block (the saved
     latents' first block equals the codec's encoding of the world's frames)."""
-    from tokentrim.toy import HELD_OUT_SCENES, observed_start
+    from tokentrim.toy import HELD_OUT_SCENES, TOY_CONFIG, observed_start
 
     out = tmp_path / "results"
     code, _, _ = run(capsys, "reproduce", "--preset", "toy", "--num-prompts", "2", "--pipelines", "rolling_forcing",
@@ -306,6 +309,6 @@ def test_reproduce_toy_starts_from_held_out_scenes(tmp_path, capsys):
         config = json.loads(log.read_text())["config"]
         prompt, first_block = observed_start(HELD_OUT_SCENES + i)
         assert config["scene"] == HELD_OUT_SCENES + i and config["prompt"] == prompt
-        assert config["observed_frames"] == 3
+        assert config["observed_frames"] == TOY_CONFIG.frames_per_block
         latents = torch.load(log.with_suffix(".latents.pt"), weights_only=True)
-        assert torch.equal(latents[:3], first_block[0])
+        assert torch.equal(latents[: first_block.shape[1]], first_block[0])

@@ -5,20 +5,9 @@ import pytest
 import torch
 
 from tokentrim.pipelines import RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
-from tokentrim.wan import build_model
 from tokentrim_core import TokenTrim, TokenTrimConfig, Verdict
 
 CORRUPTED = [3, 10, 17]  # spatial token indices on the tiny 4x6 patch grid; p = 0.125 -> ceil(3.0) = 3
-
-
-@pytest.fixture
-def model(tiny_config):
-    return build_model(tiny_config, seed=4)
-
-
-@pytest.fixture
-def embeds(tiny_config):
-    return torch.randn(1, 8, tiny_config.text_dim, generator=torch.Generator().manual_seed(9))
 
 
 class Corrupting:

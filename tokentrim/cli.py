@@ -75,6 +75,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UserError("--scene is for the toy world model: add --preset toy")
         if args.prompt is not None or args.prompts is not None:
             raise UserError("--scene brings its own prompt: drop --prompt / --prompts")
+        if args.scene < 0:
+            raise UserError(f"--scene must be a non-negative scene seed, got {args.scene}")
         from tokentrim.toy import observed_start
 
         args.prompt, prefix = observed_start(args.scene)

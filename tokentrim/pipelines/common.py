@@ -112,12 +112,35 @@ def check_prefix(
     return prefix.shape[1] // block
 
 
-def observe(hook: BlockHook, block: int, frames: range, x0: torch.Tensor) -> None:
-    """Show an observed block to the hook (its latent summary becomes the reference of the next block)."""
-    if hook.propose(block, frames, x0).prune:
-        raise RuntimeError(
-            f"the hook asked to prune observed block {block}; observed blocks are never regenerated"
-        )
+def commit_observed(
+    model: CausalWanModel,
+    prefix: torch.Tensor,
+    observed: int,
+    context: ContextCache,
+    cache: KVCache,
+    output: torch.Tensor,
+    hook: BlockHook,
+    context_noise: float,
+    on_block: BlockCallback | None,
+) -> None:
+    """The observed blocks 0 .. observed-1, in order: room in the cache, copied to `output`, the clean pass.
+
+    The last one is shown to the hook (its latent summary becomes the reference of the first generated block);
+    observed blocks are never judged for pruning."""
+    device, dtype = model_device_dtype(model)
+    block = model.config.frames_per_block
+    for b in range(observed):
+        s = b * block
+        cache.make_room(block)
+        x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
+        if b == observed - 1 and hook.propose(b, range(s, s + block), x0).prune:
+            raise RuntimeError(
+                f"the hook asked to prune observed block {b}; observed blocks are never regenerated"
+            )
+        output[:, s : s + block] = x0
+        commit(model, x0, context, cache, s, context_noise)
+        if on_block is not None:
+            on_block(s, x0)
 
 
 def check_prompt_embeds(model: CausalWanModel, prompt_embeds: torch.Tensor) -> None:

@@ -111,17 +111,8 @@ class RollingForcingPipeline:
         noisy = torch.zeros_like(noise)  # `noisy_cache`: each unfinished block at its next noise level
         output = torch.empty_like(noise)
         losses: list[list[float]] = []
-        for b in range(observed):  # observed blocks: committed as they are
-            s = b * block
-            if s > 0:
-                cache.make_room(block)
-            x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
-            if b == observed - 1:
-                common.observe(hook, b, range(s, s + block), x0)
-            output[:, s : s + block] = x0
-            common.commit(model, x0, context, cache, s, self.config.context_noise)
-            if on_block is not None:
-                on_block(s, x0)
+        common.commit_observed(model, prefix, observed, context, cache, output, hook, self.config.context_noise,
+                               on_block)  # fmt: skip
         generated = num_blocks - observed
         for w in tqdm(range(generated + k - 1), desc="Rolling Forcing windows", disable=not progress):
             # blocks first..last are in the window; block b sits at level w - (b - observed) (0 = pure noise)

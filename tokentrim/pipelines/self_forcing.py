@@ -106,19 +106,12 @@ class SelfForcingPipeline:
         self._steps = self.timesteps.to(device)  # once per call: no host transfer inside the block loop
         output = torch.empty_like(noise)
         losses: list[list[float]] = []
-        for j in tqdm(range(num_frames // block), desc="Self Forcing blocks", disable=not progress):
+        common.commit_observed(model, prefix, observed, context, cache, output, hook, self.config.context_noise,
+                               on_block)  # fmt: skip
+        for j in tqdm(range(observed, num_frames // block), desc="Self Forcing blocks", disable=not progress):
             s = j * block
             frames = range(s, s + block)
             cache.make_room(block)  # 2. evict before the block's first step
-            if j < observed:  # an observed block: committed as it is
-                x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
-                if j == observed - 1:
-                    common.observe(hook, j, frames, x0)
-                output[:, s : s + block] = x0
-                common.commit(model, x0, context, cache, s, self.config.context_noise)
-                if on_block is not None:
-                    on_block(s, x0)
-                continue
             x_init = noise[:, s : s + block]
             guided = flowmo if applies(flowmo, j) else None
             # 3. the candidate block, from its noise; the re-noising draws are kept for a regeneration

@@ -38,7 +38,6 @@ TOY_CONFIG = WanConfig(
 )
 TEXT_PREFIX = "text."  # checkpoint prefix of the text encoder's tensors
 WEIGHTS_PATH = Path(__file__).with_name("toy.safetensors")
-METADATA_PATH = Path(__file__).with_name("toy.json")
 
 
 def load_toy(

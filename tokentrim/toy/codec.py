@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from tokentrim.errors import UserError
 
 UNSHUFFLE = 2  # spatial factor: 32x32x3 frames <-> 16x16x12 latents
-# Per-colour mean and std of world pixels mapped to [-1, 1], measured on 1000 scenes x 12 frames
-# (sample_scene(0..999).render(12)): mean (-0.070, -0.098, -0.139), std (0.440, 0.358, 0.430).
+# Per-colour mean and std of world pixels mapped to [-1, 1], measured on 1000 scenes x 12 frames of the first
+# version of the world (2-4 smaller shapes): mean (-0.070, -0.098, -0.139), std (0.440, 0.358, 0.430). Fixed, as
+# the shipped weights were trained with them; on the current world the latents still have std about 0.97.
 PIXEL_MEAN = (-0.07, -0.10, -0.14)
 PIXEL_STD = (0.44, 0.36, 0.43)
 
