@@ -1,0 +1,124 @@
+"""Golden rollouts: fixed runs of both pipelines whose latents and decisions are recorded once
+(`python tests/golden_cases.py --record`) and must be reproduced bit for bit by later code (refactors keep
+outputs identical). The cases cover TokenTrim with prunes, FlowMo (first block, every block), observed prefixes,
+fresh-noise regeneration, the rolling Self Forcing cache and Rolling Forcing eviction."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+from pathlib import Path
+
+import torch
+
+GOLDEN = Path(__file__).parent / "data" / "golden_latents.pt"
+
+
+def platform_key() -> str:
+    """Where bit-exact comparison is expected: same torch, same CPU kernel family."""
+    return f"torch {torch.__version__} / {torch.backends.cpu.get_cpu_capability()} / {platform.machine()}"
+
+
+def _case_list():
+    from tokentrim.pipelines import (
+        RollingForcingConfig,
+        RollingForcingPipeline,
+        SelfForcingConfig,
+        SelfForcingPipeline,
+    )
+    from tokentrim.toy import load_toy, observed_start
+    from tokentrim.wan import build_model, get_preset
+    from tokentrim_core import FlowMoConfig, TokenTrim, TokenTrimConfig
+
+    tiny = get_preset("tiny")
+    model = build_model(tiny, seed=3)
+    embeds = torch.randn(1, 9, tiny.text_dim, generator=torch.Generator().manual_seed(5))
+    embeds2 = torch.randn(2, 16, tiny.text_dim, generator=torch.Generator().manual_seed(6))
+    eager = TokenTrimConfig(lam=0.0, warmup=1)  # prunes often on random weights
+    patch = tiny.patch_size[1:]
+
+    def sf(cfg=SelfForcingConfig(), m=model):
+        return SelfForcingPipeline(m, cfg)
+
+    def rf(cfg=RollingForcingConfig(), m=model):
+        return RollingForcingPipeline(m, cfg)
+
+    toy, toy_text, _ = load_toy()
+    prompt, prefix = observed_start(20_000_001)
+    with torch.no_grad():
+        toy_embeds = toy_text([prompt])
+    toy_patch = toy.config.patch_size[1:]
+
+    cases = {
+        "sf_tiny_plain_30": lambda: sf()(embeds, 30, seed=0, progress=False),
+        "sf_tiny_prune_flowmo_30": lambda: sf()(
+            embeds, 30, seed=1, hook=TokenTrim(eager, patch), progress=False,
+            flowmo=FlowMoConfig(mode="first_block", steps=(0,)),
+        ),
+        "sf_tiny_prune_fresh_every_block_15": lambda: sf()(
+            embeds, 15, seed=2, hook=TokenTrim(TokenTrimConfig(lam=0.0, warmup=1, max_regen=2), patch),
+            progress=False, regen_noise="fresh", flowmo=FlowMoConfig(mode="every_block", steps=(0, 1),
+                                                                     iterations=2),
+        ),
+        "sf_tiny_nosink_batch2_24": lambda: sf(SelfForcingConfig(sink_frames=0, cache_frames=9))(
+            embeds2, 24, seed=3, hook=TokenTrim(eager, patch), progress=False,
+        ),
+        "rf_tiny_plain_21": lambda: rf()(embeds, 21, seed=0, progress=False),
+        "rf_tiny_prune_flowmo_45": lambda: rf()(
+            embeds, 45, seed=4, hook=TokenTrim(eager, patch), progress=False,
+            flowmo=FlowMoConfig(mode="first_block", steps=(0, 1)),
+        ),
+        "rf_tiny_every_block_batch2_18": lambda: rf()(
+            embeds2, 18, seed=5, hook=TokenTrim(eager, patch), progress=False,
+            flowmo=FlowMoConfig(mode="every_block", steps=(1,), iterations=1, checkpointing=False),
+        ),
+        "sf_tiny_prefix_21": lambda: sf()(
+            embeds, 21, seed=6, hook=TokenTrim(eager, patch), progress=False,
+            prefix=torch.randn(1, 6, 16, 8, 12, generator=torch.Generator().manual_seed(7)),
+        ),
+        "rf_tiny_prefix_27": lambda: rf()(
+            embeds, 27, seed=7, hook=TokenTrim(eager, patch), progress=False,
+            prefix=torch.randn(1, 6, 16, 8, 12, generator=torch.Generator().manual_seed(8)),
+        ),
+        "sf_toy_prefix_36": lambda: sf(SelfForcingConfig(timestep_shift=1.0), toy)(
+            toy_embeds, 36, seed=0, hook=TokenTrim(TokenTrimConfig(lam=0.5), toy_patch), progress=False, prefix=prefix,
+        ),
+        "rf_toy_prefix_30": lambda: rf(RollingForcingConfig(timestep_shift=1.0), toy)(
+            toy_embeds, 30, seed=0, hook=TokenTrim(TokenTrimConfig(lam=0.5), toy_patch), progress=False,
+            prefix=prefix,
+        ),
+    }  # fmt: skip
+    return cases
+
+
+def _records(out) -> list[dict]:
+    rows = []
+    for r in out.records:
+        r = r if isinstance(r, dict) else r.to_dict()
+        rows.append({k: r[k] for k in ("block", "action", "pruned_positions", "tokens_removed", "regenerations")})
+    return rows
+
+
+def run_cases(names=None) -> dict:
+    results = {}
+    for name, fn in _case_list().items():
+        if names is not None and name not in names:
+            continue
+        out = fn()
+        results[name] = {"latents": out.latents.clone(), "records": _records(out),
+                         "flowmo_losses": [list(map(float, x)) for x in out.flowmo_losses]}  # fmt: skip
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results = run_cases()
+    for name, r in results.items():
+        pruned = sum(x["action"] == "prune" for x in r["records"])
+        print(f"{name}: latents {list(r['latents'].shape)}, {pruned} prunes, {len(r['flowmo_losses'])} guided")
+    if args.record:
+        torch.save({"platform": platform_key(), "cases": results}, GOLDEN)
+        print(f"recorded {GOLDEN}")
