@@ -15,21 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tokentrim.app.backends import PRESETS
+from tokentrim.app.figures import plot_drift, plot_frame_strips
+from tokentrim.app.generate import run_video
+from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.eval import evaluate_frames
 from tokentrim.eval.metrics import bhattacharyya_distance, channel_histograms
-from tokentrim.figures import plot_drift, plot_frame_strips
-from tokentrim.pipelines import RollingForcingPipeline, SelfForcingPipeline
-from tokentrim.run_config import default_config_path, load_run_config
-from tokentrim.toy import HELD_OUT_SCENES, load_toy, observed_start, sample_scene
+from tokentrim.toy import HELD_OUT_SCENES, observed_start, sample_scene
 from tokentrim.toy.world import COLORS
 from tokentrim.video import atomic_path
-from tokentrim_core import TokenTrim
 
 VARIANTS = {  # name -> overrides
     "baseline": ["tokentrim.enabled=false", "flowmo.mode=off"],
@@ -107,16 +106,11 @@ def next_block_check(model, text, codec, seeds: int = 8) -> dict:
     return out
 
 
-def rollout(model, codec, pipeline: str, variant: str, embeds, prefix, frames: int, seed: int):
+def rollout(backend, pipeline: str, variant: str, embeds, prefix, frames: int, seed: int):
     run = load_run_config(default_config_path(pipeline, "toy"), VARIANTS[variant])
-    sampler = SelfForcingPipeline(model, run.self_forcing) if pipeline == "self_forcing" else \
-        RollingForcingPipeline(model, run.rolling_forcing)  # fmt: skip
-    hook = TokenTrim(run.tokentrim, model.config.patch_size[1:])
-    start = time.perf_counter()
-    out = sampler(embeds, frames, seed=seed, prefix=prefix, hook=hook, flowmo=run.flowmo, progress=False)
-    wall = time.perf_counter() - start
-    video = codec.decode(out.latents)[0].cpu().numpy()
-    return video, out.records, wall
+    result = run_video(backend, run, embeds, latent_frames=frames, seed=seed, prefix=prefix, progress=False)
+    video = backend.decoder.decode(result.latents)[0].cpu().numpy()
+    return video, [r.to_dict() for r in result.records], result.timings["wall_s"]
 
 
 def main() -> None:
@@ -130,7 +124,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, text, codec = load_toy()
+    backend = PRESETS["toy"].load(torch.device("cpu"), torch.float32, True)
+    model, codec = backend.model, backend.decoder
+    text = backend.encoder_factory.get()
     check = next_block_check(model, text, codec)
     print("next-block x0 MSE (model vs repeating the last frame):", json.dumps(check), flush=True)
     segment = int(args.segment_seconds * FPS)
@@ -144,7 +140,7 @@ def main() -> None:
             logs = {}
             for variant in args.variants:
                 video, records, wall = rollout(
-                    model, codec, pipeline, variant, embeds, prefix, args.latent_frames, seed
+                    backend, pipeline, variant, embeds, prefix, args.latent_frames, seed
                 )
                 report = evaluate_frames(video, FPS, args.segment_seconds, name=f"seed{seed}")
                 dist = truth_distance(video, truth, segment)

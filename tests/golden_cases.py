@@ -95,7 +95,9 @@ def _records(out) -> list[dict]:
     rows = []
     for r in out.records:
         r = r if isinstance(r, dict) else r.to_dict()
-        rows.append({k: r[k] for k in ("block", "action", "pruned_positions", "tokens_removed", "regenerations")})
+        rows.append(
+            {k: r[k] for k in ("block", "action", "pruned_positions", "tokens_removed", "regenerations")}
+        )
     return rows
 
 
@@ -118,7 +120,9 @@ if __name__ == "__main__":
     results = run_cases()
     for name, r in results.items():
         pruned = sum(x["action"] == "prune" for x in r["records"])
-        print(f"{name}: latents {list(r['latents'].shape)}, {pruned} prunes, {len(r['flowmo_losses'])} guided")
+        print(
+            f"{name}: latents {list(r['latents'].shape)}, {pruned} prunes, {len(r['flowmo_losses'])} guided"
+        )
     if args.record:
         torch.save({"platform": platform_key(), "cases": results}, GOLDEN)
         print(f"recorded {GOLDEN}")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokentrim.cli import main
-from tokentrim.generate import batch_outputs, shard
+from tokentrim.app.cli import main
+from tokentrim.app.generate import batch_outputs, shard
 from tokentrim.video import read_video
 
 PROMPT = "a dog runs on the beach"
@@ -94,7 +94,10 @@ def test_shard_assignment():
             "must hold the anchor block",
         ),
         (["--flowmo", "first_block", "flowmo.steps=[9]"], "must index the 4 denoising steps"),
-        (["--pipeline", "rolling_forcing", "tokentrim.regen_noise=fresh"], "Self Forcing only"),
+        (
+            ["--pipeline", "rolling_forcing", "tokentrim.regen_noise=fresh"],
+            "regen_noise=fresh is not available for rolling_forcing",
+        ),
         (["--device", "tpu:x"], "--device must look like"),
         (["--attention", "flash"], "needs flash-attn"),
     ],
@@ -247,7 +250,7 @@ def test_single_prompt_overwrites_and_checkpoint_with_preset_is_refused(tmp_path
 def test_toy_preset_runs_its_own_sampler_config(tmp_path, capsys):
     """`--preset toy` defaults to configs/toy/<pipeline>.yaml (shift 1); other presets to configs/<pipeline>.yaml;
     the log records the config that ran."""
-    from tokentrim.run_config import default_config_path, load_run_config
+    from tokentrim.app.run_config import default_config_path, load_run_config
 
     for pipeline in ("self_forcing", "rolling_forcing"):
         wan = load_run_config(default_config_path(pipeline)).sampler

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from tokentrim_core import BlockHook, TokenTrim, TokenTrimConfig, Verdict, decision_log, write_decision_log
+from tokentrim_core import BlockHook, BlockRecord, TokenTrim, TokenTrimConfig, Verdict
 
 PATCH = (2, 2)
 A0 = [0.0, 0.0, 0.0, 0.0]
@@ -40,6 +40,11 @@ def pop_threshold(values, lam):
     return mu, sigma, mu + lam * sigma
 
 
+def recs(tt):
+    """The records as their JSON dicts."""
+    return [r.to_dict() for r in tt.records]
+
+
 def run(tt, blocks, regen):
     """Drive the hook like a pipeline; regen maps block -> list of regenerated latents."""
     verdicts = []
@@ -64,7 +69,7 @@ def test_oracle_sequence(mode):
     cfg = TokenTrimConfig(p=0.5, lam=2.0, warmup=2, max_regen=1, stats_after_regen=mode)
     tt = TokenTrim(cfg, PATCH)
     verdicts = run(tt, [A0, A1, A2, A3, A4, A5, A6], {4: [A4R], 6: [A6]})
-    rec = tt.records
+    rec = recs(tt)
     assert [r["block"] for r in rec] == list(range(7))
     assert rec[3]["frames"] == [9, 12]
 
@@ -126,12 +131,12 @@ def test_max_regen_two_prunes_again_then_accepts():
     tt = TokenTrim(cfg, PATCH)
     # block 4: first regeneration A4 again (D* = 6, still above) -> prune again; second one A4R (D* = 0.5)
     verdicts = run(tt, [A0, A1, A2, A3, A4, A5], {4: [A4, A4R]})
-    r4 = tt.records[4]
+    r4 = recs(tt)[4]
     assert [v.prune for v in verdicts[4:7]] == [True, True, False]
     assert verdicts[5].positions.tolist() == [2, 3]
     assert r4["regenerations"] == 2 and r4["tokens_removed"] == 10 + 20
     assert r4["regenerated_severity"] == pytest.approx(0.5)
-    assert tt.records[5]["severity"] == pytest.approx(0.5)
+    assert recs(tt)[5]["severity"] == pytest.approx(0.5)
     assert tt.stats.values == pytest.approx([2.0, 1.0, 2.5, 0.5, 0.5])  # D* of block 4, then block 5
 
 
@@ -139,7 +144,7 @@ def test_disabled_scores_but_never_prunes():
     tt = TokenTrim(TokenTrimConfig(enabled=False, p=0.5), PATCH)
     verdicts = run(tt, [A0, A1, A2, A3, A4, A5], {})
     assert not any(v.prune for v in verdicts)
-    rec = tt.records
+    rec = recs(tt)
     assert [r["action"] for r in rec] == ["off"] * 6
     assert [r["severity"] for r in rec] == pytest.approx([None, 2.0, 1.0, 2.5, 6.0, 5.5])
     assert all(r["threshold"] is None and r["pruned_positions"] == [] for r in rec)
@@ -149,13 +154,13 @@ def test_warmup_zero_and_detection_only():
     tt = TokenTrim(TokenTrimConfig(p=0.5, warmup=0), PATCH)
     run(tt, [A0, A1, A2], {})
     # block 1 has nothing accepted to compare with -> warmup; block 2 is armed with stats [2]: 1 <= 2 -> accept
-    assert [r["action"] for r in tt.records] == ["warmup", "warmup", "accept"]
-    assert tt.records[2]["threshold"] == 2.0
+    assert [r["action"] for r in recs(tt)] == ["warmup", "warmup", "accept"]
+    assert recs(tt)[2]["threshold"] == 2.0
 
     tt = TokenTrim(TokenTrimConfig(p=0.5, max_regen=0), PATCH)
     verdicts = run(tt, [A0, A1, A2, A3, A4], {})
     assert not any(v.prune for v in verdicts)
-    assert tt.records[4]["action"] == "accept" and tt.records[4]["triggered"]
+    assert recs(tt)[4]["action"] == "accept" and recs(tt)[4]["triggered"]
     assert tt.stats.values == pytest.approx([2.0, 1.0, 2.5, 6.0])
 
 
@@ -166,7 +171,7 @@ def test_batch_shares_one_position_set():
     tt.propose(0, range(0, 3), first)
     tt.propose(1, range(3, 6), second)
     # per-sample drift [4,0,0,0] and [0,0,0,2] -> batch mean [2,0,0,1]; k = 1 -> D = 2
-    assert tt.records[1]["severity"] == pytest.approx(2.0)
+    assert recs(tt)[1]["severity"] == pytest.approx(2.0)
 
 
 def test_protocol_misuse_and_reset():
@@ -175,9 +180,9 @@ def test_protocol_misuse_and_reset():
         tt.regenerated(0, block(A0), tokens_removed=0, regenerations=1)
     run(tt, [A0, A1], {})
     tt.reset()
-    assert tt.records == [] and tt.stats.count == 0
+    assert recs(tt) == [] and tt.stats.count == 0
     tt.propose(0, range(0, 3), block(A1))
-    assert tt.records[0]["severity"] is None
+    assert recs(tt)[0]["severity"] is None
     assert Verdict(prune=False).positions is None
     with pytest.raises(ValueError, match="patch"):
         TokenTrim(TokenTrimConfig(), (2, 0))
@@ -209,14 +214,24 @@ def test_config_defaults_are_the_papers():
     assert (cfg.p, cfg.lam, cfg.warmup, cfg.max_regen) == (0.1, 2.0, 2, 1)
 
 
-def test_decision_log_roundtrip_atomic(tmp_path):
+def test_records_are_typed_and_serialise_to_the_log_keys():
     tt = TokenTrim(TokenTrimConfig(p=0.5), PATCH)
     run(tt, [A0, A1, A2, A3, A4], {4: [A4R]})
-    log = decision_log(tt.config, tt.records)
-    path = tmp_path / "logs" / "decisions.json"
-    write_decision_log(path, log)
-    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
-    loaded = json.loads(path.read_text())
-    assert loaded["config"]["p"] == 0.5 and loaded["config"]["stats_after_regen"] == "regenerated"
-    assert loaded["blocks"] == tt.records
-    assert loaded["blocks"][4]["action"] == "prune"
+    assert all(isinstance(r, BlockRecord) for r in tt.records)
+    row = json.loads(json.dumps(tt.records[4].to_dict()))
+    assert list(row) == [
+        "block",
+        "frames",
+        "action",
+        "triggered",
+        "severity",
+        "mean",
+        "std",
+        "threshold",
+        "pruned_positions",
+        "tokens_removed",
+        "regenerated_severity",
+        "regenerations",
+        "score_ms",
+    ]
+    assert row["action"] == "prune" and row["frames"] == [12, 15] and row["pruned_positions"] == [2, 3]

@@ -1,6 +1,6 @@
-"""`tokentrim eval` end to end on small synthetic mp4s (JSON fields, pair verdict both ways round, user errors),
-and the VBench bridge: the converter on hand-made VBench result files with hand-computed aggregates, and the
-shell script's wiring with a stand-in for `vbench evaluate`."""
+"""`tokentrim eval` end to end on small synthetic mp4s (JSON fields, printed flags and categories, pair verdict
+both ways round, user errors), and the VBench bridge: the converter on hand-made VBench result files with
+hand-computed aggregates, and the shell script's wiring with a stand-in for `vbench evaluate`."""
 
 import csv
 import importlib.util
@@ -11,15 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from test_eval_scenes import FPS, SECONDS, frozen, global_cast, reference
 
 from tokentrim.cli import main
-from tokentrim.eval import METRICS
+from tokentrim.eval import CATEGORIES, METRICS
 from tokentrim.video import write_video
 
 REPO = Path(__file__).resolve().parents[1]
-FPS, H, W = 16, 48, 64
 
 
 def load_bridge():
@@ -29,25 +28,14 @@ def load_bridge():
     return module
 
 
-def synthetic(seconds, noise_last_seconds=0.0, seed=0):
-    """A static smooth frame (values 60..190) repeated; optional Gaussian noise (std 20) at the end."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:H, 0:W]
-    base = np.stack([60 + 2 * xx, 60 + 2 * yy, 125 + 0 * xx], axis=-1).astype(np.float64)
-    video = np.repeat(base[None], int(seconds * FPS), axis=0)
-    n = int(noise_last_seconds * FPS)
-    if n:
-        video[-n:] += rng.normal(0, 20, size=video[-n:].shape)
-    return video.round().clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
+    """clean (the moving reference scene), cast (a slow warm cast), still (its first frame held): H.264 mp4s."""
     folder = tmp_path_factory.mktemp("videos")
-    clean, noisy = folder / "clean.mp4", folder / "noisy.mp4"
-    write_video(clean, synthetic(6), fps=FPS)
-    write_video(noisy, synthetic(6, noise_last_seconds=2), fps=FPS)
-    return clean, noisy
+    paths = {name: folder / f"{name}.mp4" for name in ("clean", "cast", "still")}
+    for name, make in (("clean", reference), ("cast", global_cast), ("still", frozen)):
+        write_video(paths[name], make(), fps=FPS)
+    return paths
 
 
 def run(capsys, *argv):
@@ -56,74 +44,101 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_eval_videos_writes_json_with_every_metric(videos, tmp_path, capsys):
+def test_eval_videos_writes_json_with_curves_flags_and_timing(videos, tmp_path, capsys):
     out = tmp_path / "res" / "eval.json"
-    code, stdout, _ = run(capsys, "eval", *videos, "--json", out)
-    assert code == 0 and str(out) in stdout and "flicker" in stdout
+    code, stdout, _ = run(capsys, "eval", videos["clean"], videos["still"], "--json", out)
+    assert code == 0 and str(out) in stdout
+    assert "flags: none" in stdout and "flags: frozen" in stdout  # printed per video
     data = json.loads(out.read_text())
-    assert data["segment_seconds"] == 2.0 and data["metrics"] == [m.name for m in METRICS]
-    assert [v["path"] for v in data["videos"]] == [str(v) for v in videos]
+    assert data["metrics"] == [m.name for m in METRICS] and data["categories"] == list(CATEGORIES)
+    clean, still = data["videos"]
+    assert (clean["path"], still["path"]) == (str(videos["clean"]), str(videos["still"]))
+    segments = SECONDS // 2
     for report in data["videos"]:
-        assert (report["segments"], report["segment_frames"], report["frames"]) == (3, 32, 96)
-        assert report["settings"]["frame_stride"] == 2 and report["settings"]["flow_long_side"] == 256
+        assert (report["segments"], report["segment_frames"], report["frames"]) == (
+            segments,
+            32,
+            SECONDS * FPS,
+        )
+        assert report["settings"]["frame_stride"] == 2 and report["settings"]["working_long_side"] == 256
+        assert 0 < report["decode_seconds"] < report["eval_seconds"]
         assert set(report["metrics"]) == {m.name for m in METRICS}
         for entry in report["metrics"].values():
-            assert len(entry["values"]) == 3 and entry["drift"] >= 0
-            assert entry["delta"] == pytest.approx(entry["last"] - entry["first"])
-    clean, noisy = (r["metrics"] for r in data["videos"])
-    assert noisy["flicker"]["drift"] > 0.03 > clean["flicker"]["drift"]
+            assert len(entry["values"]) == len(entry["curve"]) == segments and entry["curve"][0] == 0.0
+            assert entry["drift"] == pytest.approx(sum(entry["curve"][1:]) / (segments - 1))
+            assert entry["max"] == max(entry["curve"][1:]) and entry["first_last"] == entry["curve"][-1]
+    assert clean["flags"] == [] and still["flags"] == ["frozen"]
+    assert still["guards"]["longest_still_s"] == SECONDS and still["guards"]["dynamic_degree"] == 0.0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
 def test_pair_verdict_prefers_clean_video_both_ways_round(videos, tmp_path, capsys):
-    clean, noisy = videos
-    code, stdout, _ = run(capsys, "eval", "--pair", noisy, clean, "--json", tmp_path / "a.json")
-    assert code == 0 and "verdict: treated" in stdout
+    clean, cast = videos["clean"], videos["cast"]
+    code, stdout, stderr = run(capsys, "eval", "--pair", cast, clean, "--json", tmp_path / "a.json")
+    assert code == 0 and "verdict: treated" in stdout and "categories: colour=treated" in stdout
+    assert stderr == ""  # same scene, same first frames: no warnings
     a = json.loads((tmp_path / "a.json").read_text())
-    assert (
-        a["verdict"] == "treated" and "votes" in a["rule"] and a["votes"]["treated"] > a["votes"]["baseline"]
-    )
-    assert a["baseline"]["path"] == str(noisy) and a["treated"]["path"] == str(clean)
+    assert a["verdict"] == "treated" and a["flags"] == {"baseline": [], "treated": []} and a["warnings"] == []
+    assert a["baseline"]["path"] == str(cast) and a["treated"]["path"] == str(clean)
+    assert set(a["categories"]) == set(CATEGORIES) and "majority" in a["rule"]
 
-    code, _, _ = run(capsys, "eval", "--pair", clean, noisy, "--json", tmp_path / "b.json")
+    code, _, _ = run(capsys, "eval", "--pair", clean, cast, "--json", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert code == 0 and b["verdict"] == "baseline"
-    assert b["votes"] == {
-        "baseline": a["votes"]["treated"],
-        "treated": a["votes"]["baseline"],
-        "tie": a["votes"]["tie"],
-    }
+    assert b["votes"] == {"baseline": a["votes"]["treated"], "treated": a["votes"]["baseline"],
+                          "tie": a["votes"]["tie"]}  # fmt: skip
     flip = {"baseline": "treated", "treated": "baseline", "tie": "tie"}
     for name, c in a["comparison"].items():
         assert b["comparison"][name]["less_drift"] == flip[c["less_drift"]], name
         assert b["comparison"][name]["baseline_drift"] == c["treated_drift"]
 
 
-def test_user_errors_exit_2_without_json(videos, tmp_path, capsys):
-    out = tmp_path / "x.json"
-    code, _, err = run(capsys, "eval", tmp_path / "missing.mp4", "--json", out)
-    assert code == 2 and "not found" in err
+def test_frozen_video_is_never_preferred_and_the_flag_is_printed(videos, tmp_path, capsys):
+    code, stdout, _ = run(
+        capsys, "eval", "--pair", videos["clean"], videos["still"], "--json", tmp_path / "f.json"
+    )
+    assert (
+        code == 0
+        and "treated frozen" in stdout
+        and "verdict: baseline (treated is degenerate (frozen)" in stdout
+    )
+    data = json.loads((tmp_path / "f.json").read_text())
+    assert data["verdict"] == "baseline" and data["flags"] == {"baseline": [], "treated": ["frozen"]}
 
+
+def one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_user_errors_exit_2_with_one_line_and_no_json(videos, tmp_path, capsys):
+    out = tmp_path / "x.json"
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video")
-    code, _, err = run(capsys, "eval", broken, "--json", out)
-    assert code == 2 and "cannot read" in err
-
     short = tmp_path / "short.mp4"
-    write_video(short, synthetic(1), fps=FPS)  # 16 frames: two 2 s segments need 64
-    code, _, err = run(capsys, "eval", "--pair", videos[0], short, "--json", out)
-    assert code == 2 and "1.00 s (16 frames at 16 fps)" in err and "--segment-seconds 0.5" in err
+    write_video(short, reference()[:FPS], fps=FPS)  # 16 frames: two 2 s segments need 64
+    cases = [
+        (["eval", tmp_path / "missing.mp4", "--json", out], "not found"),
+        (["eval", "--pair", videos["clean"], tmp_path / "missing.mp4", "--json", out], "not found"),
+        (["eval", broken, "--json", out], "cannot read"),
+        (["eval", "--pair", videos["clean"], short, "--json", out], "1.00 s (16 frames at 16 fps)"),
+        (["eval", "--json", out], "exactly one of"),
+        (
+            ["eval", videos["clean"], "--pair", videos["clean"], videos["cast"], "--json", out],
+            "exactly one of",
+        ),
+        (["eval", videos["clean"], "--json", out, "--frame-stride", "0"], "frame_stride"),
+        (["eval", videos["clean"], "--json", out, "--frame-stride", "40"], "--frame-stride 40"),
+        (["eval", videos["clean"], "--json", out, "--segment-seconds", "-1"], "--segment-seconds"),
+        (["eval", videos["clean"], "--json", tmp_path], "is a folder"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and message in one_line_error(err), (argv, err)
+        assert not out.exists()
     code, _, _ = run(capsys, "eval", short, "--json", out, "--segment-seconds", "0.5")
     assert code == 0  # the suggested segment length works
-    out.unlink()
-
-    code, _, err = run(capsys, "eval", "--json", out)
-    assert code == 2 and "--pair" in err
-    code, _, err = run(capsys, "eval", videos[0], "--pair", *videos, "--json", out)
-    assert code == 2
-    code, _, err = run(capsys, "eval", videos[0], "--json", out, "--frame-stride", "0")
-    assert code == 2 and "frame_stride" in err
-    assert not out.exists()
 
 
 # ---- VBench bridge ---------------------------------------------------------------------------------------------

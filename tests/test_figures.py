@@ -1,15 +1,16 @@
 """Figures: drift curves and heatmaps are written as valid PNGs; the CLI sub-commands parse and run."""
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from tokentrim import figures
+from tokentrim.app import figures
 from tokentrim.errors import UserError
-from tokentrim_core import TokenTrim, TokenTrimConfig, decision_log
+from tokentrim_core import TokenTrim, TokenTrimConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,7 +28,7 @@ def make_log(enabled, seed=0):
         x = torch.randn(1, 3, 4, 4, 4, generator=g) * (6.0 if b == 5 else 1.0)
         if tt.propose(b, range(3 * b, 3 * b + 3), x).prune:
             tt.regenerated(b, torch.randn(1, 3, 4, 4, 4, generator=g), tokens_removed=4, regenerations=1)
-    return decision_log(tt.config, tt.records)
+    return {"config": dataclasses.asdict(tt.config), "blocks": [r.to_dict() for r in tt.records]}
 
 
 def parser():

@@ -51,7 +51,8 @@ def frozen_predictor(dtype=torch.float32):
     conv = torch.nn.Conv3d(4, 4, kernel_size=(3, 1, 1), padding=(1, 0, 0)).to(dtype)
     conv.requires_grad_(False)
 
-    def predict_x0(x):  # [B, F, C, H, W] -> [B, F, C, H, W]
+    def predict_x0(x, grad):  # [B, F, C, H, W] -> [B, F, C, H, W]; grad: whether autograd must see it
+        assert torch.is_grad_enabled() or not grad
         return conv(x.transpose(1, 2)).transpose(1, 2)
 
     return conv, predict_x0
@@ -74,7 +75,7 @@ def test_guidance_lowers_loss_and_leaves_weights_alone():
         assert torch.equal(v, before[k])
     assert all(p.grad is None for p in conv.parameters())
     # keep_best: the returned latent is the lowest-loss one
-    assert float(motion_variance(predict(x_new), (2, 2))) == pytest.approx(min(losses), rel=1e-5)
+    assert float(motion_variance(predict(x_new, False), (2, 2))) == pytest.approx(min(losses), rel=1e-5)
 
 
 def test_guidance_default_settings_take_small_steps():
@@ -93,7 +94,7 @@ def test_keep_last_and_dtype():
     cfg = FlowMoConfig(mode="every_block", iterations=4, lr=0.5, keep_best=False)
     x_new, losses = flowmo_guidance(x_t, predict, cfg, (2, 2))
     assert x_new.dtype == torch.float64
-    assert float(motion_variance(predict(x_new), (2, 2))) == pytest.approx(losses[-1], rel=1e-5)
+    assert float(motion_variance(predict(x_new, False), (2, 2))) == pytest.approx(losses[-1], rel=1e-5)
 
 
 def test_inference_mode_is_refused():
@@ -141,7 +142,7 @@ def test_keep_best_returns_an_earlier_latent_when_steps_overshoot():
         x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=0.5), (2, 2)
     )
     assert min(losses) < losses[-1]
-    assert float(motion_variance(predict(x_new), (2, 2))) == pytest.approx(min(losses), rel=1e-5)
+    assert float(motion_variance(predict(x_new, False), (2, 2))) == pytest.approx(min(losses), rel=1e-5)
     x_new, losses = flowmo_guidance(
         x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=3.0), (2, 2)
     )

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokentrim.pipelines import RollingForcingPipeline, SelfForcingPipeline, common
+from tokentrim.pipelines import RollingForcingPipeline, Rollout, SelfForcingPipeline
 from tokentrim_core import FlowMoConfig
 
 PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
@@ -11,14 +11,14 @@ PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
 
 def record_guided(monkeypatch):
     """(start_frame, guided frame rows) of every FlowMo guidance call."""
-    calls, guide = [], common.guide
+    calls, guide = [], Rollout.guide
 
-    def recording(model, schedule, x, t, context, cache, start_frame, flowmo, frames=slice(None)):
+    def recording(self, x, t, start, frames=slice(None)):
         rows = range(x.shape[1])[frames]
-        calls.append((start_frame, rows.start, rows.stop))
-        return guide(model, schedule, x, t, context, cache, start_frame, flowmo, frames)
+        calls.append((start, rows.start, rows.stop))
+        return guide(self, x, t, start, frames)
 
-    monkeypatch.setattr(common, "guide", recording)
+    monkeypatch.setattr(Rollout, "guide", recording)
     return calls
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from golden_cases import GOLDEN, platform_key, run_cases
 
 RECORDED = torch.load(GOLDEN, weights_only=True)

@@ -21,11 +21,10 @@ def instrument(model):
     """Record (start_frame, frames, per-frame timesteps, commit) for every DiT call."""
     calls, forward = [], model.forward
 
-    def recording(x, t, context, cache=None, start_frame=0, commit=False, attn_mask=None):
+    def recording(x, t, context, cache=None, plan=None, start_frame=0, attn_mask=None):
+        commit = plan is not None and plan.commit
         calls.append((start_frame, x.shape[1], [round(v, 2) for v in t[0].tolist()], commit))
-        return forward(
-            x, t, context, cache=cache, start_frame=start_frame, commit=commit, attn_mask=attn_mask
-        )
+        return forward(x, t, context, cache=cache, plan=plan, start_frame=start_frame, attn_mask=attn_mask)
 
     model.forward = recording
     return calls
@@ -165,14 +164,14 @@ def test_self_forcing_long_rollout_evicts_with_sink(model, embeds):
 
 
 def test_self_forcing_sink_frames_stay(model, embeds, monkeypatch):
-    seen, original = [], kv_cache.KVCache.make_room
+    seen, original = [], kv_cache.KVCache.evict_oldest
 
     def spy(self, n):
         evicted = original(self, n)
         seen.append((evicted, list(self.frame_indices)))
         return evicted
 
-    monkeypatch.setattr(kv_cache.KVCache, "make_room", spy)
+    monkeypatch.setattr(kv_cache.KVCache, "evict_oldest", spy)
     SelfForcingPipeline(model, SelfForcingConfig(cache_frames=9, sink_frames=3))(
         embeds, 18, seed=0, progress=False
     )
@@ -206,9 +205,9 @@ def test_rolling_forcing_data_flow_follows_the_spec(model, embeds, monkeypatch):
 
     calls, forward = [], model.forward
 
-    def recording(x, t, context, cache=None, start_frame=0, commit=False, attn_mask=None):
-        out = forward(x, t, context, cache=cache, start_frame=start_frame, commit=commit, attn_mask=attn_mask)
-        calls.append((start_frame, x.clone(), t.clone(), commit, out.clone()))
+    def recording(x, t, context, cache=None, plan=None, start_frame=0, attn_mask=None):
+        out = forward(x, t, context, cache=cache, plan=plan, start_frame=start_frame, attn_mask=attn_mask)
+        calls.append((start_frame, x.clone(), t.clone(), plan is not None and plan.commit, out.clone()))
         return out
 
     model.forward = recording
@@ -273,7 +272,7 @@ def test_self_forcing_observed_block_equal_to_its_own_gives_the_same_video(model
         embeds, 24, noise=noise, generator=gen, prefix=first.latents[:, :3], hook=hook(), progress=False
     )
     assert torch.equal(second.latents, first.latents)
-    actions = [[r["action"] for r in out.records] for out in (first, second)]
+    actions = [[r.action for r in out.records] for out in (first, second)]
     assert actions[0] == actions[1] and "prune" in actions[0]  # lam = 0: the comparison covers prunes
 
 

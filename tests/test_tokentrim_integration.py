@@ -43,8 +43,8 @@ def test_disabled_or_idle_tokentrim_is_bit_identical(model, embeds, pipeline):
     idle = TokenTrim(TokenTrimConfig(lam=1e9), (2, 2))  # armed, never triggers
     run_idle = pipeline(model)(embeds, 18, seed=3, hook=idle, progress=False)
     assert torch.equal(base, run_off.latents) and torch.equal(base, run_idle.latents)
-    assert [r["action"] for r in run_off.records] == ["off"] * 6
-    assert [r["action"] for r in run_idle.records] == ["warmup"] * 3 + ["accept"] * 3
+    assert [r.action for r in run_off.records] == ["off"] * 6
+    assert [r.action for r in run_idle.records] == ["warmup"] * 3 + ["accept"] * 3
 
 
 def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(
@@ -56,10 +56,10 @@ def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(
     sampler = SelfForcingConfig(cache_frames=21, sink_frames=3)
     out = SelfForcingPipeline(model, sampler)(embeds, 18, seed=3, hook=hook, progress=False)
     record = out.records[4]
-    assert record["action"] == "prune" and record["pruned_positions"] == CORRUPTED
-    assert record["tokens_removed"] == len(CORRUPTED) * 9  # 3 positions x 9 unpinned cached frames (3..11)
-    assert record["regenerated_severity"] < record["severity"] / 3
-    assert all(r["action"] != "prune" for i, r in enumerate(out.records) if i != 4)
+    assert record.action == "prune" and record.pruned_positions == CORRUPTED
+    assert record.tokens_removed == len(CORRUPTED) * 9  # 3 positions x 9 unpinned cached frames (3..11)
+    assert record.regenerated_severity < record.severity / 3
+    assert all(r.action != "prune" for i, r in enumerate(out.records) if i != 4)
     cache = caches[0]
     full = list(range(tiny_config.tokens_per_frame))
     pruned = [n for n in full if n not in CORRUPTED]
@@ -77,9 +77,9 @@ def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, ti
     hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
     out = RollingForcingPipeline(model)(embeds, 21, seed=3, hook=hook, progress=False)
     record = out.records[4]
-    assert record["action"] == "prune" and record["pruned_positions"] == CORRUPTED
+    assert record.action == "prune" and record.pruned_positions == CORRUPTED
     # at block 4's decision the cache holds the anchor (0..2) and working frames 3..11
-    assert record["tokens_removed"] == len(CORRUPTED) * 9
+    assert record.tokens_removed == len(CORRUPTED) * 9
     cache = caches[0]
     full = list(range(tiny_config.tokens_per_frame))
     for frame in (0, 1, 2):

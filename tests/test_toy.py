@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
 from tokentrim.pipelines import SelfForcingPipeline
-from tokentrim.run_config import default_config_path, load_run_config
+from tokentrim.pipelines.self_forcing import SinkCachePolicy
 from tokentrim.toy import CODEC, HELD_OUT_SCENES, TOY_CONFIG, VOCAB, load_toy, observed_start
 from tokentrim.toy.codec import ToyCodec
 from tokentrim.toy.text import ToyTextEncoder
@@ -155,7 +156,13 @@ def toy():
 
 
 def test_toy_preset_is_the_toy_config():
-    assert get_preset("toy") is TOY_CONFIG
+    from tokentrim.app.backends import PRESETS
+
+    assert PRESETS["toy"].load(torch.device("cpu"), torch.float32, False).model.config is TOY_CONFIG
+    with pytest.raises(
+        UserError, match="unknown DiT preset"
+    ):  # the DiT presets do not import the toy package
+        get_preset("toy")
     assert TOY_CONFIG.in_dim == CODEC.z_dim and TOY_CONFIG.latent_height == CODEC.latent_size
 
 
@@ -168,17 +175,18 @@ def generate_block(model, text, prompt: str, seed: int) -> torch.Tensor:
     """One Self-Forcing block with the toy run config's sampler: x0 -> re-noise over its steps, with a KV cache."""
     cfg = model.config
     fpb = cfg.frames_per_block
-    sampler = load_run_config(default_config_path("self_forcing", "toy")).self_forcing
+    sampler = load_run_config(default_config_path("self_forcing", "toy")).samplers["self_forcing"]
     schedule = FlowMatchSchedule(shift=sampler.timestep_shift)
     steps = schedule.warp(sampler.denoising_steps)
-    cache = KVCache(cfg, 1, 4 * fpb, pinned_frames=fpb)
+    policy = SinkCachePolicy(KVCache(cfg, 1, 4 * fpb), sink_frames=fpb)
     ctx = model.encode_context(text.encode([prompt]))
     gen = torch.Generator().manual_seed(seed)
     shape = (1, fpb, cfg.in_dim, cfg.latent_height, cfg.latent_width)
     x = torch.randn(shape, generator=gen)
     for i, step in enumerate(steps):
         t = torch.full((1, fpb), float(step))
-        x0 = schedule.to_x0(model(x, t, ctx, cache=cache, start_frame=0), x, t)
+        flow = model(x, t, ctx, cache=policy.cache, plan=policy.plan(0, fpb), start_frame=0)
+        x0 = schedule.to_x0(flow, x, t)
         if i + 1 < len(steps):
             x = schedule.add_noise(
                 x0, torch.randn(shape, generator=gen), torch.full((1, fpb), float(steps[i + 1]))
@@ -253,7 +261,7 @@ def test_shipped_model_keeps_the_observed_shapes_and_moves_them(toy):
     for k in range(4):
         prompt, prefix = observed_start(HELD_OUT_SCENES + k)
         scene = sample_scene(HELD_OUT_SCENES + k)
-        out = SelfForcingPipeline(model, run.self_forcing)(text.encode([prompt]), frames, seed=k, prefix=prefix,
+        out = SelfForcingPipeline(model, run.sampler)(text.encode([prompt]), frames, seed=k, prefix=prefix,
                                                          progress=False)  # fmt: skip
         video, truth = codec.decode(out.latents)[0].numpy()[fpb:], scene.render(frames)[fpb:]
         frozen = np.repeat(scene.render(fpb)[-1:], frames - fpb, axis=0)

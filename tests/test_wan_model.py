@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tokentrim.pipelines.self_forcing import SinkCachePolicy
 from tokentrim.wan import WanConfig, block_causal_mask, build_model, get_preset
 from tokentrim.wan.kv_cache import KVCache
 from tokentrim.wan.model import RMSNorm, sinusoid, unpatchify
@@ -146,14 +147,18 @@ def test_block_causal_equivalence(tiny_config, batch):
     t = torch.rand(batch, 9, dtype=torch.float64) * 1000
     with torch.no_grad():
         full = model(x, t, ctx, attn_mask=block_causal_mask(9, 3, c.tokens_per_frame))
-        cache = KVCache(c, batch, 9, dtype=torch.float64)
-        steps = []
+        policy = SinkCachePolicy(KVCache(c, batch, 9, dtype=torch.float64), sink_frames=0)
+        cache, steps = policy.cache, []
         for j in range(3):
-            sl = slice(3 * j, 3 * j + 3)
+            sl, s = slice(3 * j, 3 * j + 3), 3 * j
             model(
-                x[:, sl] + 1.0, t[:, sl], ctx, cache=cache, start_frame=3 * j
-            )  # a denoising call: no commit
-            steps.append(model(x[:, sl], t[:, sl], ctx, cache=cache, start_frame=3 * j, commit=True))
+                x[:, sl] + 1.0, t[:, sl], ctx, cache=cache, plan=policy.plan(s, 3), start_frame=s
+            )  # no commit
+            steps.append(
+                model(
+                    x[:, sl], t[:, sl], ctx, cache=cache, plan=policy.plan(s, 3, commit=True), start_frame=s
+                )
+            )
         unmasked = model(x, t, ctx)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)
     assert (unmasked[:, :3] - full[:, :3]).abs().max() > 1e-3  # the mask matters

@@ -1,20 +1,18 @@
 """Video files: H.264 mp4 through imageio-ffmpeg's bundled ffmpeg (no system ffmpeg), PNG frames, reading back.
 
-Every writer writes to a temporary name in the destination folder and renames it when complete, so an interrupted
-run never leaves a half-written file under the final name.
+Every writer goes through `tokentrim.files.atomic_path`: a temporary name in the destination folder, renamed when
+complete, so an interrupted run never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from tokentrim.errors import UserError
+from tokentrim.files import atomic_path
 
 DEFAULT_FPS = 16  # Wan2.1 `sample_fps`
 
@@ -24,24 +22,6 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise UserError(f"video frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     return frames
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class VideoWriter:

@@ -3,26 +3,26 @@
 Imports torch only; the pipelines talk to it through `BlockHook` (see DEVELOPERS.md and docs/tokentrim.md).
 """
 
-from .drift import latent_summary, num_unstable, token_drift, unstable_set
+from .drift import consecutive_block_drift, latent_summary, num_unstable, token_drift, unstable_set
 from .flowmo import FlowMoConfig, applies, flowmo_guidance, motion_variance
-from .hook import BlockHook, Verdict
+from .hook import BlockHook, BlockRecord, Verdict
 from .stats import RunningStats
-from .trim import TokenTrim, TokenTrimConfig, decision_log, write_decision_log
+from .trim import TokenTrim, TokenTrimConfig
 
 __all__ = [
     "BlockHook",
+    "BlockRecord",
     "FlowMoConfig",
     "RunningStats",
     "TokenTrim",
     "TokenTrimConfig",
     "Verdict",
     "applies",
-    "decision_log",
+    "consecutive_block_drift",
     "flowmo_guidance",
     "latent_summary",
     "motion_variance",
     "num_unstable",
     "token_drift",
     "unstable_set",
-    "write_decision_log",
 ]

@@ -78,3 +78,23 @@ def unstable_set(d: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]
     k = num_unstable(p, d.shape[0])
     values, indices = torch.topk(d.float(), k, sorted=False)
     return torch.sort(indices).values, values.mean()
+
+
+def consecutive_block_drift(
+    latents: torch.Tensor, patch: tuple[int, int], frames_per_block: int
+) -> torch.Tensor:
+    """Per-token drift of each block against the block before it, over a whole rollout (Eq. 3–5), as the
+    controller would score it against an accepted previous block. Frames past the last full block are ignored.
+
+    Shapes: latents [F, C, H, W] -> [n_blocks - 1, N]; row i compares block i + 1 with block i.
+    """
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be [F, C, H, W], got shape {tuple(latents.shape)}")
+    n_blocks = latents.shape[0] // frames_per_block
+    if n_blocks < 2:
+        raise ValueError(
+            f"need at least 2 blocks of {frames_per_block} latent frames, got {latents.shape[0]}"
+        )
+    blocks = latents[: n_blocks * frames_per_block].reshape(n_blocks, frames_per_block, *latents.shape[1:])
+    z = latent_summary(blocks, patch)  # (n_blocks, N, D): each block is one batch row
+    return token_drift(z[1:], z[:-1])

@@ -116,15 +116,16 @@ def motion_variance(
 
 def flowmo_guidance(
     x_t: torch.Tensor,
-    predict_x0: Callable[[torch.Tensor], torch.Tensor],
+    predict_x0: Callable[[torch.Tensor, bool], torch.Tensor],
     cfg: FlowMoConfig,
     patch: tuple[int, int],
 ) -> tuple[torch.Tensor, list[float]]:
     """Refine the noisy latent x_t with `cfg.iterations` Adam steps on motion_variance(predict_x0(x)).
 
     Only the latent is optimised: a float32 leaf copy of x_t; gradients are taken with torch.autograd.grad
-    with respect to that copy alone, so no parameter's .grad is touched. predict_x0 receives the latent in
-    x_t's dtype and must be differentiable in it (the caller freezes the model's weights).
+    with respect to that copy alone, so no parameter's .grad is touched. `predict_x0(latent, grad)` receives the
+    latent in x_t's dtype; with grad=True it must be differentiable in it (the caller freezes the model's
+    weights), with grad=False (the final evaluation) it runs without autograd.
     Callers may run under torch.no_grad (gradients are re-enabled here) but not under torch.inference_mode,
     whose tensors cannot enter autograd; x_t itself is never modified.
 
@@ -140,8 +141,8 @@ def flowmo_guidance(
     x = x_t.detach().clone().float().requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=cfg.lr)
 
-    def loss_of(latent: torch.Tensor) -> torch.Tensor:
-        return motion_variance(predict_x0(latent.to(dtype)), patch, cfg.reduce, cfg.temperature)
+    def loss_of(latent: torch.Tensor, grad: bool) -> torch.Tensor:
+        return motion_variance(predict_x0(latent.to(dtype), grad), patch, cfg.reduce, cfg.temperature)
 
     losses: list[float] = []
     best, best_loss = x.detach().clone(), math.inf
@@ -154,12 +155,12 @@ def flowmo_guidance(
 
     with torch.enable_grad():
         for _ in range(cfg.iterations):
-            loss = loss_of(x)
+            loss = loss_of(x, True)
             keep(loss)
             (x.grad,) = torch.autograd.grad(loss, [x])
             optimizer.step()
             x.grad = None
     with torch.no_grad():
-        keep(loss_of(x))  # the last step's latent, so that it can be the one kept
+        keep(loss_of(x, False))  # the last step's latent, so that it can be the one kept
     result = best if cfg.keep_best else x.detach()
     return result.to(dtype), losses

@@ -8,7 +8,8 @@ it repeats while that verdict also says prune. Then it commits the accepted bloc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -24,6 +25,38 @@ class Verdict:
 
     prune: bool
     positions: torch.Tensor | None = None
+
+
+@dataclass
+class BlockRecord:
+    """One block's TokenTrim decision (the rows of a decision log).
+
+    action: "off" (TokenTrim disabled: scored only), "warmup", "accept" or "prune" (then regenerated).
+    severity: D_t of the candidate (None for the first block: nothing to compare with); mean / std / threshold:
+    the statistics it was judged against (threshold None while not armed); triggered: D_t > threshold.
+    pruned_positions: the spatial positions removed from the cache (union over regenerations);
+    tokens_removed: cache tokens removed per layer; regenerated_severity: D of the last regeneration.
+    """
+
+    block: int
+    frames: tuple[int, int]  # latent frames [start, stop)
+    action: str = "off"
+    triggered: bool = False
+    severity: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    threshold: float | None = None
+    pruned_positions: list[int] = field(default_factory=list)
+    tokens_removed: int = 0
+    regenerated_severity: float | None = None
+    regenerations: int = 0
+    score_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (frames as a [start, stop] list)."""
+        out = dataclasses.asdict(self)
+        out["frames"] = list(self.frames)
+        return out
 
 
 @runtime_checkable
@@ -47,6 +80,6 @@ class BlockHook(Protocol):
         ...
 
     @property
-    def records(self) -> list[dict]:
-        """One JSON-serialisable dict per block, in call order."""
+    def records(self) -> list[BlockRecord]:
+        """One record per judged block, in call order."""
         ...

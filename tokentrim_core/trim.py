@@ -18,20 +18,14 @@ With max_regen = 0 nothing is regenerated: a block above the threshold is accept
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from .drift import latent_summary, token_drift, unstable_set
-from .hook import Verdict
+from .hook import BlockRecord, Verdict
 from .stats import RunningStats
 
 STATS_AFTER_REGEN = ("regenerated", "candidate", "skip")
@@ -88,7 +82,7 @@ class TokenTrimConfig:
 class _Pending:
     """A pruned block waiting for its regeneration."""
 
-    record: dict
+    record: BlockRecord
     severity: float
     threshold: float
 
@@ -113,14 +107,11 @@ class TokenTrim:
         self._z_prev: torch.Tensor | None = None  # (B, N, D) summary of the last accepted block
         self._drift_blocks = 0  # blocks seen that had a drift value
         self._pending: _Pending | None = None
-        self._records: list[dict] = []
+        self._records: list[BlockRecord] = []
 
     @property
-    def records(self) -> list[dict]:
+    def records(self) -> list[BlockRecord]:
         return list(self._records)
-
-    def decision_log(self) -> dict:
-        return decision_log(self.config, self._records)
 
     def _score(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float | None, float]:
         """Summary, unstable set and severity of a candidate (Eq. 3–7), and the time it took in ms."""
@@ -133,7 +124,7 @@ class TokenTrim:
             if not math.isfinite(severity):
                 raise FloatingPointError(
                     f"the candidate latents are not finite (drift severity {severity}): the model diverged. "
-                    "Check the checkpoint, or run in another dtype (--dtype bf16 / fp32)"
+                    "Check the checkpoint, or run in another dtype (bf16 / fp32)"
                 )
         return z, positions, severity, (time.perf_counter() - start) * 1e3
 
@@ -145,44 +136,31 @@ class TokenTrim:
     def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
         """Judge the candidate block (see the module docstring). x0 [B, F_block, C, H, W]."""
         assert self._pending is None, (
-            f"propose(block={block}) while block {self._pending.record['block']} is pending"
+            f"propose(block={block}) while block {self._pending.record.block} is pending"
         )
         cfg = self.config
         z, positions, severity, ms = self._score(x0)
         mean, std = self._stats_snapshot()
-        record = {
-            "block": int(block),
-            "frames": [frames.start, frames.stop],
-            "action": "off",
-            "triggered": False,
-            "severity": severity,
-            "mean": mean,
-            "std": std,
-            "threshold": None,
-            "pruned_positions": [],
-            "tokens_removed": 0,
-            "regenerated_severity": None,
-            "regenerations": 0,
-            "score_ms": ms,
-        }
+        record = BlockRecord(int(block), (frames.start, frames.stop), severity=severity, mean=mean, std=std,
+                             score_ms=ms)  # fmt: skip
         self._records.append(record)
         if severity is None:  # block 0: nothing to compare with
-            record["action"] = "off" if not cfg.enabled else "warmup"
+            record.action = "off" if not cfg.enabled else "warmup"
         elif not cfg.enabled:
             self.stats.update(severity)
         elif self._drift_blocks < cfg.warmup or self.stats.count == 0:
-            record["action"] = "warmup"
+            record.action = "warmup"
             self.stats.update(severity)
         else:
             threshold = self.stats.threshold(cfg.lam)
-            record["threshold"] = threshold
-            record["triggered"] = severity > threshold
-            if record["triggered"] and cfg.max_regen > 0:
-                record["action"] = "prune"
-                record["pruned_positions"] = positions.tolist()
+            record.threshold = threshold
+            record.triggered = severity > threshold
+            if record.triggered and cfg.max_regen > 0:
+                record.action = "prune"
+                record.pruned_positions = positions.tolist()
                 self._pending = _Pending(record=record, severity=severity, threshold=threshold)
                 return Verdict(prune=True, positions=positions)
-            record["action"] = "accept"
+            record.action = "accept"
             self.stats.update(severity)
         if severity is not None:
             self._drift_blocks += 1
@@ -197,17 +175,17 @@ class TokenTrim:
                 f"regenerated(block={block}) called but no block is waiting for a regeneration"
             )
         record = pending.record
-        assert block == record["block"], f"regenerated(block={block}) but block {record['block']} is pending"
-        assert regenerations == record["regenerations"] + 1, (
-            f"regenerations={regenerations}, expected {record['regenerations'] + 1}"
+        assert block == record.block, f"regenerated(block={block}) but block {record.block} is pending"
+        assert regenerations == record.regenerations + 1, (
+            f"regenerations={regenerations}, expected {record.regenerations + 1}"
         )
         z, positions, severity, ms = self._score(x0)
-        record["score_ms"] += ms
-        record["tokens_removed"] += int(tokens_removed)
-        record["regenerations"] = regenerations
-        record["regenerated_severity"] = severity
+        record.score_ms += ms
+        record.tokens_removed += int(tokens_removed)
+        record.regenerations = regenerations
+        record.regenerated_severity = severity
         if severity > pending.threshold and regenerations < self.config.max_regen:
-            record["pruned_positions"] = sorted(set(record["pruned_positions"]) | set(positions.tolist()))
+            record.pruned_positions = sorted(set(record.pruned_positions) | set(positions.tolist()))
             return Verdict(prune=True, positions=positions)
         mode = self.config.stats_after_regen
         if mode == "regenerated":
@@ -218,23 +196,3 @@ class TokenTrim:
         self._z_prev = z
         self._pending = None
         return Verdict(prune=False)
-
-
-def decision_log(config: TokenTrimConfig, records: Sequence[dict]) -> dict:
-    """The JSON document of a run: {"config": {...}, "blocks": [one record per block]}."""
-    return {"config": dataclasses.asdict(config), "blocks": [dict(r) for r in records]}
-
-
-def write_decision_log(path: str | os.PathLike, log: dict) -> None:
-    """Write `log` as JSON atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(log, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

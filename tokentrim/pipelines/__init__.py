@@ -1,10 +1,19 @@
-"""The two autoregressive sampling loops, each with a TokenTrim hook point."""
+"""The autoregressive sampling loops, each with a TokenTrim hook point, and the registry that names them."""
 
-from tokentrim.pipelines.common import GenerationOutput
+from tokentrim.pipelines.common import BlockPipeline, CachePolicy, GenerationOutput, Rollout
+from tokentrim.pipelines.registry import (
+    REGISTRY,
+    PipelineEntry,
+    get_pipeline,
+    pipeline_names,
+    register,
+    unregister,
+)
 from tokentrim.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
 from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
 
 __all__ = [
-    "GenerationOutput", "RollingForcingConfig", "RollingForcingPipeline", "SelfForcingConfig",
-    "SelfForcingPipeline",
+    "REGISTRY", "BlockPipeline", "CachePolicy", "GenerationOutput", "PipelineEntry", "Rollout",
+    "RollingForcingConfig", "RollingForcingPipeline", "SelfForcingConfig", "SelfForcingPipeline", "get_pipeline",
+    "pipeline_names", "register", "unregister",
 ]  # fmt: skip

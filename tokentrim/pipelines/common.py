@@ -1,19 +1,30 @@
-"""Steps shared by the Self Forcing and Rolling Forcing loops: noise, one denoising call, the clean commit pass,
-FlowMo guidance of one step, input checks and the output dataclass."""
+"""What every autoregressive loop shares.
+
+* `BlockPipeline`: the skeleton of a call (input checks, initial noise, text context, cache, observed prefix,
+  output); a loop file subclasses it, names its cache policy (`make_cache`) and writes only its loop
+  (`generate`).
+* `Rollout`: the typed bundle one generation carries (model, schedule, context, cache policy, generator,
+  noise, output, hook), with the steps every loop uses: one denoising call, the clean commit pass, FlowMo
+  guidance of one step, the TokenTrim decision, and handing a finished block out.
+* `CachePolicy`: what a loop's calls read from and write to the `KVCache` storage, what is pinned, what is
+  evicted. Each loop's policy lives beside its loop.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
 from tokentrim.errors import UserError
-from tokentrim.wan.kv_cache import KVCache
+from tokentrim.wan.kv_cache import CallPlan, KVCache
 from tokentrim.wan.model import CausalWanModel, ContextCache
 from tokentrim.wan.scheduler import FlowMatchSchedule
 from tokentrim_core.flowmo import FlowMoConfig, flowmo_guidance
-from tokentrim_core.hook import BlockHook, Verdict
+from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 
 # Called with (first latent frame, x0 [B, F, C, H, W]) whenever frames become final, in time order.
 BlockCallback = Callable[[int, torch.Tensor], None]
@@ -23,14 +34,16 @@ BlockCallback = Callable[[int, torch.Tensor], None]
 class GenerationOutput:
     latents: torch.Tensor  # [B, F, C, H, W], the model dtype
     frames: torch.Tensor | None = None  # uint8 [B, T, H, W, 3] when a decoder was given
-    records: list[dict] = field(default_factory=list)  # one TokenTrim decision record per block
-    flowmo_losses: list[list[float]] = field(default_factory=list)
+    records: list[BlockRecord] = field(default_factory=list)  # one TokenTrim decision per judged block
+    flowmo_losses: list[list[float]] = field(default_factory=list)  # per guided step: loss per iteration
 
 
 class NoHook:
     """The plain reference loop: every block accepted, nothing recorded."""
 
-    records: list[dict] = []
+    @property
+    def records(self) -> list[BlockRecord]:
+        return []
 
     def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
         return Verdict(False)
@@ -39,26 +52,256 @@ class NoHook:
         return Verdict(False)
 
 
+class CachePolicy:
+    """A loop's use of its `KVCache`: `plan` describes what one model call attends to and writes.
+
+    `write=False` asks for a call that writes nothing into the buffer (a differentiable FlowMo call); a
+    committing call (`commit=True`) stores its frames. Pruning never touches pinned frames."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+
+    def plan(
+        self, start_frame: int, num_frames: int, *, commit: bool = False, write: bool = True
+    ) -> CallPlan:
+        raise NotImplementedError
+
+    def make_room(self, num_frames: int) -> list[int]:
+        """Evict the oldest unpinned frames so that `num_frames` new ones fit."""
+        return self.cache.evict_oldest(num_frames)
+
+    def prune(self, positions: torch.Tensor) -> int:
+        """TokenTrim's removal: `positions` leave every unpinned cached frame (pinned: sink / anchor)."""
+        return self.cache.remove_positions(positions)
+
+
 def model_device_dtype(model: CausalWanModel) -> tuple[torch.device, torch.dtype]:
     weight = model.patch_embedding.weight
     return weight.device, weight.dtype
 
 
+@dataclass
+class Rollout:
+    """One generation in progress. Latents are `[B, F, C, H, W]`; `t` tensors are `[B, F]` float32."""
+
+    model: CausalWanModel
+    schedule: FlowMatchSchedule
+    steps: torch.Tensor  # the sampler's timesteps, on the device
+    context: ContextCache
+    cache: CachePolicy
+    generator: torch.Generator
+    noise: torch.Tensor  # the initial noise of every frame
+    output: torch.Tensor  # final latents, filled as blocks finish
+    hook: BlockHook
+    flowmo: FlowMoConfig
+    context_noise: float  # the clean pass's timestep
+    observed: int  # observed (prefix) blocks, committed before the loop
+    regen_noise: str = "same"
+    on_block: BlockCallback | None = None
+    progress: bool = True
+    losses: list[list[float]] = field(default_factory=list)
+
+    @property
+    def block(self) -> int:
+        return self.model.config.frames_per_block
+
+    @property
+    def num_blocks(self) -> int:
+        return self.output.shape[1] // self.block
+
+    def progress_bar(self, items, desc: str):
+        return tqdm(items, desc=desc, disable=not self.progress)
+
+    # Model calls --------------------------------------------------------------------------------------------
+    def predict_x0(self, x: torch.Tensor, t: torch.Tensor, start: int, write: bool = True) -> torch.Tensor:
+        """One DiT call on a noisy block or window (no cache commit), converted to x0."""
+        plan = self.cache.plan(start, x.shape[1], write=write)
+        flow = self.model(x, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start)
+        return self.schedule.to_x0(flow, x, t)
+
+    def commit(self, x0: torch.Tensor, start: int) -> None:
+        """The clean pass: re-run finished frames at t = context_noise to write their keys/values into the cache."""
+        t = torch.full(x0.shape[:2], self.context_noise, device=x0.device, dtype=torch.float32)
+        plan = self.cache.plan(start, x0.shape[1], commit=True)
+        self.model(x0, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start)
+
+    def guide(
+        self, x: torch.Tensor, t: torch.Tensor, start: int, frames: slice = slice(None)
+    ) -> torch.Tensor:
+        """FlowMo: a few gradient steps on the noisy latent of `frames` (the rest of x held fixed), judged on their
+        x0, before the step's regular DiT call. Returns the updated x; the losses are kept in `losses`."""
+        cfg = self.model.config
+
+        def x0_of(z: torch.Tensor, grad: bool) -> torch.Tensor:
+            full = torch.cat([x[:, : frames.start or 0], z, x[:, frames.stop :]], dim=1) if frames.stop else z
+            return self.predict_x0(full, t, start, write=not grad)[:, frames]
+
+        before, self.model.gradient_checkpointing = (
+            self.model.gradient_checkpointing,
+            self.flowmo.checkpointing,
+        )
+        try:
+            guided, losses = flowmo_guidance(x[:, frames], x0_of, self.flowmo, cfg.patch_size[1:])
+        finally:
+            self.model.gradient_checkpointing = before
+        self.losses.append(losses)
+        out = x.clone()
+        out[:, frames] = guided
+        return out
+
+    # Blocks -------------------------------------------------------------------------------------------------
+    def judge(self, block: int, x0: torch.Tensor, regenerate: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Ask the hook about a candidate block; while it says prune, prune the cache and regenerate."""
+        s = block * self.block
+        verdict = self.hook.propose(block, range(s, s + self.block), x0)
+        regenerations = 0
+        while verdict.prune:
+            removed = self.cache.prune(verdict.positions)
+            x0 = regenerate()
+            regenerations += 1
+            verdict = self.hook.regenerated(block, x0, removed, regenerations)
+        return x0
+
+    def finished(self, start: int, x0: torch.Tensor) -> None:
+        """Frames [start, start + F) are final: into the output, then to the caller's callback."""
+        self.output[:, start : start + x0.shape[1]] = x0
+        if self.on_block is not None:
+            self.on_block(start, x0)
+
+    def commit_observed(self, prefix: torch.Tensor | None) -> None:
+        """The observed blocks 0 .. observed-1, in order: room in the cache, the clean pass, the output.
+
+        The last one is shown to the hook (its latent summary becomes the reference of the first generated
+        block); observed blocks are never judged for pruning."""
+        device, dtype = self.output.device, self.output.dtype
+        block = self.block
+        for b in range(self.observed):
+            s = b * block
+            self.cache.make_room(block)
+            x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
+            if b == self.observed - 1 and self.hook.propose(b, range(s, s + block), x0).prune:
+                raise RuntimeError(
+                    f"the hook asked to prune observed block {b}; observed blocks are never regenerated"
+                )
+            self.commit(x0, s)
+            self.finished(s, x0)
+
+
+class BlockPipeline:
+    """The skeleton shared by every block-autoregressive loop; subclasses set the class attributes and write
+    `make_cache` and `generate`. The sampler config must have `denoising_steps`, `warp_denoising_step`,
+    `timestep_shift` and `context_noise`."""
+
+    title: ClassVar[str] = "pipeline"  # in messages and progress bars
+    config_class: ClassVar[type] = object
+    regen_noise_modes: ClassVar[tuple[str, ...]] = ("same",)  # how a pruned block may be regenerated
+
+    def __init__(self, model: CausalWanModel, config: Any = None, vae=None):
+        self.model = model
+        self.config = config if config is not None else self.config_class()
+        self.vae = vae
+        self.schedule = FlowMatchSchedule(self.config.timestep_shift)
+        steps = self.config.denoising_steps
+        self.timesteps = (
+            self.schedule.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps).float()
+        )
+
+    # Per loop -----------------------------------------------------------------------------------------------
+    @property
+    def min_frames(self) -> int:
+        """Latent frames a call must generate at least (after any observed ones)."""
+        return self.model.config.frames_per_block
+
+    def check_cache(self, num_frames: int) -> None:
+        """Loop-specific limits of the cache settings for `num_frames` frames (raise UserError)."""
+
+    def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> CachePolicy:
+        raise NotImplementedError
+
+    def generate(self, r: Rollout) -> None:
+        """Generate every block after the observed ones into `r.output` (calling `r.finished` for each)."""
+        raise NotImplementedError
+
+    # Shared -------------------------------------------------------------------------------------------------
+    def check_num_frames(self, num_frames: int) -> None:
+        """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
+        check_frames(self.model, num_frames, self.min_frames, self.title)
+        self.check_cache(num_frames)
+
+    def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
+        check_prompt_embeds(self.model, prompt_embeds)
+        self.check_num_frames(num_frames)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt_embeds: torch.Tensor,
+        num_frames: int,
+        *,
+        seed: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
+        hook: BlockHook | None = None,
+        flowmo: FlowMoConfig = FlowMoConfig(),
+        regen_noise: str = "same",
+        on_block: BlockCallback | None = None,
+        progress: bool = True,
+    ) -> GenerationOutput:
+        """Generate `num_frames` latent frames for `prompt_embeds [B, <= text_len, text_dim]`.
+
+        seed, or noise `[B, F, C, H, W]` with a generator for the in-loop draws. prefix (optional): observed
+        first frames, clean latents `[B, P, C, H, W]` (P a multiple of the block); their blocks are committed
+        to the cache as they are (no denoising, no draws) and returned unchanged, the last of them is shown to
+        the hook as its first block, and generation continues after them. The initial noise is drawn for all
+        frames either way. regen_noise: "same" (regenerate a pruned block from its first attempt's noise) or,
+        where the loop supports it, "fresh"."""
+        self.check_inputs(prompt_embeds, num_frames)
+        if regen_noise not in self.regen_noise_modes:
+            raise UserError(
+                f"regen_noise={regen_noise!r} is not available for {self.title}; use one of {self.regen_noise_modes}"
+            )
+        model = self.model
+        device, dtype = model_device_dtype(model)
+        batch = prompt_embeds.shape[0]
+        observed = check_prefix(model, prefix, batch, num_frames, self.min_frames, self.title)
+        # 1. initial noise first, then the text context and an empty cache
+        noise, generator = prepare_noise(model, batch, num_frames, seed, noise, generator)
+        context = model.encode_context(prompt_embeds.to(device))
+        r = Rollout(model, self.schedule, self.timesteps.to(device), context, self.make_cache(batch, device, dtype),
+                    generator, noise, torch.empty_like(noise), hook or NoHook(), flowmo, self.config.context_noise,
+                    observed, regen_noise, on_block, progress)  # fmt: skip
+        # 2. observed blocks, then the loop
+        r.commit_observed(prefix)
+        self.generate(r)
+        frames = self.vae.decode(r.output) if self.vae is not None else None
+        return GenerationOutput(r.output, frames, list(r.hook.records), r.losses)
+
+
 def check_frames(model: CausalWanModel, num_frames: int, minimum: int, pipeline: str) -> None:
-    """Latent-frame count checks common to both loops (spec §10 length limits)."""
+    """Latent-frame count checks common to every loop (spec §10 length limits)."""
     block = model.config.frames_per_block
     limit = model.config.rope_max_seq_len // block * block
-    if num_frames % block or num_frames <= 0:
+    if (
+        isinstance(num_frames, bool)
+        or not isinstance(num_frames, int)
+        or num_frames % block
+        or num_frames <= 0
+    ):
         raise UserError(
-            f"--latent-frames must be a positive multiple of {block} for {pipeline}, got {num_frames}"
+            f"`num_frames` must be a positive multiple of {block} for {pipeline}, got {num_frames}",
+            field="num_frames",
         )
     if num_frames < minimum:
         raise UserError(
             f"{pipeline} needs at least {minimum} latent frames (one full window), got {num_frames}; "
-            f"use --latent-frames {minimum} or more"
+            f"use `num_frames` {minimum} or more",
+            field="num_frames",
         )
     if num_frames > limit:
-        raise UserError(f"at most {limit} latent frames fit the RoPE table, got {num_frames}")
+        raise UserError(
+            f"at most {limit} latent frames fit the RoPE table, got {num_frames}", field="num_frames"
+        )
 
 
 def prepare_noise(
@@ -107,40 +350,10 @@ def check_prefix(
     if num_frames - prefix.shape[1] < minimum:
         raise UserError(
             f"{pipeline} with {prefix.shape[1]} observed frames needs at least {prefix.shape[1] + minimum} latent "
-            f"frames in all, got {num_frames}"
+            f"frames in all, got {num_frames}",
+            field="num_frames",
         )
     return prefix.shape[1] // block
-
-
-def commit_observed(
-    model: CausalWanModel,
-    prefix: torch.Tensor,
-    observed: int,
-    context: ContextCache,
-    cache: KVCache,
-    output: torch.Tensor,
-    hook: BlockHook,
-    context_noise: float,
-    on_block: BlockCallback | None,
-) -> None:
-    """The observed blocks 0 .. observed-1, in order: room in the cache, copied to `output`, the clean pass.
-
-    The last one is shown to the hook (its latent summary becomes the reference of the first generated block);
-    observed blocks are never judged for pruning."""
-    device, dtype = model_device_dtype(model)
-    block = model.config.frames_per_block
-    for b in range(observed):
-        s = b * block
-        cache.make_room(block)
-        x0 = prefix[:, s : s + block].to(device=device, dtype=dtype)
-        if b == observed - 1 and hook.propose(b, range(s, s + block), x0).prune:
-            raise RuntimeError(
-                f"the hook asked to prune observed block {b}; observed blocks are never regenerated"
-            )
-        output[:, s : s + block] = x0
-        commit(model, x0, context, cache, s, context_noise)
-        if on_block is not None:
-            on_block(s, x0)
 
 
 def check_prompt_embeds(model: CausalWanModel, prompt_embeds: torch.Tensor) -> None:
@@ -154,79 +367,3 @@ def check_prompt_embeds(model: CausalWanModel, prompt_embeds: torch.Tensor) -> N
             f"prompt_embeds must be [B, <= {cfg.text_len}, {cfg.text_dim}], got {list(prompt_embeds.shape)}; "
             "was it made by the text encoder of this model?"
         )
-
-
-def predict_x0(
-    model: CausalWanModel,
-    schedule: FlowMatchSchedule,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    context: ContextCache,
-    cache: KVCache,
-    start_frame: int,
-) -> torch.Tensor:
-    """One DiT call on a noisy block or window (no cache commit), converted to x0. t: `[B, F]` float32."""
-    flow = model(x, t, context, cache=cache, start_frame=start_frame)
-    return schedule.to_x0(flow, x, t)
-
-
-def commit(
-    model: CausalWanModel,
-    x0: torch.Tensor,
-    context: ContextCache,
-    cache: KVCache,
-    start_frame: int,
-    t_context: float,
-) -> None:
-    """The clean pass: re-run the finished block at t = context_noise to write its keys/values into the cache."""
-    t = torch.full(x0.shape[:2], t_context, device=x0.device, dtype=torch.float32)
-    model(x0, t, context, cache=cache, start_frame=start_frame, commit=True)
-
-
-def guide(
-    model: CausalWanModel,
-    schedule: FlowMatchSchedule,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    context: ContextCache,
-    cache: KVCache,
-    start_frame: int,
-    flowmo: FlowMoConfig,
-    frames: slice = slice(None),
-) -> tuple[torch.Tensor, list[float]]:
-    """FlowMo: a few gradient steps on the noisy latent of `frames` (the rest of x held fixed), judged on their
-    x0, before the step's regular DiT call. Returns the updated x and the loss per iteration."""
-    cfg = model.config
-    patch = (cfg.patch_size[1], cfg.patch_size[2])
-
-    def x0_of(z: torch.Tensor) -> torch.Tensor:
-        full = torch.cat([x[:, : frames.start or 0], z, x[:, frames.stop :]], dim=1) if frames.stop else z
-        return predict_x0(model, schedule, full, t, context, cache, start_frame)[:, frames]
-
-    before, model.gradient_checkpointing = model.gradient_checkpointing, flowmo.checkpointing
-    try:
-        guided, losses = flowmo_guidance(x[:, frames], x0_of, flowmo, patch)
-    finally:
-        model.gradient_checkpointing = before
-    out = x.clone()
-    out[:, frames] = guided
-    return out, losses
-
-
-def run_hook(
-    hook: BlockHook,
-    block: int,
-    frames: range,
-    x0: torch.Tensor,
-    cache: KVCache,
-    regenerate: Callable[[], torch.Tensor],
-) -> torch.Tensor:
-    """Ask the hook about a candidate; while it says prune, remove the positions and regenerate."""
-    verdict = hook.propose(block, frames, x0)
-    regenerations = 0
-    while verdict.prune:
-        removed = cache.remove_positions(verdict.positions)  # pinned (sink / anchor) frames are never pruned
-        x0 = regenerate()
-        regenerations += 1
-        verdict = hook.regenerated(block, x0, removed, regenerations)
-    return x0

@@ -6,19 +6,16 @@ on the pruned cache, so every block of the window takes the regenerated x0."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines import common
-from tokentrim.wan.kv_cache import KVCache
-from tokentrim.wan.model import CausalWanModel
-from tokentrim.wan.scheduler import FlowMatchSchedule, check_sampler_steps
-from tokentrim_core.flowmo import FlowMoConfig, applies
-from tokentrim_core.hook import BlockHook
+from tokentrim.pipelines.common import BlockPipeline, CachePolicy, Rollout
+from tokentrim.wan.kv_cache import CallPlan, KVCache, Segment
+from tokentrim.wan.rope import RopeTable
+from tokentrim.wan.scheduler import check_sampler_steps
+from tokentrim_core.flowmo import applies
 
 
 @dataclass(frozen=True)
@@ -44,83 +41,107 @@ class RollingForcingConfig:
             raise ValueError(f"attention_frames ({self.attention_frames}) must not exceed cache_frames")
 
 
-class RollingForcingPipeline:
-    def __init__(
-        self, model: CausalWanModel, config: RollingForcingConfig = RollingForcingConfig(), vae=None
-    ):
-        self.model, self.config, self.vae = model, config, vae
-        self.schedule = FlowMatchSchedule(config.timestep_shift)
-        steps = config.denoising_steps
-        self.timesteps = (
-            self.schedule.warp(steps) if config.warp_denoising_step else torch.tensor(steps).float()
-        )
-        self.window_blocks = len(steps)
+class AnchorCachePolicy(CachePolicy):
+    """Rolling Forcing's cache (spec §2.6). The first block (the anchor) is stored without RoPE, pinned, and
+    rotated when read so that it sits just before the working frames read. A denoising call reads the anchor,
+    at most `attention_frames - call - anchor` working frames and itself, and writes nothing (the reference's
+    writes there are always overwritten by the clean pass before anything reads them); the clean (commit) call
+    reads the newest `attention_frames` frames including itself, the anchor (at its true position) only while
+    they fit. A call starting at frame 0 attends only to itself."""
 
-    def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
-        common.check_prompt_embeds(self.model, prompt_embeds)
-        self.check_num_frames(num_frames)
+    def __init__(self, cache: KVCache, rope: RopeTable, anchor_frames: int, attention_frames: int):
+        super().__init__(cache)
+        self.rope, self.anchor_frames, self.attention_frames = rope, anchor_frames, attention_frames
+        self._anchor_spatial: tuple[tuple[int, ...], torch.Tensor] | None = None
 
-    def check_num_frames(self, num_frames: int) -> None:
-        """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
-        block = self.model.config.frames_per_block
-        window = self.window_blocks * block
-        common.check_frames(self.model, num_frames, window, "Rolling Forcing")
+    def _anchor_segment(self, offset: int) -> Segment:
+        """The pinned raw frames rotated to start at absolute frame `offset`."""
+        anchor = self.cache.pinned
+        rows = [f.rows for f in anchor]
+        if offset < 0 or offset + len(anchor) > self.rope.max_frames:
+            raise ValueError(f"anchor offset {offset} is outside the RoPE table")
+        device = self.cache.k.device
+        key = tuple(rows)
+        if self._anchor_spatial is None or self._anchor_spatial[0] != key:
+            # positions of the anchor's tokens, moved to the device once (the anchor never changes once full)
+            self._anchor_spatial = (key, torch.cat([f.spatial for f in anchor]).to(device))
+        if len(set(rows)) == 1:  # the usual case (a complete anchor): no host-to-device copy
+            frames = torch.arange(offset, offset + len(anchor), device=device).repeat_interleave(rows[0])
+        else:
+            frames = (
+                torch.arange(offset, offset + len(anchor)).repeat_interleave(torch.tensor(rows)).to(device)
+            )
+        return Segment(0, sum(rows), self.rope.token_freqs(frames, self._anchor_spatial[1]))
+
+    def plan(
+        self, start_frame: int, num_frames: int, *, commit: bool = False, write: bool = True
+    ) -> CallPlan:
+        cache = self.cache
+        anchor = len(cache.pinned)
+        if start_frame == 0:  # attends only to itself; committing it stores the raw anchor
+            row = cache.next_row(0, num_frames) if commit else None
+            pin = max(0, min(num_frames, self.anchor_frames - anchor)) if commit else 0
+            return CallPlan(start_frame, num_frames, (), True, row, True, commit, pin)
+        if not commit:
+            # denoising pass: anchor + the newest working frames that fit the span + the whole window
+            budget = max(0, self.attention_frames - num_frames - anchor)
+            take = min(budget, len(cache.frames) - anchor)
+            reads = [self._anchor_segment(start_frame - take - anchor)] if anchor else []
+            if take:
+                reads.append(Segment(cache.row_of(len(cache.frames) - take), cache.length))
+            return CallPlan(start_frame, num_frames, tuple(reads), True)
+        # clean pass: the newest `attention_frames` frames counting the call itself
+        row = cache.next_row(start_frame, num_frames)
+        first = max(0, len(cache.frames) + num_frames - self.attention_frames)
+        reads = []
+        if first == 0:
+            if anchor:
+                reads.append(self._anchor_segment(cache.frames[0].index))
+            first = anchor
+        assert first >= anchor, "the attention span would cut through the anchor block"
+        if first < len(cache.frames):
+            reads.append(Segment(cache.row_of(first), cache.length))
+        return CallPlan(start_frame, num_frames, tuple(reads), True, row, commit=True)
+
+
+class RollingForcingPipeline(BlockPipeline):
+    title = "Rolling Forcing"
+    config_class = RollingForcingConfig
+
+    @property
+    def window_blocks(self) -> int:
+        return len(self.config.denoising_steps)
+
+    @property
+    def min_frames(self) -> int:
+        """One full window."""
+        return self.window_blocks * self.model.config.frames_per_block
+
+    def check_cache(self, num_frames: int) -> None:
+        block, window = self.model.config.frames_per_block, self.min_frames
         if self.config.attention_frames < window + block:
             raise UserError(
                 f"rolling_forcing.attention_frames ({self.config.attention_frames}) must hold the anchor block "
                 f"and a {window}-frame window: set it to {window + block} or more"
             )
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt_embeds: torch.Tensor,
-        num_frames: int,
-        *,
-        seed: int | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        prefix: torch.Tensor | None = None,
-        hook: BlockHook | None = None,
-        flowmo: FlowMoConfig = FlowMoConfig(),
-        on_block: common.BlockCallback | None = None,
-        progress: bool = True,
-    ) -> common.GenerationOutput:
-        """Generate `num_frames` latent frames. `prefix` (optional): observed first frames, clean latents
-        `[B, P, C, H, W]`; their blocks are committed first (the first one is the anchor), returned unchanged,
-        the last of them is shown to the hook as its first block, and the windows then run over the remaining
-        blocks exactly as over a whole video, at their true frame positions. The initial noise is drawn for all
-        frames either way."""
-        self.check_inputs(prompt_embeds, num_frames)
-        model, cfg, block, k = (
-            self.model,
-            self.model.config,
-            self.model.config.frames_per_block,
-            self.window_blocks,
-        )
-        device, dtype = common.model_device_dtype(model)
-        batch, num_blocks = prompt_embeds.shape[0], num_frames // block
-        observed = common.check_prefix(model, prefix, batch, num_frames, k * block, "Rolling Forcing")
-        # 1. initial noise first, then the text context and an empty cache
-        noise, generator = common.prepare_noise(model, batch, num_frames, seed, noise, generator)
-        context = model.encode_context(prompt_embeds.to(device))
-        cache = KVCache(cfg, batch, self.config.cache_frames, mode="rolling_forcing", pinned_frames=block,
-                        attention_frames=self.config.attention_frames, device=device, dtype=dtype)  # fmt: skip
-        hook = hook or common.NoHook()
-        steps = self.timesteps.to(device)
-        noisy = torch.zeros_like(noise)  # `noisy_cache`: each unfinished block at its next noise level
-        output = torch.empty_like(noise)
-        losses: list[list[float]] = []
-        common.commit_observed(model, prefix, observed, context, cache, output, hook, self.config.context_noise,
-                               on_block)  # fmt: skip
-        generated = num_blocks - observed
-        for w in tqdm(range(generated + k - 1), desc="Rolling Forcing windows", disable=not progress):
+    def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> AnchorCachePolicy:
+        cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
+        return AnchorCachePolicy(cache, self.model.rope, self.model.config.frames_per_block,
+                                 self.config.attention_frames)  # fmt: skip
+
+    def generate(self, r: Rollout) -> None:
+        block, k, observed, steps = r.block, self.window_blocks, r.observed, r.steps
+        batch, device, dtype = r.noise.shape[0], r.noise.device, r.noise.dtype
+        noisy = torch.zeros_like(r.noise)  # `noisy_cache`: each unfinished block at its next noise level
+        generated = r.num_blocks - observed
+        for w in r.progress_bar(range(generated + k - 1), "Rolling Forcing windows"):
             # blocks first..last are in the window; block b sits at level w - (b - observed) (0 = pure noise)
             first, last = observed + max(0, w - k + 1), observed + min(generated - 1, w)
             s, e = first * block, (last + 1) * block
-            # 2. input: unfinished blocks from `noisy`, the newest block (while one enters) from the noise
+            # 1. input: unfinished blocks from `noisy`, the newest block (while one enters) from the noise
             if e - s == k * block or first == observed:
-                x = torch.cat([noisy[:, s : e - block], noise[:, e - block : e]], dim=1)
+                x = torch.cat([noisy[:, s : e - block], r.noise[:, e - block : e]], dim=1)
             else:
                 x = noisy[:, s:e]
             level_of_first = w - (first - observed)
@@ -129,40 +150,35 @@ class RollingForcingPipeline:
             # Head windows commit their oldest block before it is final; without observed blocks that is block 0,
             # overwritten before any call reads it. After observed blocks it would be read as if earlier, so
             # there only final blocks are committed.
-            commit_now = observed == 0 or level_of_first == k - 1
-            if commit_now and s > 0 and cache.frame_indices[-1] < s:
-                cache.make_room(block)  # a new block will be committed at the end of this window
-            # 3. FlowMo on the blocks it applies to (each at the levels in flowmo.steps), then one denoising pass
+            final = level_of_first == k - 1
+            commit_now = observed == 0 or final
+            if commit_now and s > 0 and r.cache.cache.frame_indices[-1] < s:
+                r.cache.make_room(block)  # a new block will be committed at the end of this window
+            # 2. FlowMo on the blocks it applies to (each at the levels in flowmo.steps), then one denoising pass
             for b in range(first, last + 1):
-                if applies(flowmo, b) and w - (b - observed) in flowmo.steps:
-                    rows = slice((b - first) * block, (b - first + 1) * block)
-                    x, step_losses = common.guide(model, self.schedule, x, t, context, cache, s, flowmo, rows)
-                    losses.append(step_losses)
-            x0 = common.predict_x0(model, self.schedule, x, t, context, cache, s)
-            # 4. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
-            if level_of_first == k - 1:
-                regenerate = functools.partial(self._regenerate, x0, x, t, context, cache, s)
-                common.run_hook(hook, first, range(s, s + block), x0[:, :block], cache, regenerate)
-            output[:, s:e] = x0
-            # 5. re-noise every unfinished block to its next level; one full-window draw per block
+                if applies(r.flowmo, b) and w - (b - observed) in r.flowmo.steps:
+                    x = r.guide(x, t, s, slice((b - first) * block, (b - first + 1) * block))
+            x0 = r.predict_x0(x, t, s)
+            # 3. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
+            if final:
+
+                def regenerate(x0=x0, x=x, t=t, s=s) -> torch.Tensor:
+                    x0.copy_(r.predict_x0(x, t, s))
+                    return x0[:, :block]
+
+                r.judge(first, x0[:, :block], regenerate)
+            # 4. re-noise every unfinished block to its next level; one full-window draw per block
             for b in range(first, last + 1):
                 level = w - (b - observed)
                 if level == k - 1:
                     continue
-                eps = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype)
-                renoised = self.schedule.add_noise(x0, eps, steps[level + 1].expand(x0.shape[:2]))
+                eps = torch.randn(x0.shape, generator=r.generator, device=device, dtype=dtype)
+                renoised = r.schedule.add_noise(x0, eps, steps[level + 1].expand(x0.shape[:2]))
                 noisy[:, b * block : (b + 1) * block] = renoised[
                     :, (b - first) * block : (b - first + 1) * block
                 ]
-            # 6. clean pass: the window's oldest block enters the cache
+            # 5. clean pass: the window's oldest block enters the cache
             if commit_now:
-                common.commit(model, x0[:, :block], context, cache, s, self.config.context_noise)
-            if level_of_first == k - 1 and on_block is not None:
-                on_block(s, x0[:, :block])
-        frames_out = self.vae.decode(output) if self.vae is not None else None
-        return common.GenerationOutput(output, frames_out, list(hook.records), losses)
-
-    def _regenerate(self, x0, x, t, context, cache, start) -> torch.Tensor:
-        """Re-run the window's denoising pass on the pruned cache, in place; return the finalised block."""
-        x0.copy_(common.predict_x0(self.model, self.schedule, x, t, context, cache, start))
-        return x0[:, : self.model.config.frames_per_block]
+                r.commit(x0[:, :block], s)
+            if final:
+                r.finished(s, x0[:, :block])

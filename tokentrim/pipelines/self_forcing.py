@@ -4,19 +4,15 @@ before its clean pass."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines import common
-from tokentrim.wan.kv_cache import KVCache
-from tokentrim.wan.model import CausalWanModel
-from tokentrim.wan.scheduler import FlowMatchSchedule, check_sampler_steps
-from tokentrim_core.flowmo import FlowMoConfig, applies
-from tokentrim_core.hook import BlockHook
+from tokentrim.pipelines.common import BlockPipeline, CachePolicy, Rollout
+from tokentrim.wan.kv_cache import CallPlan, KVCache, Segment
+from tokentrim.wan.scheduler import check_sampler_steps
+from tokentrim_core.flowmo import applies
 
 
 @dataclass(frozen=True)
@@ -45,26 +41,38 @@ class SelfForcingConfig:
             raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
 
 
-class SelfForcingPipeline:
-    def __init__(self, model: CausalWanModel, config: SelfForcingConfig = SelfForcingConfig(), vae=None):
-        self.model, self.config, self.vae = model, config, vae
-        self.schedule = FlowMatchSchedule(config.timestep_shift)
-        steps = config.denoising_steps
-        self.timesteps = (
-            self.schedule.warp(steps) if config.warp_denoising_step else torch.tensor(steps).float()
-        )
+class SinkCachePolicy(CachePolicy):
+    """Self Forcing's cache (spec §2.5): keys stored after RoPE at their absolute frame; the first
+    `sink_frames` committed frames are pinned (never evicted, never pruned); a call attends to every cached
+    token plus its own. A writing call puts its rows where the block lives (overwritten by later steps and
+    by the clean pass) and attends to one contiguous slice."""
 
-    def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
-        common.check_prompt_embeds(self.model, prompt_embeds)
-        self.check_num_frames(num_frames)
+    def __init__(self, cache: KVCache, sink_frames: int):
+        super().__init__(cache)
+        self.sink_frames = sink_frames
 
-    def check_num_frames(self, num_frames: int) -> None:
-        """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
-        common.check_frames(self.model, num_frames, self.model.config.frames_per_block, "Self Forcing")
+    def plan(
+        self, start_frame: int, num_frames: int, *, commit: bool = False, write: bool = True
+    ) -> CallPlan:
+        row = self.cache.next_row(start_frame, num_frames)
+        if not write:  # attend to the cache plus the call's own tensors, write nothing
+            assert not commit, "a committing call writes"
+            return CallPlan(start_frame, num_frames, (Segment(0, row),) if row else (), append_current=True)
+        end = row + num_frames * self.cache.tokens_per_frame
+        pin = max(0, min(num_frames, self.sink_frames - len(self.cache.pinned))) if commit else 0
+        return CallPlan(start_frame, num_frames, (Segment(0, end),), False, row, commit=commit, pin=pin)
+
+
+class SelfForcingPipeline(BlockPipeline):
+    title = "Self Forcing"
+    config_class = SelfForcingConfig
+    regen_noise_modes = ("same", "fresh")
+
+    def check_cache(self, num_frames: int) -> None:
         block, c = self.model.config.frames_per_block, self.config
         if c.cache_frames < c.sink_frames + block:
             raise UserError(
-                f"cache_frames ({c.cache_frames}) must hold the sink ({c.sink_frames}) and one block"
+                f"self_forcing.cache_frames ({c.cache_frames}) must hold the sink ({c.sink_frames}) and one block"
             )
         if not c.rolling and num_frames > c.cache_frames:
             raise UserError(
@@ -72,92 +80,54 @@ class SelfForcingPipeline:
                 "set self_forcing.rolling=true (rolling cache with sink frames) or use fewer frames"
             )
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt_embeds: torch.Tensor,
-        num_frames: int,
-        *,
-        seed: int | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        prefix: torch.Tensor | None = None,
-        hook: BlockHook | None = None,
-        flowmo: FlowMoConfig = FlowMoConfig(),
-        regen_noise: str = "same",
-        on_block: common.BlockCallback | None = None,
-        progress: bool = True,
-    ) -> common.GenerationOutput:
-        """Generate `num_frames` latent frames. `prefix` (optional): observed first frames, clean latents
-        `[B, P, C, H, W]`; their blocks are committed to the cache as they are (no denoising, no draws) and
-        returned unchanged, the last of them is shown to the hook as its first block, and generation continues
-        from there. The initial noise is drawn for all frames either way."""
-        self.check_inputs(prompt_embeds, num_frames)
-        model, cfg, block = self.model, self.model.config, self.model.config.frames_per_block
-        device, dtype = common.model_device_dtype(model)
-        batch = prompt_embeds.shape[0]
-        observed = common.check_prefix(model, prefix, batch, num_frames, block, "Self Forcing")
-        # 1. initial noise first, then the text context and an empty cache
-        noise, generator = common.prepare_noise(model, batch, num_frames, seed, noise, generator)
-        context = model.encode_context(prompt_embeds.to(device))
-        cache = KVCache(cfg, batch, self.config.cache_frames, mode="self_forcing",
-                        pinned_frames=self.config.sink_frames, device=device, dtype=dtype)  # fmt: skip
-        hook = hook or common.NoHook()
-        self._steps = self.timesteps.to(device)  # once per call: no host transfer inside the block loop
-        output = torch.empty_like(noise)
-        losses: list[list[float]] = []
-        common.commit_observed(model, prefix, observed, context, cache, output, hook, self.config.context_noise,
-                               on_block)  # fmt: skip
-        for j in tqdm(range(observed, num_frames // block), desc="Self Forcing blocks", disable=not progress):
+    def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> SinkCachePolicy:
+        cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
+        return SinkCachePolicy(cache, self.config.sink_frames)
+
+    def generate(self, r: Rollout) -> None:
+        block = r.block
+        for j in r.progress_bar(range(r.observed, r.num_blocks), "Self Forcing blocks"):
             s = j * block
-            frames = range(s, s + block)
-            cache.make_room(block)  # 2. evict before the block's first step
-            x_init = noise[:, s : s + block]
-            guided = flowmo if applies(flowmo, j) else None
-            # 3. the candidate block, from its noise; the re-noising draws are kept for a regeneration
-            x0, draws = self._denoise_block(x_init, s, context, cache, generator, None, guided, losses)
+            r.cache.make_room(block)  # 1. evict before the block's first step
+            x_init = r.noise[:, s : s + block]
+            guided = applies(r.flowmo, j)
+            # 2. the candidate block, from its noise; the re-noising draws are kept for a regeneration
+            x0, draws = self._denoise_block(r, x_init, s, None, guided)
 
-            regenerate = functools.partial(
-                self._regenerate, x_init, s, context, cache, generator, draws, regen_noise, guided, losses
-            )
-            # 4. TokenTrim: accept, or prune the cache and regenerate
-            x0 = common.run_hook(hook, j, frames, x0, cache, regenerate)
-            output[:, s : s + block] = x0
-            # 5. clean pass: the accepted block enters the cache
-            common.commit(model, x0, context, cache, s, self.config.context_noise)
-            if on_block is not None:
-                on_block(s, x0)
-        frames_out = self.vae.decode(output) if self.vae is not None else None
-        return common.GenerationOutput(output, frames_out, list(hook.records), losses)
+            def regenerate(x_init=x_init, s=s, draws=draws, guided=guided) -> torch.Tensor:
+                """The block again on the pruned cache, by the candidate's procedure (FlowMo included): from
+                the same noise and draws, or from fresh noise."""
+                if r.regen_noise == "fresh":
+                    x = torch.randn(
+                        x_init.shape, generator=r.generator, device=x_init.device, dtype=x_init.dtype
+                    )
+                    return self._denoise_block(r, x, s, None, guided)[0]
+                return self._denoise_block(r, x_init, s, draws, guided)[0]
 
-    def _regenerate(
-        self, x_init, start, context, cache, generator, draws, regen_noise, flowmo, losses
-    ) -> torch.Tensor:
-        """The block again on the pruned cache, by the candidate's procedure (FlowMo guidance included): from
-        the same noise and draws, or from fresh noise."""
-        if regen_noise == "fresh":
-            x_init = torch.randn(x_init.shape, generator=generator, device=x_init.device, dtype=x_init.dtype)
-            draws = None
-        return self._denoise_block(x_init, start, context, cache, generator, draws, flowmo, losses)[0]
+            # 3. TokenTrim: accept, or prune the cache and regenerate
+            x0 = r.judge(j, x0, regenerate)
+            # 4. clean pass: the accepted block enters the cache
+            r.commit(x0, s)
+            r.finished(s, x0)
 
-    def _denoise_block(self, x, start, context, cache, generator, draws, flowmo, losses):
+    def _denoise_block(
+        self, r: Rollout, x: torch.Tensor, start: int, draws: list[torch.Tensor] | None, guided: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the step list on one block: x0 = G(x, t_i); x = add_noise(x0, eps_i, t_{i+1}).
 
         `draws` replays earlier re-noising draws (same-noise regeneration); otherwise they are drawn, in the
         reference order: one `[B, 3, C, H, W]` standard-normal draw per step but the last.
         """
         used = []
-        steps = self._steps
         shape = x.shape[:2]
-        for i, step in enumerate(steps):
+        for i, step in enumerate(r.steps):
             t = step.expand(shape).to(torch.float32)
-            if flowmo is not None and i in flowmo.steps:
-                x, step_losses = common.guide(self.model, self.schedule, x, t, context, cache, start, flowmo)
-                losses.append(step_losses)
-            x0 = common.predict_x0(self.model, self.schedule, x, t, context, cache, start)
-            if i + 1 < len(steps):
+            if guided and i in r.flowmo.steps:
+                x = r.guide(x, t, start)
+            x0 = r.predict_x0(x, t, start)
+            if i + 1 < len(r.steps):
                 eps = draws[i] if draws is not None else torch.randn(
-                    x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
+                    x0.shape, generator=r.generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
                 used.append(eps)
-                x = self.schedule.add_noise(x0, eps, steps[i + 1].expand(shape))
+                x = r.schedule.add_noise(x0, eps, r.steps[i + 1].expand(shape))
         return x0, used

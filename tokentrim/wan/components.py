@@ -90,7 +90,7 @@ def detect_layout(model_dir: str | os.PathLike) -> Layout:
     if not root.is_dir():
         raise UserError(
             f"model folder {root} does not exist. Download it with `{download_command('original', root)}` "
-            f"(or `{download_command('diffusers', root)}`) and pass that folder as --model-dir."
+            f"(or `{download_command('diffusers', root)}`) and pass that folder as `model_dir`."
         )
     if (root / "model_index.json").is_file() or (root / "transformer").is_dir():
         return "diffusers"

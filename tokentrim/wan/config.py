@@ -136,7 +136,7 @@ class WanConfig:
     def from_json(cls, path: str | os.PathLike, **overrides) -> WanConfig:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"DiT config not found: {path}. Point --model-dir at the Wan2.1-T2V-1.3B folder.")
+            raise UserError(f"DiT config not found: {path}. Point `model_dir` at the Wan2.1-T2V-1.3B folder.")
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -170,12 +170,9 @@ PRESETS_DOC = {
 
 
 def get_preset(name: str) -> WanConfig:
-    """Return a named preset (`wan2.1-t2v-1.3b`, `tiny`, or `toy` once the toy model is installed)."""
+    """Return a named DiT config (`wan2.1-t2v-1.3b`, `tiny`). The toy world model's config is
+    `tokentrim.toy.TOY_CONFIG` (it lives with its weights)."""
     key = name.lower()
-    if key == "toy":
-        from tokentrim.toy import TOY_CONFIG  # the shipped world model's config
-
-        return TOY_CONFIG
     if key not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS) + ['toy']}")
+        raise UserError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[key]

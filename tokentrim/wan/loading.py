@@ -103,7 +103,7 @@ def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tens
             wanted = " or ".join(repr(n) for n in order)
             raise UserError(
                 f"{path} has no {wanted} entry (it has {sorted(raw)[:6]}). "
-                + ("" if use_ema else "Drop --no-ema to use 'generator_ema'. ")
+                + ("" if use_ema else "Load with `use_ema=True` to use 'generator_ema'. ")
                 + "Is this a Self Forcing / Rolling Forcing checkpoint?"
             )
     out = {}
@@ -163,7 +163,7 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
         lines.append(f"  wrong shape {len(misshaped)}: {'; '.join(misshaped[:3])}")
     if misshaped:
         lines.append(
-            "Likely cause: the checkpoint is for another model size; check --preset / the config.json."
+            "Likely cause: the checkpoint is for another model size; check `preset` / the config.json."
         )
     elif missing and len(missing) == len(expected):
         lines.append("Likely cause: this is not a Wan2.1 DiT checkpoint (e.g. a VAE or text-encoder file).")

@@ -129,9 +129,10 @@ class Head(nn.Module):
 class CausalWanModel(nn.Module):
     """Wan2.1 DiT for block-causal inference with a `KVCache`.
 
-    `forward(x, t, context, cache, start_frame, commit)` maps latents `x [B, F, C, H, W]` at per-frame timesteps
-    `t [B, F]` to the flow prediction `[B, F, C, H, W]`. Without a cache, attention spans the call's own tokens,
-    optionally restricted by a boolean `attn_mask [L, L]` (the block-causal training mask).
+    `forward(x, t, context, cache, plan, start_frame)` maps latents `x [B, F, C, H, W]` at per-frame timesteps
+    `t [B, F]` to the flow prediction `[B, F, C, H, W]`. With a cache, the `plan` (built by the pipeline's cache
+    policy for these frames) says what each layer reads and writes. Without a cache, attention spans the call's
+    own tokens, optionally restricted by a boolean `attn_mask [L, L]` (the block-causal training mask).
     """
 
     def __init__(self, config: WanConfig):
@@ -173,12 +174,16 @@ class CausalWanModel(nn.Module):
         t: torch.Tensor,
         context: ContextCache,
         cache: KVCache | None = None,
+        plan: CallPlan | None = None,
         start_frame: int = 0,
-        commit: bool = False,
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         cfg = self.config
         b, f, _, h, w = x.shape
+        assert (cache is None) == (plan is None), "a cached call needs its plan"
+        assert plan is None or (plan.start_frame, plan.num_frames) == (start_frame, f), (
+            "plan is for other frames"
+        )
         if (h, w) != (cfg.latent_height, cfg.latent_width):
             raise ValueError(
                 f"latents are {h}x{w}, the model config expects {cfg.latent_height}x{cfg.latent_width}"
@@ -191,9 +196,8 @@ class CausalWanModel(nn.Module):
         # 2. per-frame time embedding and its 6-way modulation
         e = self.time_embedding(sinusoid(t.flatten(), cfg.freq_dim).to(dtype))  # (B*F, dim)
         e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # (B, F, 6, dim)
-        # 3. RoPE factors for the call's frames at their absolute index; the cache's plan for this call
+        # 3. RoPE factors for the call's frames at their absolute index
         freqs = self.rope.grid_freqs(start_frame, f, cfg.tokens_per_frame, x.device)
-        plan: CallPlan | None = cache.plan(start_frame, f, commit, self.rope) if cache is not None else None
         # 4. transformer blocks
         for i, block in enumerate(self.blocks):
             args = (tokens, e0, freqs, context.keys[i], context.values[i], i, cache, plan, attn_mask,

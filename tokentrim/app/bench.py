@@ -14,11 +14,11 @@ import platform
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from tokentrim.video import atomic_path
+from tokentrim.app.args import add_model_args, add_run_args
+from tokentrim.files import write_json
 
 
 def _sync(device: torch.device) -> None:
@@ -34,38 +34,35 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.device) -> dict:
     """One generation without decoding; per-block wall times measured at block boundaries."""
-    from tokentrim.generate import make_pipeline
-    from tokentrim_core.trim import TokenTrim
+    from tokentrim.app.generate import run_video
 
-    hook = TokenTrim(run.tokentrim, backend.model.config.patch_size[1:])
     marks: list[float] = []
 
-    def on_block(start: int, x0: torch.Tensor) -> None:
+    def on_block(event) -> None:
         _sync(device)
         marks.append(time.perf_counter())
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    kwargs = {"regen_noise": run.tokentrim.regen_noise} if run.pipeline == "self_forcing" else {}
-    pipe = make_pipeline(backend, run)
     _sync(device)
     t0 = time.perf_counter()
-    out = pipe(embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, on_block=on_block,
-               progress=False, **kwargs)  # fmt: skip
+    out = run_video(
+        backend, run, embeds, latent_frames=latent_frames, seed=seed, on_block=on_block, progress=False
+    )
     _sync(device)
     wall = time.perf_counter() - t0
     blocks = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
-    score_s = sum(r["score_ms"] for r in out.records) / 1000
-    regens = sum(r["action"] == "prune" for r in out.records)
+    score_s = sum(r.score_ms for r in out.records) / 1000
+    regens = sum(r.action == "prune" for r in out.records)
     return {"wall_s": wall, "block_s": blocks, "score_s": score_s, "regenerations": regens,
             "blocks": len(out.records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
 
 
 def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
     """Bytes of the pipeline's preallocated KV cache (keys + values, batch 1), exact: built on the meta device."""
-    from tokentrim.wan.kv_cache import KVCache
+    from tokentrim.app.generate import make_pipeline
 
-    cache = KVCache(backend.model.config, 1, run.sampler.cache_frames, device="meta", dtype=dtype)
+    cache = make_pipeline(backend, run).make_cache(1, torch.device("meta"), dtype).cache
     return 2 * cache.k.numel() * cache.k.element_size() / 2**20
 
 
@@ -93,16 +90,17 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tokentrim import generate as gen
-    from tokentrim.cli import run_config_from_args
+    from tokentrim.app import backends
+    from tokentrim.app.args import run_config_from_args
     from tokentrim.wan.attention import check_backend
 
-    device = gen.pick_device(args.device)
-    dtype = gen.pick_dtype(args.dtype, device)
+    device = backends.pick_device(args.device)
+    dtype = backends.pick_dtype(args.dtype, device)
     treated = run_config_from_args(args)
-    backend = gen.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                               device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
-                               random_weights=args.random_weights)  # fmt: skip
+    baseline = run_config_from_args(args, baseline=True)
+    backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
+                                    device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
+                                    random_weights=args.random_weights)  # fmt: skip
     backend.model.attention_backend = check_backend(args.attention)
     if args.compile:
         for block in backend.model.blocks:
@@ -110,9 +108,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = backend.model.config
     gen_ = torch.Generator().manual_seed(args.seed)
     embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
-    baseline = run_config_from_args(
-        argparse.Namespace(**{**vars(args), "no_tokentrim": True, "flowmo": "off"})
-    )
     configs = {"tokentrim": treated, "baseline": baseline} if args.compare else {"run": treated}
     for _ in range(args.warmup_runs):
         for run in configs.values():
@@ -142,17 +137,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     if args.compare:
         report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
-    text = json.dumps(report, indent=2)
     if args.json:
-        with atomic_path(Path(args.json)) as tmp:
-            tmp.write_text(text + "\n")
-    print(text)
+        write_json(args.json, report)
+    print(json.dumps(report, indent=2))
     return 0
 
 
 def register(subparsers) -> None:
-    from tokentrim.cli import add_model_args, add_run_args
-
     p = subparsers.add_parser("bench", help="measure speed and memory (JSON)")
     add_model_args(p)
     add_run_args(p)

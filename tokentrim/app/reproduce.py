@@ -14,15 +14,14 @@ import io
 import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
 from tokentrim.errors import UserError
 from tokentrim.eval.command import check_segment_seconds
-from tokentrim.video import atomic_path
+from tokentrim.files import write_json, write_text
+from tokentrim.pipelines import pipeline_names
 
 logger = logging.getLogger(__name__)
-PIPELINES = ("rolling_forcing", "self_forcing")
 # name -> (tokentrim enabled, p, flowmo mode); the paper's rows (tokentrim-paper.md §5)
 VARIANTS = {
     "baseline": (False, 0.1, "off"),
@@ -32,7 +31,7 @@ VARIANTS = {
     "tokentrim_p0.2": (True, 0.2, "first_block"),
     "tokentrim_no_flowmo": (True, 0.1, "off"),
 }
-PROMPTS_DIR = Path(__file__).parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 
 TOY_SCENES = 4  # the toy grid: held-out scenes HELD_OUT_SCENES + 0..3, each from its observed first block
@@ -56,12 +55,13 @@ def variant_overrides(name: str) -> list[str]:
 def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
     """Generate every missing video; return one row per (pipeline, variant, prompt). The toy preset's default
     scenes start from their observed first block (`tokentrim.toy.observed_start`)."""
-    from tokentrim import generate as gen
-    from tokentrim.run_config import default_config_path, load_run_config
+    from tokentrim.app import backends as bk
+    from tokentrim.app import generate as gen
+    from tokentrim.app.run_config import default_config_path, load_run_config
 
-    device = gen.pick_device(args.device)
-    dtype = gen.pick_dtype(args.dtype, device)
-    rows, backends = [], {}
+    device = bk.pick_device(args.device)
+    dtype = bk.pick_dtype(args.dtype, device)
+    rows, loaded = [], {}
     prefixes, scenes = [None] * len(prompts), [{}] * len(prompts)
     if args.preset == "toy" and args.prompts is None:
         from tokentrim.toy import HELD_OUT_SCENES, observed_start
@@ -69,12 +69,12 @@ def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
         scenes = [{"scene": HELD_OUT_SCENES + i} for i in range(len(prompts))]
         prefixes = [observed_start(HELD_OUT_SCENES + i)[1] for i in range(len(prompts))]
     for pipeline in args.pipelines:
-        checkpoint = {"self_forcing": args.checkpoint_sf, "rolling_forcing": args.checkpoint_rf}[pipeline]
+        checkpoint = args.checkpoints.get(pipeline)
         key = args.preset or checkpoint
-        if key not in backends:
-            backends[key] = gen.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=checkpoint,
-                                             device=device, dtype=dtype)  # fmt: skip
-        backend = backends[key]
+        if key not in loaded:
+            loaded[key] = bk.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=checkpoint,
+                                          device=device, dtype=dtype)  # fmt: skip
+        backend = loaded[key]
         embeds = gen.encode(backend, prompts, "cpu")
         for variant in args.variants:
             run = load_run_config(
@@ -86,15 +86,11 @@ def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
                 row = {"pipeline": pipeline, "variant": variant, "prompt_index": i, "video": str(video),
                        "log": str(log)}  # fmt: skip
                 if not (video.exists() and log.exists()):
-                    start = time.perf_counter()
-                    gen.generate_video(backend, run, prompt, embeds[i : i + 1], latent_frames=args.latent_frames,
-                                       seed=args.seed + i, out=video, log=log, progress=False, save_latents=True,
-                                       extra_log={"variant": variant, "index": i, **scenes[i]},
-                                       prefix=prefixes[i])  # fmt: skip
-                    data = json.loads(log.read_text())
-                    data["wall_s"] = time.perf_counter() - start
-                    with atomic_path(log) as tmp:
-                        tmp.write_text(json.dumps(data, indent=2))
+                    result = gen.run_video(backend, run, embeds[i : i + 1], latent_frames=args.latent_frames,
+                                           seed=args.seed + i, prefix=prefixes[i], progress=False,
+                                           settings={"prompt": prompt, "variant": variant, "index": i,
+                                                     **scenes[i]})  # fmt: skip
+                    gen.write_outputs(result, video=video, log=log, latents=video.with_suffix(".latents.pt"))
                     print(f"[{pipeline}/{variant}] {video}")
                 rows.append(row)
     return rows
@@ -108,7 +104,7 @@ def evaluate(rows: list[dict], segment_seconds: float) -> list[dict]:
         log = json.loads(Path(row["log"]).read_text())
         blocks = log["blocks"]
         row["prune_rate"] = sum(b["action"] == "prune" for b in blocks) / max(1, len(blocks))
-        row["wall_s"] = log.get("wall_s")
+        row["wall_s"] = log.get("timings", {}).get("wall_s")
         report = evaluate_video(row["video"], segment_seconds=segment_seconds)
         row["metrics"] = {name: m["drift"] for name, m in report["metrics"].items()}
     return rows
@@ -145,7 +141,7 @@ def tables(rows: list[dict]) -> tuple[str, str]:
 
 def figures(rows: list[dict], out: Path) -> list[Path]:
     """Drift curves, baseline vs TokenTrim, for the first prompt of each pipeline."""
-    from tokentrim.figures import plot_drift
+    from tokentrim.app.figures import plot_drift
 
     made = []
     for pipeline in sorted({r["pipeline"] for r in rows}):
@@ -162,10 +158,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    if args.preset is None and not (args.model_dir and (args.checkpoint_sf or args.checkpoint_rf)):
+    args.checkpoints = parse_checkpoints(args)
+    if args.preset is None and not (args.model_dir and args.checkpoints):
         raise UserError("give --preset tiny|toy, or --model-dir with --checkpoint-sf / --checkpoint-rf")
     if args.preset is None:
-        args.pipelines = [p for p in args.pipelines if getattr(args, f"checkpoint_{p[0]}f")]  # noqa: B009
+        args.pipelines = [p for p in args.pipelines if p in args.checkpoints]
     if args.num_prompts is not None and args.num_prompts < 1:
         raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
     check_segment_seconds(args.segment_seconds)
@@ -174,10 +171,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows = evaluate(generate_grid(args, prompts, out), args.segment_seconds)
     md, csv_text = tables(rows)
-    for name, text in (("table.md", md), ("table.csv", csv_text),
-                       ("per_video.json", json.dumps(rows, indent=2))):  # fmt: skip
-        with atomic_path(out / name) as tmp:
-            tmp.write_text(text)
+    write_text(out / "table.md", md)
+    write_text(out / "table.csv", csv_text)
+    write_json(out / "per_video.json", rows)
     made = figures(rows, out)
     print(md)
     print(f"tables: {out / 'table.md'}, {out / 'table.csv'}; figures: {', '.join(map(str, made))}")
@@ -185,9 +181,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> list[str]:
-    from tokentrim.generate import read_prompts
+    from tokentrim.app.generate import read_prompts
 
     return read_prompts(path)
+
+
+def parse_checkpoints(args) -> dict[str, str]:
+    """Pipeline name -> checkpoint file, from --checkpoint NAME=FILE and the -sf / -rf shortcuts."""
+    found = {"self_forcing": args.checkpoint_sf, "rolling_forcing": args.checkpoint_rf}
+    for item in args.checkpoint or []:
+        name, sep, path = item.partition("=")
+        if not sep or name not in pipeline_names():
+            raise UserError(
+                f"--checkpoint takes PIPELINE=FILE with PIPELINE one of {pipeline_names()}, got {item!r}"
+            )
+        found[name] = path
+    return {name: path for name, path in found.items() if path}
 
 
 def register(subparsers) -> None:
@@ -199,10 +208,14 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-sf", help="self_forcing_dmd.pt")
     p.add_argument("--checkpoint-rf", help="rolling_forcing_dmd.pt")
     p.add_argument(
+        "--checkpoint", action="append", metavar="PIPELINE=FILE", help="checkpoint of any pipeline"
+    )
+    p.add_argument(
         "--prompts", help="prompt file (default: the paper's 30 s project-page prompts, or toy scenes)"
     )
     p.add_argument("--num-prompts", type=int, help="use only the first N prompts")
-    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    p.add_argument("--pipelines", nargs="+", default=pipeline_names(paper_only=True), choices=pipeline_names(),
+                   help="default: the paper's pipelines")  # fmt: skip
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--latent-frames", type=int, default=120, help="120 latent frames = 30 s at 16 fps")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")

@@ -20,15 +20,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tokentrim.errors import UserError
-from tokentrim_core import latent_summary, token_drift
+from tokentrim.files import atomic_path
+from tokentrim_core import consecutive_block_drift
 
 # Pixel frames per latent frame of the Wan VAE (video T = 1 + 4 (F - 1)); latent frame f is shown as frame 4f.
 _VAE_TIME_STRIDE = 4
 
 
 def _save_png(fig: Figure, out_png: str | os.PathLike) -> Path:
-    from tokentrim.video import atomic_path
-
     out = Path(out_png)
     with atomic_path(out, suffix=".png") as tmp:
         FigureCanvasAgg(fig)
@@ -147,9 +146,7 @@ def block_drift_maps(
             f"need at least 2 blocks of {frames_per_block} latent frames, got {latents.shape[0]} frames"
         )
     grid = (latents.shape[-2] // ph, latents.shape[-1] // pw)
-    blocks = latents[: n_blocks * frames_per_block].reshape(n_blocks, frames_per_block, *latents.shape[1:])
-    z = latent_summary(blocks, patch)  # (n_blocks, N, D): each block is one "batch" row
-    return token_drift(z[1:], z[:-1]).reshape(n_blocks - 1, *grid)
+    return consecutive_block_drift(latents, patch, frames_per_block).reshape(n_blocks - 1, *grid)
 
 
 def plot_heatmap(

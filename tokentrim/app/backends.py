@@ -1,0 +1,147 @@
+"""Model backends: a DiT plus what turns prompts into embeddings and latents into frames.
+
+`PRESETS` is the one list of built-in models (`--preset`); `load_backend` also loads the official files
+(`--model-dir` + `--checkpoint`) and, for benchmarks, the full-size DiT with random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokentrim.errors import UserError
+from tokentrim.video import DEFAULT_FPS
+from tokentrim.wan import build_model, load_dit_checkpoint
+from tokentrim.wan.model import CausalWanModel
+
+
+@dataclass
+class Backend:
+    """A DiT plus what turns prompts into embeddings and latents into frames."""
+
+    name: str
+    model: CausalWanModel
+    encoder_factory: object | None  # tokentrim.wan.text_encoder.TextEncoderFactory
+    decoder: object | None  # WanVAE or ToyCodec: decode(latents) -> uint8 [B, T, H, W, 3], streaming()
+    fps: int = DEFAULT_FPS
+
+
+@dataclass(frozen=True)
+class Preset:
+    doc: str
+    load: Callable[[torch.device, torch.dtype, bool], Backend]  # (device, dtype, with decoder)
+
+
+def _load_tiny(device: torch.device, dtype: torch.dtype, decoder: bool) -> Backend:
+    from tokentrim.wan.components import build_tiny_components
+
+    comp = build_tiny_components(0, device=device, dtype=dtype)
+    model = build_model("tiny", device=device, dtype=dtype, seed=0)
+    return Backend("tiny", model, comp.text_encoder_factory, comp.vae if decoder else None)
+
+
+def _load_toy(device: torch.device, dtype: torch.dtype, decoder: bool) -> Backend:
+    from tokentrim.toy import load_toy
+    from tokentrim.wan.text_encoder import TextEncoderFactory
+
+    model, text, codec = load_toy(device=device, dtype=dtype)
+    factory = TextEncoderFactory(
+        lambda: text, identity="toy-text", text_len=model.config.text_len, device=device
+    )
+    return Backend("toy", model, factory, codec if decoder else None, fps=8)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("2-layer random-weight DiT, text encoder and VAE (smoke tests)", _load_tiny),
+    "toy": Preset("the shipped toy world model (moving shapes, 32x32 video, CPU)", _load_toy),
+}
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise UserError(
+                f"`device` must look like cpu, cuda or cuda:N, got {device!r}", field="device"
+            ) from None
+        if chosen.type not in ("cpu", "cuda"):
+            raise UserError(f"`device` must be cpu or cuda[:N], got {device!r}", field="device")
+        if chosen.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(
+                    f"`device` {device} asked for, but no CUDA device is available; use `device` cpu",
+                    field="device",
+                )
+            if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+                raise UserError(
+                    f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) are visible",
+                    field="device",
+                )
+        return chosen
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+          "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (as the reference runs), fp32 on CPU, unless asked otherwise."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"`dtype` must be one of {sorted(DTYPES)}, got {dtype!r}", field="dtype")
+    return DTYPES[dtype]
+
+
+def load_backend(
+    *,
+    preset: str | None,
+    model_dir: str | None,
+    checkpoint: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    use_ema: bool = True,
+    decoder: bool = True,
+    random_weights: bool = False,
+) -> Backend:
+    """A preset (built in), or `model_dir` + `checkpoint` (the official files).
+
+    `random_weights` builds the full-size model with random weights and no text encoder or VAE (benchmarks).
+    """
+    if random_weights:
+        if preset is not None or model_dir or checkpoint:
+            raise UserError(
+                "`random_weights` builds the full-size DiT by itself: drop `preset` / `model_dir` / `checkpoint`"
+            )
+        model = build_model("wan2.1-t2v-1.3b", device=device, dtype=dtype, seed=0)
+        return Backend("wan2.1-t2v-1.3b-random", model, None, None)
+    if preset is not None:
+        if model_dir or checkpoint:
+            raise UserError(
+                f"`preset` {preset} uses built-in weights: drop `model_dir` / `checkpoint`, or drop `preset` "
+                "to load the official files",
+                field="preset",
+            )
+        if preset not in PRESETS:
+            raise UserError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}", field="preset")
+        return PRESETS[preset].load(device, dtype, decoder)
+    if not model_dir or not checkpoint:
+        raise UserError(
+            "give a `preset` (tiny, toy), or both `model_dir` (the Wan2.1-T2V-1.3B folder) and `checkpoint`"
+        )
+    from tokentrim.wan.components import load_components
+
+    comp = load_components(
+        model_dir, device=device, dtype=dtype, dit_weights=False, text_encoder=False, vae=decoder
+    )
+    model = build_model(comp.dit_config, device="meta")
+    model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype)
+    return Backend(Path(checkpoint).stem, model, comp.text_encoder_factory, comp.vae)

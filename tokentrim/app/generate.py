@@ -1,0 +1,176 @@
+"""Running a video: `run_video` generates in memory and returns a `VideoResult` (latents, records, timings,
+a frame iterator); `write_outputs` turns one into files (mp4, PNG frames, latents, decision log). Batch runs
+over a prompt file are resumable and sharded over ranks (rank r takes prompts r, r + W, ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokentrim.app.backends import Backend
+from tokentrim.app.run_config import RunConfig
+from tokentrim.errors import UserError
+from tokentrim.files import atomic_path, write_json
+from tokentrim.pipelines import BlockPipeline
+from tokentrim.video import VideoWriter, write_png_frames
+from tokentrim_core.hook import BlockRecord
+from tokentrim_core.trim import TokenTrim
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BlockEvent:
+    """Frames that just became final, with every decision so far (for live displays)."""
+
+    start: int  # first latent frame
+    latents: torch.Tensor  # [B, f, C, H, W]
+    records: list[BlockRecord]
+
+
+@dataclass
+class VideoResult:
+    """One generated video, in memory."""
+
+    latents: torch.Tensor  # [B, F, C, H, W] on the CPU, the model dtype
+    records: list[BlockRecord]
+    flowmo_losses: list[list[float]]
+    settings: dict  # what produced it (the decision log's "config")
+    timings: dict = field(default_factory=dict)  # wall_s (generation, no decoding)
+    decoder: object | None = None
+    fps: int = 16
+    frames_per_block: int = 3
+
+    def frames(self, sample: int = 0) -> Iterator[np.ndarray]:
+        """Decoded uint8 frames `[t, H, W, 3]` of one sample, block by block (a streaming decode, equal to
+        decoding all latents at once)."""
+        if self.decoder is None:
+            raise UserError("this backend has no decoder: only latents and the decision log can be written")
+        stream = self.decoder.streaming()
+        device = getattr(self.decoder, "device", torch.device("cpu"))
+        latents = self.latents[sample : sample + 1]
+        for s in range(0, latents.shape[1], self.frames_per_block):
+            yield stream.decode(latents[:, s : s + self.frames_per_block].to(device))[0].cpu().numpy()
+
+    def log(self) -> dict:
+        """The decision log document: {"config", "blocks", "flowmo_losses", "timings"}."""
+        return {"config": self.settings, "blocks": [r.to_dict() for r in self.records],
+                "flowmo_losses": self.flowmo_losses, "timings": self.timings}  # fmt: skip
+
+
+def make_pipeline(backend: Backend, run: RunConfig) -> BlockPipeline:
+    return run.entry.pipeline(backend.model, run.sampler)
+
+
+def run_video(
+    backend: Backend,
+    run: RunConfig,
+    prompt_embeds: torch.Tensor,
+    *,
+    latent_frames: int,
+    seed: int,
+    prefix: torch.Tensor | None = None,
+    on_block: Callable[[BlockEvent], None] | None = None,
+    progress: bool = True,
+    settings: dict | None = None,
+) -> VideoResult:
+    """One video in memory: the pipeline of `run` with the TokenTrim hook (and FlowMo) of `run`.
+
+    prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines);
+    on_block: called as frames become final; settings: extra entries for the record of what produced it."""
+    hook = TokenTrim(run.tokentrim, backend.model.config.patch_size[1:])
+    callback = None if on_block is None else (lambda s, x0: on_block(BlockEvent(s, x0, hook.records)))
+    start = time.perf_counter()
+    out = make_pipeline(backend, run)(
+        prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise,
+        on_block=callback, progress=progress, prefix=prefix,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    config = {"run": run.to_dict(), "seed": seed, "latent_frames": latent_frames,
+              "observed_frames": 0 if prefix is None else prefix.shape[1], "backend": backend.name,
+              **(settings or {})}  # fmt: skip
+    return VideoResult(out.latents.cpu(), out.records, out.flowmo_losses, config, {"wall_s": wall}, backend.decoder,
+                       backend.fps, backend.model.config.frames_per_block)  # fmt: skip
+
+
+def write_outputs(
+    result: VideoResult,
+    *,
+    video: Path | None = None,
+    log: Path | None = None,
+    latents: Path | None = None,
+    frames_dir: Path | None = None,
+) -> None:
+    """Write what is asked: the mp4 (and PNG frames `frames_dir/00000.png`, ...), the latents of sample 0, and
+    the decision log last (a video counts as finished, for batch resume, once its log exists)."""
+    if video is not None or frames_dir is not None:
+        writer = VideoWriter(video, fps=result.fps) if video is not None else None
+        written = 0
+        try:
+            for frames in result.frames():
+                if writer is not None:
+                    writer.append(frames)
+                if frames_dir is not None:  # lossless copies of the decoded frames, numbered from 0
+                    write_png_frames(frames_dir, frames, start=written)
+                written += len(frames)
+        except BaseException:
+            if writer is not None:
+                writer.close(ok=False)
+            raise
+        if writer is not None:
+            writer.close()
+    if latents is not None:
+        with atomic_path(latents) as tmp:
+            torch.save(result.latents[0].float(), tmp)
+    if log is not None:
+        write_json(log, result.log())
+
+
+def slugify(text: str, limit: int = 60) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", text).strip("_").lower()
+    return slug[:limit] or "prompt"
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"{path} holds no prompts (one per line)")
+    return prompts
+
+
+def shard(indices: list[int], rank: int, world_size: int) -> list[int]:
+    """Rank r of W takes items r, r + W, r + 2W, ... (as the reference's DistributedSampler without shuffle)."""
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+    return indices[rank::world_size]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """From torchrun / accelerate environment variables; (0, 1) when not distributed."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def batch_outputs(out_dir: Path, index: int, prompt: str) -> tuple[Path, Path]:
+    stem = f"{index:04d}_{slugify(prompt)}"
+    return out_dir / f"{stem}.mp4", out_dir / f"{stem}.json"
+
+
+def encode(backend: Backend, prompts: list[str], offload: str) -> torch.Tensor:
+    from tokentrim.wan.text_encoder import encode_prompts
+
+    if backend.encoder_factory is None:
+        raise UserError("this backend has no text encoder; use a preset or a model folder")
+    return encode_prompts(prompts, backend.encoder_factory, offload=offload)
