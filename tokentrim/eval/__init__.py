@@ -1,9 +1,10 @@
-"""Weight-free drift metrics on decoded videos: per segment, first-vs-last-segment drift, pair verdicts.
+"""Weight-free drift evaluation of decoded videos: drift curves per measure, degenerate-video guards, pair
+verdicts by category, many-pair statistics, and the per-video summary row for tables.
 
-See docs/metrics.md for the definitions, directions, subsampling and what they say about real videos.
+See docs/metrics.md for the definitions, the rule, the reasons for each choice and measured results.
 """
 
-from tokentrim.eval.drift import METRICS, VERDICT_RULE, MetricSpec, compare_reports
+from tokentrim.eval.drift import CATEGORIES, METRICS, MetricSpec
 from tokentrim.eval.segments import (
     DEFAULT_SEGMENT_SECONDS,
     EvalSettings,
@@ -11,8 +12,10 @@ from tokentrim.eval.segments import (
     evaluate_video,
     segment_layout,
 )
+from tokentrim.eval.verdict import VERDICT_RULE, compare_reports
 
 __all__ = [
+    "CATEGORIES",
     "DEFAULT_SEGMENT_SECONDS",
     "METRICS",
     "VERDICT_RULE",

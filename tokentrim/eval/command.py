@@ -1,7 +1,8 @@
-"""`tokentrim eval VIDEO... --json OUT` and `tokentrim eval --pair BASELINE TREATED --json OUT`.
+"""`tokentrim eval VIDEO... | --pair BASELINE TREATED | --pairs FILE --json OUT`.
 
-`register(subparsers)` adds the sub-command; the handler evaluates, writes the JSON atomically and prints a
-short table.
+`register(subparsers)` adds the sub-command; the handler checks every input before evaluating anything, writes
+the JSON atomically and prints short tables (flags, categories side by side, verdicts, many-pair statistics).
+Warnings (duplicate inputs, pairs that are not seed-matched) go to stderr and into the JSON's `warnings`.
 """
 
 from __future__ import annotations
@@ -9,30 +10,37 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
+import sys
 from pathlib import Path
 
 from tokentrim.errors import UserError
-from tokentrim.eval.drift import METRICS, compare_reports
+from tokentrim.eval.drift import CATEGORIES, METRICS
+from tokentrim.eval.pairs import content_hash, duplicate_warnings, read_pairs_file, seed_warning
 from tokentrim.eval.segments import DEFAULT_SEGMENT_SECONDS, EvalSettings, evaluate_video
+from tokentrim.eval.stats import win_summary
+from tokentrim.eval.tables import pair_table, pairs_summary_table, video_table
+from tokentrim.eval.verdict import VERDICT_RULE, compare_reports
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="weight-free drift metrics of videos (per segment, first vs last segment), or a pair verdict",
-        description="Drift metrics per segment and first-vs-last-segment drift; with --pair, which of two "
-        "videos drifts less, metric by metric and overall. Definitions: docs/metrics.md.",
+        help="weight-free drift evaluation of videos, a pair verdict, or statistics over many pairs",
+        description="Drift curves per measure (distance of each segment to the reference segment), "
+        "degenerate-video flags (frozen, loop, blank); with --pair, which of two videos drifts less, by "
+        "category; with --pairs FILE, a verdict per line 'BASELINE TREATED' plus wins/ties/losses, an exact "
+        "sign test and a Clopper-Pearson interval. Definitions: docs/metrics.md.",
     )
     p.add_argument("videos", nargs="*", metavar="VIDEO", help="videos to evaluate (mp4)")
     p.add_argument("--pair", nargs=2, metavar=("BASELINE", "TREATED"), help="compare two videos")
+    p.add_argument("--pairs", metavar="FILE", help="compare many pairs: one 'BASELINE TREATED' line each")
     p.add_argument("--json", required=True, metavar="OUT", help="where to write the results (JSON)")
     p.add_argument("--segment-seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
                    help="segment length in seconds (default %(default)s)")  # fmt: skip
     p.add_argument("--frame-stride", type=int, default=EvalSettings.frame_stride,
-                   help="sharpness / flow on every k-th frame of a segment (default %(default)s)")  # fmt: skip
-    p.add_argument("--flow-long-side", type=int, default=EvalSettings.flow_long_side,
-                   help="optical flow on frames downscaled to this long side (default %(default)s px)")  # fmt: skip
+                   help="flow pairs and sharpness frames: every k-th frame of a segment (default %(default)s)")  # fmt: skip
+    p.add_argument("--working-long-side", type=int, default=EvalSettings.working_long_side,
+                   help="flow, colour and structure on frames downscaled to this long side (default %(default)s px)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
 
 
@@ -50,63 +58,96 @@ def write_json(path: str | Path, data: dict) -> Path:
     return Path(path)
 
 
-def _timed_report(path: str, segment_seconds: float, settings: EvalSettings) -> dict:
-    start = time.perf_counter()
-    report = evaluate_video(path, segment_seconds, settings)
-    report["eval_seconds"] = round(time.perf_counter() - start, 3)
-    return report
+def _check_videos(paths: list[Path]) -> None:
+    """Fail before any work if an input is missing, so a long run never stops half-way on a typo."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError(f"video file not found: {p}")
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+def _warn(messages: list[str]) -> None:
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)
 
 
-def video_table(report: dict) -> str:
-    lines = [f"{report['path']}: {report['duration_s']:.1f} s, {report['segments']} segments of "
-             f"{report['segment_seconds']:g} s, {report['eval_seconds']:.1f} s to evaluate",
-             f"  {'metric':<16}{'first':>12}{'last':>12}{'drift':>12}"]  # fmt: skip
-    for name, m in report["metrics"].items():
-        lines.append(f"  {name:<16}{_fmt(m['first']):>12}{_fmt(m['last']):>12}{_fmt(m['drift']):>12}")
-    return "\n".join(lines)
+class _Evaluator:
+    """Evaluates each distinct file content once (a duplicated input is not decoded twice)."""
+
+    def __init__(self, segment_seconds: float, settings: EvalSettings):
+        self.segment_seconds, self.settings = segment_seconds, settings
+        self.hashes: dict[Path, str] = {}
+        self._reports: dict[str, dict] = {}
+
+    def hash(self, path: Path) -> str:
+        if path not in self.hashes:
+            self.hashes[path] = content_hash(path)
+        return self.hashes[path]
+
+    def __call__(self, path: Path) -> dict:
+        h = self.hash(path)
+        if h not in self._reports:
+            self._reports[h] = evaluate_video(path, self.segment_seconds, self.settings)
+        return {**self._reports[h], "path": str(path), "sha256": h}
 
 
-def pair_table(result: dict) -> str:
-    lines = [f"  {'metric':<16}{'baseline drift':>16}{'treated drift':>16}  less drift"]
-    for name, c in result["comparison"].items():
-        note = "" if c["votes"] else " (no vote)"
-        lines.append(f"  {name:<16}{_fmt(c['baseline_drift']):>16}{_fmt(c['treated_drift']):>16}  "
-                     f"{c['less_drift']}{note}")  # fmt: skip
-    v = result["votes"]
-    lines.append(f"verdict: {result['verdict']} drifts less (votes: baseline {v['baseline']}, "
-                 f"treated {v['treated']}, abstained {v['tie']})")  # fmt: skip
-    return "\n".join(lines)
+def _compare(evaluate: _Evaluator, index: int, baseline: Path, treated: Path) -> tuple[dict, list[str]]:
+    b, t = evaluate(baseline), evaluate(treated)
+    result = compare_reports(b, t)
+    warnings = [w for w in [seed_warning(index, b, t)] if w]
+    entry = {"verdict": result["verdict"], "reason": result["reason"], "flags": result["flags"],
+             "categories": result["categories"], "votes": result["votes"], "comparison": result["comparison"],
+             "baseline": b, "treated": t}  # fmt: skip
+    return entry, warnings
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if bool(args.videos) == bool(args.pair):
-        raise UserError("give either VIDEO [VIDEO ...] or --pair BASELINE TREATED (not both, not neither)")
+    modes = [bool(args.videos), bool(args.pair), args.pairs is not None]
+    if sum(modes) != 1:
+        raise UserError("give exactly one of: VIDEO [VIDEO ...], --pair BASELINE TREATED, or --pairs FILE")
     check_segment_seconds(args.segment_seconds)
     if Path(args.json).is_dir():
         raise UserError(
             f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}"
         )
     try:
-        settings = EvalSettings(frame_stride=args.frame_stride, flow_long_side=args.flow_long_side)
+        settings = EvalSettings(frame_stride=args.frame_stride, working_long_side=args.working_long_side)
     except ValueError as err:
         raise UserError(f"{err}; see tokentrim eval --help") from err
-    common = {"segment_seconds": args.segment_seconds, "metrics": [m.name for m in METRICS]}
-    if args.pair:
-        baseline = _timed_report(args.pair[0], args.segment_seconds, settings)
-        treated = _timed_report(args.pair[1], args.segment_seconds, settings)
-        result = compare_reports(baseline, treated)
-        out = {**common, "verdict": result["verdict"], "rule": result["rule"], "votes": result["votes"],
-               "comparison": result["comparison"], "baseline": baseline, "treated": treated}  # fmt: skip
-        print(f"baseline {args.pair[0]}  vs  treated {args.pair[1]}")
-        print(pair_table(result))
-    else:
-        reports = [_timed_report(v, args.segment_seconds, settings) for v in args.videos]
+    evaluate = _Evaluator(args.segment_seconds, settings)
+    common = {"segment_seconds": args.segment_seconds, "metrics": [m.name for m in METRICS],
+              "categories": list(CATEGORIES), "rule": VERDICT_RULE}  # fmt: skip
+    if args.videos:
+        paths = [Path(v) for v in args.videos]
+        _check_videos(paths)
+        reports = [evaluate(p) for p in paths]
         out = {**common, "videos": reports}
         for report in reports:
             print(video_table(report))
+    elif args.pair:
+        pair = (Path(args.pair[0]), Path(args.pair[1]))
+        _check_videos(list(pair))
+        warnings = duplicate_warnings([pair], {p: evaluate.hash(p) for p in pair})
+        entry, more = _compare(evaluate, 1, *pair)
+        warnings += more
+        out = {**common, **entry, "warnings": warnings}
+        print(f"baseline {pair[0]}  vs  treated {pair[1]}")
+        print(pair_table(entry))
+        _warn(warnings)
+    else:
+        pairs = read_pairs_file(args.pairs)
+        _check_videos([p for pair in pairs for p in pair])
+        warnings = duplicate_warnings(pairs, {p: evaluate.hash(p) for pair in pairs for p in pair})
+        results = []
+        for i, (baseline, treated) in enumerate(pairs, start=1):
+            entry, more = _compare(evaluate, i, baseline, treated)
+            results.append(entry)
+            warnings += more
+            print(f"pair {i}: baseline {baseline}  vs  treated {treated}")
+            print(pair_table(entry))
+        summary = win_summary([r["verdict"] for r in results])
+        out = {**common, "pairs": results, "summary": summary, "warnings": warnings}
+        print(f"summary over {len(results)} pairs")
+        print(pairs_summary_table(results, summary))
+        _warn(warnings)
     print(f"wrote {write_json(args.json, out)}")
     return 0

@@ -1,11 +1,16 @@
-"""What counts as drift for each metric, and the pair verdict.
+"""The drift measures, their categories, and how a per-segment drift curve is summarised.
 
-Drift is always measured between the first and the last segment of one video and is >= 0 (0 = no drift):
-- "decrease" / "increase" metrics have one bad direction; a change the other way counts as no drift;
-- "two-sided" levels (colour) drift by |last - first|;
-- "log-ratio" metrics are ratio-scale quantities (sharpness, spectral energy, motion) that can go wrong both
-  ways (noise raises them, blur or stagnation lowers them): drift = |ln((last + eps) / (first + eps))|;
-- "distance" metrics are already a distance to the first segment: drift = the last segment's value.
+Every measure gives one number per segment k: its distance d_k >= 0 to the segment's reference (the first
+segment, or for a moving camera the earliest segment that still shows at least half of the same view; see
+segments.py). d_0 = 0. How d_k is formed from the per-segment values depends on the measure's kind:
+- "distance": the value already is a distance to the reference (tile colour difference, 1 - SSIM structure);
+- "log-ratio": ratio-scale levels that go wrong both ways (noise raises sharpness, blur lowers it; a rollout can
+  stagnate or jitter): d_k = |ln((v_k + eps) / (v_ref + eps))|;
+- "log-increase": a level where only a rise is bad (warp error): d_k = max(0, ln((v_k + eps) / (v_ref + eps))).
+
+The curve d_1..d_{S-1} is summarised by its mean (the area under the drift curve per segment; the number the
+verdict compares and `report["metrics"][name]["drift"]`), its maximum, a robust (Theil-Sen) slope, and, for
+continuity with first-vs-last-segment drift, d_{S-1} (`first_last`).
 """
 
 from __future__ import annotations
@@ -14,96 +19,104 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["decrease", "increase", "two-sided", "log-ratio", "distance"]
+import numpy as np
 
-# Two drifts closer than this fraction of the larger one are a tie for that metric.
-RELATIVE_TIE_MARGIN = 0.10
+Kind = Literal["distance", "log-ratio", "log-increase"]
+Category = Literal["colour", "structure", "detail", "temporal_stability", "motion"]
+CATEGORIES: tuple[Category, ...] = ("colour", "structure", "detail", "temporal_stability", "motion")
 
 
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    unit: str
-    kind: Kind  # which change is bad, see the module docstring
+    category: Category
+    kind: Kind  # how the drift curve is formed from the per-segment values, see the module docstring
+    unit: str  # unit of the drift curve
+    value_unit: str  # unit of the per-segment values
     floor: float  # drift below this is measurement noise: counted as 0, and differences below it are ties
-    votes: bool  # takes part in the pair verdict
-    eps: float = 0.0  # log-ratio only: added to both values so near-zero levels do not explode the ratio
+    eps: float = 0.0  # log kinds only: added to both levels so near-zero levels do not explode the ratio
     description: str = ""
 
+    def __post_init__(self):
+        if self.floor < 0:
+            raise ValueError(f"floor must be >= 0, got {self.floor}")
+        if self.kind != "distance" and not self.eps > 0:
+            raise ValueError(f"eps must be > 0 for kind {self.kind!r}, got {self.eps}")
 
-# One grey level is the uint8 quantisation step; the floors of the grey-level metrics derive from it.
+
+JND_DELTA_E = 2.3  # CIE76 just-noticeable difference (Sharma 2003, Digital Color Imaging Handbook)
+# Laplacian variance of uint8 rounding noise: the kernel's squared weights sum to 20, uniform rounding error has
+# variance 1/12. Below this level a frame has no measurable detail.
+LAPLACIAN_QUANTISATION = 20.0 / 12.0
+RELATIVE_FLOOR = 0.05  # 5 % relative change: below it a ratio-scale level has not visibly changed
+
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("flicker", "score 0..1", "decrease", 0.5 / 255, True,
-               description="VBench temporal flickering: mean over pairs of (255 - mean|f_t - f_t+1|) / 255"),
-    MetricSpec("warp_error", "grey levels", "increase", 0.5, True,
-               description="mean |f_t - warp(f_t+1, flow)| at the flow resolution (unpredictable change)"),
-    MetricSpec("flow_magnitude", "px/frame", "log-ratio", 0.05, True, eps=0.1,
-               description="mean Farneback flow length, in pixels of the original resolution per frame"),
-    MetricSpec("laplacian_var", "grey levels^2", "log-ratio", 0.05, True, eps=1.0,
-               description="variance of the 4-neighbour Laplacian of the grey frame (full resolution)"),
-    MetricSpec("hf_energy", "fraction", "log-ratio", 0.05, True, eps=1e-4,
-               description="fraction of Hann-windowed spectral energy above 0.25 cycles/pixel (full resolution)"),
-    MetricSpec("rgb_mean_shift", "grey levels", "distance", 1.0, True,
-               description="Euclidean distance of the segment's RGB channel means from the first segment's"),
-    MetricSpec("rgb_std_shift", "grey levels", "distance", 1.0, True,
-               description="Euclidean distance of the segment's RGB channel stds (contrast) from the first's"),
-    MetricSpec("saturation", "0..1", "two-sided", 1.0 / 255, True,
-               description="mean HSV saturation (max - min) / max"),
-    MetricSpec("hist_distance", "0..1", "distance", 0.01, True,
-               description="Bhattacharyya distance of per-channel 32-bin histograms to the first segment's"),
-    MetricSpec("luminance", "grey levels", "two-sided", 1.0, False,
-               description="mean Rec.601 luma; reported only: it is a fixed mix of the RGB means"),
+    MetricSpec("colour_tiles", "colour", "distance", "delta E76", "delta E76", JND_DELTA_E,
+               description="upper quantile over an N x N tile grid of the CIE76 difference between the tile's "
+               "mean CIELAB colour and the reference segment's (aligned for camera translation)"),
+    MetricSpec("chroma", "colour", "log-ratio", "|ln ratio|", "C*ab", RELATIVE_FLOOR, eps=JND_DELTA_E,
+               description="mean CIELAB chroma (saturation), relative change vs the reference segment"),
+    MetricSpec("structure", "structure", "distance", "1 - SSIM_cs", "1 - SSIM_cs", 0.01,
+               description="1 - SSIM contrast-structure term between the segment's mean L* frame and the "
+               "reference segment's, at the working resolution, aligned for camera translation"),
+    MetricSpec("sharpness", "detail", "log-ratio", "|ln ratio|", "grey levels^2", RELATIVE_FLOOR,
+               eps=LAPLACIAN_QUANTISATION,
+               description="variance of the Laplacian of the grey frame (full resolution), relative change"),
+    MetricSpec("warp_error", "temporal_stability", "log-increase", "ln ratio (rises only)", "grey levels",
+               RELATIVE_FLOOR, eps=0.5,
+               description="mean |f_t - warp(f_t+1, flow)|: frame-to-frame change the motion does not explain"),
+    MetricSpec("motion", "motion", "log-ratio", "|ln ratio|", "px/frame", RELATIVE_FLOOR, eps=0.1,
+               description="mean Farneback flow length in pixels of the original resolution per frame; "
+               "stagnation and jitter both count"),
 )  # fmt: skip
 SPECS = {spec.name: spec for spec in METRICS}
 
-VERDICT_RULE = (
-    "Each metric with votes=true compares the two videos' first-vs-last-segment drifts (>= 0, 0 = none; drift "
-    "below the metric's floor counts as 0). The video with the smaller drift gets the metric's vote, unless the "
-    f"drifts differ by no more than max(floor, {RELATIVE_TIE_MARGIN:g} x the larger drift), in which case the "
-    "metric abstains. Verdict: the video with more votes drifts less; equal votes give 'tie'."
-)
+
+def level_curve(spec: MetricSpec, values: list[float], refs: list[int]) -> list[float]:
+    """Drift curve d_k of a level measure: segment k's value vs its reference segment refs[k]'s."""
+    assert spec.kind != "distance", spec
+    out = []
+    for k, v in enumerate(values):
+        ratio = math.log((v + spec.eps) / (values[refs[k]] + spec.eps))
+        out.append(max(0.0, ratio) if spec.kind == "log-increase" else abs(ratio))
+    return out
 
 
-def drift(spec: MetricSpec, first: float, last: float) -> float:
-    """First-vs-last-segment drift of one metric, >= 0, following `spec.kind`."""
-    if spec.kind == "decrease":
-        return max(0.0, first - last)
-    if spec.kind == "increase":
-        return max(0.0, last - first)
-    if spec.kind == "two-sided":
-        return abs(last - first)
-    if spec.kind == "log-ratio":
-        return abs(math.log((last + spec.eps) / (first + spec.eps)))
-    assert spec.kind == "distance", spec
-    return last  # the first segment's distance to itself is 0
+def theil_sen_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Median of the slopes (y_j - y_i) / (x_j - x_i) over all pairs i < j (Theil 1950, Sen 1968).
 
-
-def compare_drift(spec: MetricSpec, baseline: float, treated: float) -> str:
-    """Which video drifts less on one metric: "baseline", "treated" or "tie" (see VERDICT_RULE)."""
-    b = baseline if baseline >= spec.floor else 0.0
-    t = treated if treated >= spec.floor else 0.0
-    if abs(b - t) <= max(spec.floor, RELATIVE_TIE_MARGIN * max(b, t)):
-        return "tie"
-    return "baseline" if b < t else "treated"
-
-
-def compare_reports(baseline: dict, treated: dict) -> dict:
-    """Metric-by-metric comparison of two `evaluate_video` reports and the overall verdict.
-
-    Returns {"rule", "comparison": {metric: {...}}, "votes": {"baseline", "treated", "tie"}, "verdict"}.
+    Robust to a few outlying segments (a single bad segment moves a least-squares slope, not this one).
     """
-    comparison, votes = {}, {"baseline": 0, "treated": 0, "tie": 0}
-    for spec in METRICS:
-        b, t = baseline["metrics"][spec.name]["drift"], treated["metrics"][spec.name]["drift"]
-        winner = compare_drift(spec, b, t)
-        comparison[spec.name] = {
-            "baseline_drift": b, "treated_drift": t, "less_drift": winner,
-            "difference": b - t, "votes": spec.votes, "kind": spec.kind,
-        }  # fmt: skip
-        if spec.votes:
-            votes[winner] += 1
-    if votes["baseline"] == votes["treated"]:
-        verdict = "tie"
-    else:
-        verdict = "baseline" if votes["baseline"] > votes["treated"] else "treated"
-    return {"rule": VERDICT_RULE, "comparison": comparison, "votes": votes, "verdict": verdict}
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    i, j = np.triu_indices(len(x), k=1)
+    if len(i) == 0:
+        return 0.0
+    return float(np.median((y[j] - y[i]) / (x[j] - x[i])))
+
+
+def summarise(spec: MetricSpec, values: list[float], curve: list[float], segment_seconds: float) -> dict:
+    """JSON entry of one measure: per-segment values and drift curve, and the curve's summaries.
+
+    `drift` = mean of d_1..d_{S-1} (the area under the drift curve per segment), `max`, `slope` (Theil-Sen,
+    per second, over all segments including d_0 = 0), `first_last` = d_{S-1}.
+    """
+    assert len(values) == len(curve) >= 2 and curve[0] == 0.0, (values, curve)
+    later = curve[1:]
+    centres = (np.arange(len(curve)) + 0.5) * segment_seconds
+    return {
+        "category": spec.category,
+        "values": values,
+        "first": values[0],
+        "last": values[-1],
+        "delta": values[-1] - values[0],
+        "curve": curve,
+        "drift": float(np.mean(later)),
+        "max": float(np.max(later)),
+        "slope": theil_sen_slope(centres, curve),
+        "first_last": curve[-1],
+        "kind": spec.kind,
+        "unit": spec.unit,
+        "value_unit": spec.value_unit,
+        "floor": spec.floor,
+        "description": spec.description,
+    }

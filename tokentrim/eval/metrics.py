@@ -1,18 +1,15 @@
 """Per-frame and per-frame-pair measurements on decoded video, without any downloaded weights.
 
 Pure functions on numpy arrays. Frames are `uint8 [T, H, W, 3]` RGB; grey frames are `uint8 [H, W]` made with
-OpenCV's RGB→grey conversion, i.e. Rec.601 luma Y' = 0.299 R' + 0.587 G' + 0.114 B' on the gamma-encoded
-values, the same weights as `LUMA_601` below. `segments.py` aggregates these per segment; `drift.py` turns the
-segment values into first-vs-last-segment drift.
+OpenCV's RGB->grey conversion, i.e. Rec.601 luma Y' = 0.299 R' + 0.587 G' + 0.114 B' on the gamma-encoded
+values. `segments.py` runs these over a video; `appearance.py` holds the segment-level colour and structure
+comparisons; `guards.py` the degenerate-video checks.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-
-# Rec.601 luma weights (ITU-R BT.601), the ones cv2.COLOR_RGB2GRAY uses, so luminance and the grey frames agree.
-LUMA_601 = np.array([0.299, 0.587, 0.114])
 
 # Farneback parameters: OpenCV's documented example values (pyramid scale, levels, window, iterations, poly_n,
 # poly_sigma). Three pyramid levels at <= 256 px cover motions up to roughly 30 px per frame.
@@ -24,24 +21,17 @@ def grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
 
 
-def flicker_scores(frames: np.ndarray) -> np.ndarray:
-    """VBench temporal-flickering score of each consecutive pair: (255 - mean|f_t - f_{t+1}|) / 255.
-
-    frames: uint8 [T, H, W, 3] -> float64 [T - 1]; 1 means identical frames, lower means more flicker.
-    """
-    diffs = [cv2.absdiff(frames[t], frames[t + 1]).mean() for t in range(len(frames) - 1)]
-    return (255.0 - np.asarray(diffs, dtype=np.float64)) / 255.0
+def scaled_size(height: int, width: int, long_side: int) -> tuple[int, int, float]:
+    """(height, width, scale) of an image area-downscaled so its long side is at most `long_side` (scale <= 1)."""
+    scale = min(1.0, long_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale)), scale
 
 
-def colour_stats(frame: np.ndarray) -> dict[str, np.ndarray | float]:
-    """One frame's colour statistics.
-
-    Returns `mean` and `std` per RGB channel (float64 [3], grey levels 0..255), `saturation` (mean HSV S in
-    0..1, S = (max - min) / max per pixel) and `luminance` (mean Rec.601 luma, 0..255).
-    """
-    mean, std = (v.ravel() for v in cv2.meanStdDev(frame))  # population std (divides by the pixel count)
-    saturation = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)[..., 1].mean() / 255.0
-    return {"mean": mean, "std": std, "saturation": float(saturation), "luminance": float(LUMA_601 @ mean)}
+def downscale(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average `image` ([H, W] or [H, W, C]) to `height` x `width`; unchanged when already that size."""
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def channel_histograms(frame: np.ndarray, bins: int) -> np.ndarray:
@@ -62,43 +52,11 @@ def bhattacharyya_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def laplacian_variance(grey_frame: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of a grey frame (grey levels^2)."""
-    return float(cv2.Laplacian(grey_frame, cv2.CV_64F, ksize=1).var())
+    """Variance of the 4-neighbour Laplacian [[0,1,0],[1,-4,1],[0,1,0]] of a grey frame (grey levels^2).
 
-
-def high_frequency_fraction(grey_frame: np.ndarray, cutoff: float) -> float:
-    """Fraction of spectral energy at radial frequency above `cutoff` cycles/pixel (Nyquist = 0.5).
-
-    The frame minus its mean is multiplied by a 2-D Hann window (so the image border does not leak energy
-    into every frequency) and transformed with a real FFT. For white noise the spectrum is flat, so the
-    fraction is the area of the [-0.5, 0.5]^2 frequency square outside the radius: 1 - pi cutoff^2.
+    The focus measure of Pech-Pacheco et al. (ICPR 2000): blur lowers it, noise and artefact textures raise it.
     """
-    h, w = grey_frame.shape
-    x = grey_frame.astype(np.float64)
-    x = (x - x.mean()) * np.outer(np.hanning(h), np.hanning(w))
-    power = np.abs(np.fft.rfft2(x)) ** 2  # [H, W // 2 + 1]
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    # Columns strictly between 0 and Nyquist stand for two mirrored columns of the full spectrum.
-    weight = np.full(fx.shape, 2.0)
-    weight[0, 0] = 1.0
-    if w % 2 == 0:
-        weight[0, -1] = 1.0
-    power = power * weight
-    total = power.sum()
-    if total <= 0.0:
-        return 0.0
-    return float(power[np.hypot(fx, fy) > cutoff].sum() / total)
-
-
-def working_grey(frame: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
-    """Grey frame area-downscaled so its long side is at most `long_side`; also the scale factor (<= 1)."""
-    g = grey(frame)
-    scale = min(1.0, long_side / max(g.shape))
-    if scale < 1.0:
-        size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
-        g = cv2.resize(g, size, interpolation=cv2.INTER_AREA)
-    return g, scale
+    return float(cv2.Laplacian(grey_frame, cv2.CV_64F, ksize=1).var())
 
 
 def optical_flow(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -119,6 +77,27 @@ def warp_error(prev: np.ndarray, nxt: np.ndarray, flow: np.ndarray) -> float:
     return float(np.abs(warped.astype(np.float64) - prev.astype(np.float64))[inside].mean())
 
 
-def flow_magnitude(flow: np.ndarray) -> float:
-    """Mean per-pixel flow length sqrt(dx^2 + dy^2) in pixels."""
-    return float(np.hypot(flow[..., 0], flow[..., 1]).mean())
+def flow_lengths(flow: np.ndarray) -> np.ndarray:
+    """Per-pixel flow length sqrt(dx^2 + dy^2): float32 [H, W] in pixels."""
+    return np.hypot(flow[..., 0], flow[..., 1])
+
+
+def top_fraction_mean(values: np.ndarray, fraction: float) -> float:
+    """Mean of the largest `fraction` of `values` (at least one value).
+
+    VBench's dynamic degree scores a frame pair by the mean of its largest 5 % flow lengths, so that a small
+    moving subject on a still background still counts as motion.
+    """
+    flat = values.ravel()
+    k = max(1, int(flat.size * fraction))
+    return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+
+
+def camera_velocity(flow: np.ndarray) -> np.ndarray:
+    """Global (camera) motion of a frame pair: the per-axis median of the flow, float64 [2] = (dx, dy) px.
+
+    The median follows the majority of the pixels, so objects moving over a still background (less than half
+    the frame) leave it at 0, and a pan moves it by the pan. Flat regions, where the flow is ~0, pull it towards
+    0: a pan over a mostly flat scene is under-compensated, never over-compensated.
+    """
+    return np.median(flow.reshape(-1, 2), axis=0).astype(np.float64)

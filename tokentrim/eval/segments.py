@@ -1,11 +1,15 @@
-"""Split a video into fixed-length segments, measure each segment, and report first-vs-last-segment drift.
+"""Split a video into fixed-length segments, measure each one in a single pass, and report drift curves.
 
 Segments are consecutive, non-overlapping runs of round(segment_seconds * fps) frames starting at frame 0; the
-remainder (less than one segment) at the end is not used and is reported as `frames_unused`. Flicker and the
-colour statistics use every frame. Sharpness and high-frequency energy use every `frame_stride`-th frame of a
-segment at full resolution (downscaling is a low-pass filter and would remove what they measure). Optical flow
-uses the pairs (t, t + 1) for every `frame_stride`-th t of a segment, on grey frames area-downscaled to at most
-`flow_long_side` pixels on the long side; flow lengths are rescaled to pixels of the original resolution.
+remainder (less than one segment) at the end is not used by the drift measures (`frames_unused`), but is by the
+degenerate-video guards. What is measured at which resolution (also recorded in the report's `settings`):
+- working resolution (frames area-downscaled so the long side is <= `working_long_side`, default 256 px):
+  CIELAB mean frames (colour tiles, chroma, structure) from every frame; Farneback flow and warp error on the
+  pairs (t, t + 1) for every `frame_stride`-th t of a segment, and the camera translation as the median flow
+  of those pairs;
+- full resolution: the Laplacian variance (sharpness) of every `frame_stride`-th frame, because downscaling is
+  a low-pass filter and would remove what it measures;
+- 64-px thumbnails of every frame: the guards (guards.py).
 """
 
 from __future__ import annotations
@@ -13,33 +17,39 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from tokentrim.errors import UserError
+from tokentrim.eval import appearance as A
 from tokentrim.eval import metrics as M
-from tokentrim.eval.drift import METRICS, SPECS, drift
+from tokentrim.eval.drift import METRICS, SPECS, level_curve, summarise
+from tokentrim.eval.guards import DYNAMIC_TOP_FRACTION, THUMB_LONG_SIDE, guard_report
 
 DEFAULT_SEGMENT_SECONDS = 2.0  # VBench-Long's fixed clip length
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    frame_stride: int = 2  # sharpness / HF frames and flow pairs: every k-th frame of a segment
-    flow_long_side: int = 256  # flow runs on grey frames downscaled to this long side (speed)
-    hist_bins: int = 32  # per-channel histogram bins (8 grey levels each)
-    hf_cutoff: float = 0.25  # cycles/pixel, half the Nyquist frequency
+    frame_stride: int = 2  # flow pairs and sharpness frames: every k-th frame of a segment
+    working_long_side: int = 256  # flow, colour and structure on frames downscaled to this long side (speed)
+    tile_grid: int = 8  # colour tiles: grid x grid cells (an 8x8 cell of a 480x832 frame is 60x104 px)
+    tile_quantile: float = 0.95  # upper quantile over the tiles (64 tiles: the 4th largest counts ~85 %)
+    min_overlap: float = 0.5  # a reference segment must still show this fraction of the segment's view
 
     def __post_init__(self):
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-        if self.flow_long_side < 16:
-            raise ValueError(f"flow_long_side must be >= 16, got {self.flow_long_side}")
-        if not 2 <= self.hist_bins <= 256:
-            raise ValueError(f"hist_bins must be in 2..256, got {self.hist_bins}")
-        if not 0.0 < self.hf_cutoff < 0.5:
-            raise ValueError(f"hf_cutoff must be in (0, 0.5) cycles/pixel, got {self.hf_cutoff}")
+        if self.working_long_side < 16:
+            raise ValueError(f"working_long_side must be >= 16, got {self.working_long_side}")
+        if self.tile_grid < 1:
+            raise ValueError(f"tile_grid must be >= 1, got {self.tile_grid}")
+        if not 0.0 <= self.tile_quantile <= 1.0:
+            raise ValueError(f"tile_quantile must be in [0, 1], got {self.tile_quantile}")
+        if not 0.0 < self.min_overlap <= 1.0:
+            raise ValueError(f"min_overlap must be in (0, 1], got {self.min_overlap}")
 
 
 @dataclass(frozen=True)
@@ -71,39 +81,105 @@ def segment_layout(num_frames: int, fps: float, segment_seconds: float, name: st
     return SegmentLayout(segment_frames, segments, num_frames - segments * segment_frames)
 
 
-def measure_segment(frames: np.ndarray, settings: EvalSettings) -> dict:
-    """Raw measurements of one segment `uint8 [L, H, W, 3]` (L >= 2): scalars plus RGB vectors and histograms."""
-    stats = [M.colour_stats(f) for f in frames]
-    hist = sum(M.channel_histograms(f, settings.hist_bins) for f in frames)
-    sampled = [M.grey(f) for f in frames[:: settings.frame_stride]]
-    magnitudes, errors = [], []
-    for t in range(0, len(frames) - 1, settings.frame_stride):
-        prev, scale = M.working_grey(frames[t], settings.flow_long_side)
-        nxt, _ = M.working_grey(frames[t + 1], settings.flow_long_side)
-        flow = M.optical_flow(prev, nxt)
-        magnitudes.append(M.flow_magnitude(flow) / scale)
-        errors.append(M.warp_error(prev, nxt, flow))
-    return {
-        "flicker": float(M.flicker_scores(frames).mean()),
-        "warp_error": float(np.mean(errors)),
-        "flow_magnitude": float(np.mean(magnitudes)),
-        "laplacian_var": float(np.mean([M.laplacian_variance(g) for g in sampled])),
-        "hf_energy": float(np.mean([M.high_frequency_fraction(g, settings.hf_cutoff) for g in sampled])),
-        "saturation": float(np.mean([s["saturation"] for s in stats])),
-        "luminance": float(np.mean([s["luminance"] for s in stats])),
-        "rgb_mean": np.mean([s["mean"] for s in stats], axis=0),
-        "rgb_std": np.mean([s["std"] for s in stats], axis=0),
-        "hist": hist,
-    }
+@dataclass
+class Features:
+    """What the single pass over the frames collects; per-segment lists are indexed by segment."""
+
+    lab_median: list[np.ndarray]  # per segment: per-pixel median of sampled CIELAB frames [h, w, 3] (colour)
+    lightness_mean: list[np.ndarray]  # per segment: mean L* frame [h, w] (structure)
+    chroma: list[list[float]]  # per segment: mean chroma of each frame
+    sharpness: list[list[float]]  # per segment: Laplacian variance of each sampled frame (full resolution)
+    motion: list[list[float]]  # per segment: mean flow length of each pair (px/frame, original resolution)
+    warp: list[list[float]]  # per segment: warp error of each pair (grey levels, working resolution)
+    camera: list[list[np.ndarray]]  # per segment: camera velocity (dx, dy) of each pair, working px/frame
+    pair_scores: list[float]  # every pair: top-5 % flow length (px/frame, original resolution)
+    thumbs: np.ndarray  # float32 [T, th, tw] grey thumbnails of every frame
+    scale: float  # working resolution / original resolution
 
 
-def _entry(name: str, values: list[float], **extra) -> dict:
-    spec = SPECS[name]
-    first, last = values[0], values[-1]
-    return {
-        "values": values, "first": first, "last": last, "delta": last - first, "drift": drift(spec, first, last),
-        "kind": spec.kind, "unit": spec.unit, "votes": spec.votes, "description": spec.description, **extra,
-    }  # fmt: skip
+def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSettings) -> Features:
+    """One pass over `frames` (uint8 [T, H, W, 3]) collecting everything the measures and guards need."""
+    T, H, W = frames.shape[:3]
+    S, L, stride = layout.segments, layout.segment_frames, settings.frame_stride
+    wh, ww, scale = M.scaled_size(H, W, settings.working_long_side)
+    th, tw, _ = M.scaled_size(wh, ww, THUMB_LONG_SIDE)
+    f = Features([], [], [[] for _ in range(S)], [[] for _ in range(S)], [[] for _ in range(S)],
+                 [[] for _ in range(S)], [[] for _ in range(S)], [], np.empty((T, th, tw), np.float32), scale)  # fmt: skip
+    labs = np.empty((L, wh, ww, 3), np.float32)  # the current segment's CIELAB frames
+    prev_grey = None
+    for t in range(T):
+        small = M.downscale(frames[t], wh, ww)
+        g = M.grey(small)
+        f.thumbs[t] = M.downscale(g.astype(np.float32), th, tw)
+        k, i = divmod(t, L)
+        if k < S:
+            labs[i] = A.srgb_to_lab(small)
+            f.chroma[k].append(A.mean_chroma(labs[i]))
+            if i == L - 1:  # the median plate drops objects that cross a pixel in under half the segment
+                f.lab_median.append(np.median(labs[::stride], axis=0))
+                f.lightness_mean.append(labs[..., 0].mean(axis=0))
+            if i % stride == 0:
+                f.sharpness[k].append(M.laplacian_variance(M.grey(frames[t])))
+            if i >= 1 and (i - 1) % stride == 0:  # the pair (t - 1, t) inside segment k
+                flow = M.optical_flow(prev_grey, g)
+                lengths = M.flow_lengths(flow) / scale  # pixels of the original resolution
+                f.motion[k].append(float(lengths.mean()))
+                f.warp[k].append(M.warp_error(prev_grey, g, flow))
+                f.pair_scores.append(M.top_fraction_mean(lengths, DYNAMIC_TOP_FRACTION))
+                f.camera[k].append(M.camera_velocity(flow))
+        prev_grey = g
+    return f
+
+
+def segment_positions(velocity: np.ndarray, segment_frames: int) -> np.ndarray:
+    """Camera position (x, y) at the middle of each segment from its mean velocity [S, 2] (px/frame): the
+    displacement of all earlier segments plus half of this one's. [S, 2], working px, segment 0 at ~0."""
+    moved = velocity * segment_frames  # displacement over each segment
+    return np.cumsum(moved, axis=0) - moved / 2 - moved[0] / 2
+
+
+def reference_segments(camera: np.ndarray, height: int, width: int, min_overlap: float):
+    """Per segment: its reference segment and the whole-pixel shift (dx, dy) of its content relative to it.
+
+    camera: [S, 2] mean camera position of each segment (working px). The reference of segment k is the
+    earliest segment whose view still overlaps k's by >= `min_overlap` after the shift; if no earlier one does
+    (the camera moved more than that within one segment), the previous segment, compared unaligned.
+    """
+    refs, shifts = [0], [(0, 0)]
+    for k in range(1, len(camera)):
+        for j in range(k):
+            dx, dy = (int(v) for v in np.round(camera[k] - camera[j]))
+            inside = abs(dx) < width and abs(dy) < height
+            if inside and (width - abs(dx)) * (height - abs(dy)) >= min_overlap * width * height:
+                refs.append(j)
+                shifts.append((dx, dy))
+                break
+        else:
+            refs.append(k - 1)
+            shifts.append((0, 0))
+    return refs, shifts
+
+
+def drift_entries(f: Features, layout: SegmentLayout, settings: EvalSettings, segment_seconds: float):
+    """Per-measure JSON entries (drift.summarise) plus the reference segments and shifts used."""
+    S, L = layout.segments, layout.segment_frames
+    camera = segment_positions(np.array([np.mean(c, axis=0) for c in f.camera]), L)
+    h, w = f.lightness_mean[0].shape
+    refs, shifts = reference_segments(camera, h, w, settings.min_overlap)
+    tiles, structure = [0.0], [0.0]
+    for k in range(1, S):
+        ref, seg, _ = A.overlap(f.lab_median[refs[k]], f.lab_median[k], shifts[k])
+        tiles.append(A.local_colour_difference(ref, seg, settings.tile_grid, settings.tile_quantile))
+        ref, seg, _ = A.overlap(f.lightness_mean[refs[k]], f.lightness_mean[k], shifts[k])
+        cs = A.ssim_contrast_structure(ref * A.L_TO_GREY, seg * A.L_TO_GREY)
+        structure.append(max(0.0, 1.0 - cs))
+    levels = {name: [float(np.mean(v)) for v in getattr(f, attr)] for name, attr in
+              (("chroma", "chroma"), ("sharpness", "sharpness"), ("warp_error", "warp"), ("motion", "motion"))}  # fmt: skip
+    curves = {"colour_tiles": (tiles, tiles), "structure": (structure, structure)}
+    for name, values in levels.items():
+        curves[name] = (values, level_curve(SPECS[name], values, refs))
+    entries = {spec.name: summarise(spec, *curves[spec.name], segment_seconds) for spec in METRICS}
+    return entries, refs, [[dx / f.scale, dy / f.scale] for dx, dy in shifts]
 
 
 def evaluate_frames(
@@ -113,34 +189,24 @@ def evaluate_frames(
     settings: EvalSettings = EvalSettings(),
     name: str = "video",
 ) -> dict:
-    """Per-segment values and first-vs-last-segment drift of every metric in `drift.METRICS`.
+    """Drift curves of every measure in `drift.METRICS`, the guards' measurements and flags.
 
     frames: uint8 [T, H, W, 3]. Returns a JSON-ready dict; `report["metrics"][name]` holds `values` (one per
-    segment), `first`, `last`, `delta` = last - first, and `drift` (>= 0, see `drift.py`).
+    segment), `curve` (distance to the reference segment, d_0 = 0), `drift` (mean of d_1.., lower is better),
+    `max`, `slope`, `first_last`; `report["flags"]` lists the degenerate-video flags (guards.py).
     """
+    start = time.perf_counter()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise UserError(f"{name}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     layout = segment_layout(len(frames), fps, segment_seconds, name)
-    raw = [measure_segment(frames[slice(*layout.bounds(k))], settings) for k in range(layout.segments)]
-
-    def series(key: str) -> list[float]:
-        return [r[key] for r in raw]
-
-    def shift(key: str) -> dict:
-        vectors = [r[key] for r in raw]
-        distances = [float(np.linalg.norm(v - vectors[0])) for v in vectors]
-        return _entry(f"{key}_shift", distances, channels=[v.tolist() for v in vectors],
-                      channel_delta=(vectors[-1] - vectors[0]).tolist())  # fmt: skip
-
-    hists = series("hist")
-    hist_distances = [0.0] + [M.bhattacharyya_distance(hists[0], h) for h in hists[1:]]
-    entries = {
-        "rgb_mean_shift": shift("rgb_mean"),
-        "rgb_std_shift": shift("rgb_std"),
-        "hist_distance": _entry("hist_distance", hist_distances),
-    }
-    metrics = {spec.name: entries.get(spec.name) or _entry(spec.name, series(spec.name)) for spec in METRICS}
+    if settings.frame_stride >= layout.segment_frames:
+        raise UserError(f"--frame-stride {settings.frame_stride} leaves no frame pair in a "
+                        f"{layout.segment_frames}-frame segment; use at most {layout.segment_frames - 1}")  # fmt: skip
+    features = extract_features(frames, layout, settings)
+    metrics, refs, shifts = drift_entries(features, layout, settings, segment_seconds)
+    guards = guard_report(features.thumbs, features.pair_scores, fps, *frames.shape[1:3])
+    first_tiles = A.tile_means(A.srgb_to_lab(frames[0]), min(settings.tile_grid, *frames.shape[1:3]))
     return {
         "fps": float(fps),
         "frames": int(len(frames)),
@@ -150,12 +216,18 @@ def evaluate_frames(
         **dataclasses.asdict(layout),
         "settings": {
             **dataclasses.asdict(settings),
-            "luma": "Rec.601 (0.299 R' + 0.587 G' + 0.114 B')",
+            "thumb_long_side": THUMB_LONG_SIDE,
+            "colour": "CIELAB (sRGB, D65), CIE76",
             "flow": "OpenCV Farneback",
             "farneback": M.FARNEBACK,
-            "histogram": "Bhattacharyya",
         },  # fmt: skip
+        "flags": guards.pop("flags"),
+        "guards": guards,
+        "reference_segments": refs,
+        "camera_shift_px": shifts,
+        "first_frame_lab_tiles": first_tiles.round(3).tolist(),
         "metrics": metrics,
+        "eval_seconds": round(time.perf_counter() - start, 3),
     }
 
 
@@ -164,9 +236,18 @@ def evaluate_video(
     segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
     settings: EvalSettings = EvalSettings(),
 ) -> dict:
-    """`evaluate_frames` on a video file read with `tokentrim.video.read_video`; adds its `path`."""
+    """`evaluate_frames` on a video file read with `tokentrim.video.read_video`; adds its `path`, and
+    `eval_seconds` then includes decoding (`decode_seconds` alone)."""
     from tokentrim.video import read_video
 
-    frames, fps = read_video(path)
+    start = time.perf_counter()
+    try:
+        frames, fps = read_video(path)
+    except UserError as err:  # the decoder's message can carry ffmpeg's whole log: keep its first line
+        first = str(err).splitlines()[0].rstrip(". ")
+        raise UserError(f"{first}. Is it a complete video file?") from err
+    decoded = time.perf_counter()
     report = evaluate_frames(frames, fps, segment_seconds, settings, name=str(path))
+    report["decode_seconds"] = round(decoded - start, 3)
+    report["eval_seconds"] = round(time.perf_counter() - start, 3)
     return {"path": str(path), **report}

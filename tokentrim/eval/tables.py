@@ -1,0 +1,70 @@
+"""Plain-text tables that `tokentrim eval` prints: one video, one pair, and the summary over many pairs."""
+
+from __future__ import annotations
+
+from tokentrim.eval.drift import CATEGORIES, METRICS
+
+# Short column labels for the categories, so the five fit side by side in one line.
+SHORT = {"colour": "colour", "structure": "structure", "detail": "detail", "temporal_stability": "temporal",
+         "motion": "motion"}  # fmt: skip
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def flag_text(flags: list[str]) -> str:
+    return ", ".join(flags) if flags else "none"
+
+
+def video_table(report: dict) -> str:
+    g = report["guards"]
+    lines = [
+        f"{report.get('path', 'video')}: {report['duration_s']:.1f} s, {report['segments']} segments of "
+        f"{report['segment_seconds']:g} s, {report['eval_seconds']:.1f} s to evaluate",
+        f"  flags: {flag_text(report['flags'])} (dynamic degree {g['dynamic_degree']:.2f}, longest still "
+        f"{g['longest_still_s']:.2f} s, repeated {g['repeated_s']:.2f} s, blank {g['blank_s']:.2f} s)",
+        f"  {'category':<20}{'measure':<14}{'drift':>10}{'max':>10}{'slope/s':>11}{'first_last':>12}",
+    ]
+    for spec in METRICS:
+        m = report["metrics"][spec.name]
+        lines.append(f"  {spec.category:<20}{spec.name:<14}{_fmt(m['drift']):>10}{_fmt(m['max']):>10}"
+                     f"{_fmt(m['slope']):>11}{_fmt(m['first_last']):>12}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def pair_table(result: dict) -> str:
+    """Measures grouped by category with both drifts, the measure's winner and the category's vote."""
+    flags = result["flags"]
+    lines = [
+        f"  flags: baseline {flag_text(flags['baseline'])}; treated {flag_text(flags['treated'])}",
+        f"  {'category':<20}{'measure':<14}{'baseline':>10}{'treated':>10}  {'less drift':<11}category vote",
+    ]
+    for cat in CATEGORIES:
+        for i, name in enumerate(result["categories"][cat]["measures"]):
+            c = result["comparison"][name]
+            vote = result["categories"][cat]["vote"] if i == 0 else ""
+            lines.append(f"  {cat if i == 0 else '':<20}{name:<14}{_fmt(c['baseline_drift']):>10}"
+                         f"{_fmt(c['treated_drift']):>10}  {c['less_drift']:<11}{vote}")  # fmt: skip
+    votes = "  ".join(f"{SHORT[cat]}={result['categories'][cat]['vote']}" for cat in CATEGORIES)
+    lines.append(f"  categories: {votes}")
+    lines.append(f"verdict: {result['verdict']} ({result['reason']})")
+    return "\n".join(lines)
+
+
+def pairs_summary_table(results: list[dict], summary: dict) -> str:
+    """One row per pair with the category votes side by side, then wins / ties / losses and the statistics."""
+    header = f"  {'pair':<6}" + "".join(f"{SHORT[c]:<11}" for c in CATEGORIES) + f"{'flags':<18}verdict"
+    lines = [header]
+    for i, r in enumerate(results, start=1):
+        flags = "; ".join(f"{side[0]}: {flag_text(f)}" for side, f in r["flags"].items() if f) or "-"
+        lines.append(f"  {i:<6}" + "".join(f"{r['categories'][c]['vote']:<11}" for c in CATEGORIES)
+                     + f"{flags:<18}{r['verdict']}")  # fmt: skip
+    s = summary
+    low, high = s["win_rate_interval"]
+    rate = "n/a" if s["win_rate"] is None else f"{s['win_rate']:.2f}"
+    lines.append(f"treated preferred (wins) {s['wins']}, ties {s['ties']}, baseline preferred (losses) "
+                 f"{s['losses']}; sign test p = {s['sign_test_p']:.4g} (exact, two-sided, ties dropped); "
+                 f"win rate {rate}, {100 * s['confidence']:g} % interval [{low:.3f}, {high:.3f}] "
+                 "(Clopper-Pearson)")  # fmt: skip
+    return "\n".join(lines)

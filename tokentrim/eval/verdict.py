@@ -1,0 +1,90 @@
+"""The pair verdict: degenerate-video flags first, then one vote per category of drift measures.
+
+Symmetric by construction: swapping the two videos swaps every measure's winner, every category's vote and the
+verdict.
+"""
+
+from __future__ import annotations
+
+from tokentrim.eval.drift import CATEGORIES, METRICS, MetricSpec
+
+# Two drifts closer than this fraction of the larger one are a tie for that measure.
+RELATIVE_TIE_MARGIN = 0.10
+SIDES = ("baseline", "treated")
+
+VERDICT_RULE = (
+    "1. A video flagged degenerate (frozen, loop, blank) is never preferred: if exactly one video is flagged, "
+    "the other is preferred; if both are, the verdict is 'tie'. "
+    "2. Otherwise each measure compares the two videos' drift (the mean over segments of the distance to the "
+    "reference segment; a drift below the measure's floor counts as 0): the smaller drift wins unless the two "
+    f"differ by no more than max(floor, {RELATIVE_TIE_MARGIN:g} x the larger), which is a tie. "
+    "3. Each category (colour, structure, detail, temporal_stability, motion) casts at most one vote: for the "
+    "video more of its measures favour; equal counts abstain. "
+    "4. The verdict is the video favoured by a majority of the decisive (non-abstaining) categories; no decisive "
+    "category, or an even split, gives 'tie'."
+)
+
+
+def compare_drift(spec: MetricSpec, baseline: float, treated: float) -> str:
+    """Which video drifts less on one measure: "baseline", "treated" or "tie" (rule step 2)."""
+    b = baseline if baseline >= spec.floor else 0.0
+    t = treated if treated >= spec.floor else 0.0
+    if abs(b - t) <= max(spec.floor, RELATIVE_TIE_MARGIN * max(b, t)):
+        return "tie"
+    return "baseline" if b < t else "treated"
+
+
+def category_vote(winners: list[str]) -> str:
+    """One category's vote from its measures' winners (rule step 3)."""
+    b, t = winners.count("baseline"), winners.count("treated")
+    return "tie" if b == t else ("baseline" if b > t else "treated")
+
+
+def majority(votes: dict[str, str]) -> str:
+    """The verdict from the category votes (rule step 4)."""
+    b = sum(v == "baseline" for v in votes.values())
+    t = sum(v == "treated" for v in votes.values())
+    return "tie" if b == t else ("baseline" if b > t else "treated")
+
+
+def compare_reports(baseline: dict, treated: dict) -> dict:
+    """Measure-by-measure and category comparison of two `evaluate_video` reports, and the verdict.
+
+    Returns {"rule", "verdict" ("baseline" | "treated" | "tie"), "reason", "flags" {side: [flag, ...]},
+    "categories" {category: {"vote", "measures"}}, "votes" {"baseline", "treated", "tie"} (category counts;
+    "tie" = abstaining categories), "comparison" {measure: {...}}}.
+    """
+    reports = {"baseline": baseline, "treated": treated}
+    comparison = {}
+    for spec in METRICS:
+        b, t = (reports[s]["metrics"][spec.name] for s in SIDES)
+        comparison[spec.name] = {
+            "category": spec.category, "baseline_drift": b["drift"], "treated_drift": t["drift"],
+            "less_drift": compare_drift(spec, b["drift"], t["drift"]), "difference": b["drift"] - t["drift"],
+            "baseline_max": b["max"], "treated_max": t["max"], "unit": spec.unit, "floor": spec.floor,
+        }  # fmt: skip
+    categories = {}
+    for cat in CATEGORIES:
+        names = [spec.name for spec in METRICS if spec.category == cat]
+        categories[cat] = {
+            "vote": category_vote([comparison[n]["less_drift"] for n in names]),
+            "measures": names,
+        }
+    cat_votes = {cat: c["vote"] for cat, c in categories.items()}
+    votes = {s: sum(v == s for v in cat_votes.values()) for s in SIDES}
+    votes["tie"] = len(CATEGORIES) - votes["baseline"] - votes["treated"]
+
+    flags = {s: list(reports[s].get("flags", [])) for s in SIDES}
+    flagged = [s for s in SIDES if flags[s]]
+    if len(flagged) == 2:
+        verdict, reason = "tie", "both videos are degenerate: neither can be preferred"
+    elif flagged:
+        (bad,) = flagged
+        verdict = "treated" if bad == "baseline" else "baseline"
+        reason = f"{bad} is degenerate ({', '.join(flags[bad])}): it is never preferred"
+    else:
+        verdict = majority(cat_votes)
+        reason = (f"categories: baseline {votes['baseline']}, treated {votes['treated']}, "
+                  f"abstained {votes['tie']}")  # fmt: skip
+    return {"rule": VERDICT_RULE, "verdict": verdict, "reason": reason, "flags": flags, "categories": categories,
+            "votes": votes, "comparison": comparison}  # fmt: skip
