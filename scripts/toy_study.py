@@ -26,6 +26,7 @@ from tokentrim.app.generate import run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.eval import evaluate_frames
 from tokentrim.eval.metrics import bhattacharyya_distance, channel_histograms
+from tokentrim.pipelines import pipeline_names
 from tokentrim.toy import HELD_OUT_SCENES, observed_start, sample_scene
 from tokentrim.toy.world import COLORS
 from tokentrim.video import atomic_path
@@ -117,7 +118,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=32)
     ap.add_argument("--latent-frames", type=int, default=120)
-    ap.add_argument("--pipelines", nargs="+", default=["self_forcing", "rolling_forcing"])
+    ap.add_argument(
+        "--pipelines", nargs="+", default=pipeline_names(paper_only=True), choices=pipeline_names()
+    )
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--segment-seconds", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=Path("results/toy_study"))

@@ -16,6 +16,7 @@ import logging
 import statistics
 from pathlib import Path
 
+from tokentrim.app.backends import PRESETS
 from tokentrim.errors import UserError
 from tokentrim.eval.command import check_segment_seconds
 from tokentrim.files import write_json, write_text
@@ -202,7 +203,7 @@ def parse_checkpoints(args) -> dict[str, str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("reproduce", help="the paper's comparison grid: generate, evaluate, tabulate")
     p.add_argument(
-        "--preset", choices=["tiny", "toy"], help="built-in model (CPU); else --model-dir + checkpoints"
+        "--preset", choices=sorted(PRESETS), help="built-in model (CPU); else --model-dir + checkpoints"
     )
     p.add_argument("--model-dir")
     p.add_argument("--checkpoint-sf", help="self_forcing_dmd.pt")
