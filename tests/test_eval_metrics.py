@@ -164,6 +164,14 @@ def test_longest_still_run_compares_with_the_run_start():
     assert G.longest_still_run(np.zeros((5, 2, 2), np.float32)) == (0, 5)
 
 
+def test_sliding_mean_window():
+    thumbs = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((1, 2, 2), np.float32)
+    # window 4 centred as [t - 2, t + 2): frame 0 -> mean(0, 1) = 0.5, frame 2 -> mean(0..3) = 1.5, frame 5 ->
+    # mean(3, 4, 5) = 4
+    np.testing.assert_allclose(G.sliding_mean(thumbs, 4)[:, 0, 0], [0.5, 1.0, 1.5, 2.5, 3.5, 4.0])
+    assert G.sliding_mean(thumbs, 1) is thumbs
+
+
 def test_blank_mask_and_rms_distances():
     thumbs = np.zeros((3, 4, 4), np.float32)
     thumbs[1, :2] = 100.0  # half the pixels at 100: std 50

@@ -8,7 +8,7 @@ from math import comb
 
 import numpy as np
 import pytest
-from test_eval_scenes import FPS, T, finish, frozen, global_cast, reference, texture
+from test_eval_scenes import FPS, finish, frozen, global_cast, reference, reference_float, texture
 
 from tokentrim.cli import main
 from tokentrim.errors import UserError
@@ -17,9 +17,8 @@ from tokentrim.video import write_video
 
 
 def other_seed() -> np.ndarray:
-    """A different picture (another texture): what an unmatched seed gives."""
-    frames = np.repeat(texture(*reference().shape[1:3], seed=9)[None], T, axis=0)
-    return finish(frames, seed=3)
+    """The moving scene on another background texture: what an unmatched seed gives."""
+    return finish(reference_float(seed=9), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +135,20 @@ def test_pairs_user_errors_exit_2_without_json(folder, tmp_path, capsys):
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
         assert not out.exists()
+
+
+def test_seed_check_sees_a_different_picture_in_the_same_palette():
+    """Two fine random textures: the same colours everywhere (tile means agree within a few dE) but a different
+    layout (thumbnails uncorrelated): warned. The same picture with mild noise: not warned."""
+    from tokentrim.eval import evaluate_frames
+    from tokentrim.eval.pairs import first_frame_distance, seed_warning
+
+    def still(seed, noise_seed):
+        frames = np.repeat(texture(64, 112, seed=seed, blur=1.0)[None], 4 * FPS, axis=0)
+        return evaluate_frames(finish(frames, seed=noise_seed), FPS)
+
+    a, b, a_again = still(0, 1), still(1, 2), still(0, 3)
+    assert first_frame_distance(a, b) < 10.0
+    warning = seed_warning(7, a, b)
+    assert warning is not None and warning.startswith("pair 7:") and "correlation" in warning
+    assert seed_warning(7, a, a_again) is None

@@ -240,6 +240,28 @@ def test_guard_measurements(ref_report):
     assert report_of(blank_end)["guards"]["blank_s"] == 2.0
 
 
+def test_noise_does_not_hide_a_freeze():
+    """A held 480 x 832 frame plus fresh noise (sigma 8) in every frame: the frames differ, the content does not.
+    The thumbnails average ~170 pixels each and the sliding 0.5 s mean 8 frames, so the noise left is ~0.2 grey
+    levels, far under STILL_LEVEL. Thumbnails are made the way segments.py makes them."""
+    from tokentrim.eval import guards as G
+    from tokentrim.eval import metrics as M
+
+    rng = np.random.default_rng(0)
+    held = cv2.resize(texture(120, 208, seed=2), (832, 480), interpolation=cv2.INTER_CUBIC)
+    wh, ww, _ = M.scaled_size(480, 832, 256)
+    th, tw, _ = M.scaled_size(wh, ww, G.THUMB_LONG_SIDE)
+    thumbs = []
+    for _ in range(3 * FPS):
+        frame = (held + rng.normal(0, 8.0, held.shape)).round().clip(0, 255).astype(np.uint8)
+        g = M.grey(M.downscale(frame, wh, ww)).astype(np.float32)
+        thumbs.append(M.downscale(g, th, tw))
+    thumbs = np.stack(thumbs)
+    assert G.longest_still_run(thumbs)[1] < FPS  # frame by frame, the noise looks like change ...
+    report = G.guard_report(thumbs, [0.0] * 10, FPS, 480, 832)
+    assert "frozen" in report["flags"] and report["longest_still_s"] == 3.0  # ... averaged, it is a freeze
+
+
 def test_reversed_playback_is_a_loop():
     clip = reference()[: T // 2]
     video = np.concatenate([clip, clip[::-1]])  # forward, then backward: a palindrome

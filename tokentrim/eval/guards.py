@@ -19,6 +19,9 @@ THUMB_LONG_SIDE = 64
 # tokentrim.video writes it) keeps a repeated frame within 0.2 levels at this scale.
 STILL_LEVEL = 2.0
 FROZEN_SECONDS = 2.0  # a still run as long as one VBench-Long clip; single repeated frames are legitimate
+# The still test runs on thumbnails averaged over a sliding 0.5 s window (a quarter of FROZEN_SECONDS): zero-mean
+# noise added to a held frame averages out (/sqrt(8) at 16 fps), so it cannot hide a freeze; real change persists.
+STILL_WINDOW_SECONDS = 0.5
 BLANK_STD = 2.0  # a frame whose thumbnail varies by less than this (std) shows nothing but one colour
 BLANK_SECONDS = 1.0  # a blank second is already a visible defect in a rollout
 LOOP_RMS = 2.0  # frames this close (RMS over the thumbnail) are repeats of each other
@@ -34,6 +37,7 @@ DYNAMIC_PX_AT_256 = 6.0
 def longest_still_run(thumbs: np.ndarray) -> tuple[int, int]:
     """Longest run of frames in which no thumbnail pixel differs from the run's first frame by more than
     STILL_LEVEL (runs are formed greedily from frame 0). thumbs: float32 [T, h, w]. Returns (start, length).
+    guard_report applies it to `sliding_mean` thumbnails.
 
     Comparing with the run's first frame, not only the previous frame, keeps a slow but steady change (melting
     frost) from counting as still.
@@ -45,6 +49,20 @@ def longest_still_run(thumbs: np.ndarray) -> tuple[int, int]:
                 best = (start, t - start)
             start = t
     return best
+
+
+def sliding_mean(thumbs: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each frame's thumbnail and its neighbours over `window` frames (centred, shrunk at the ends).
+
+    thumbs: float32 [T, h, w] -> float32 [T, h, w]; window 1 returns the input.
+    """
+    if window <= 1:
+        return thumbs
+    csum = np.concatenate([np.zeros((1,) + thumbs.shape[1:]), np.cumsum(thumbs, axis=0, dtype=np.float64)])
+    t = np.arange(len(thumbs))
+    lo = np.clip(t - window // 2, 0, len(thumbs))
+    hi = np.clip(t - window // 2 + window, 0, len(thumbs))
+    return ((csum[hi] - csum[lo]) / (hi - lo)[:, None, None]).astype(np.float32)
 
 
 def blank_mask(thumbs: np.ndarray) -> np.ndarray:
@@ -116,7 +134,7 @@ def guard_report(thumbs: np.ndarray, pair_scores: list[float], fps: float, heigh
     thumbs: float32 [T, h, w] thumbnails of every frame; pair_scores: the top-5 % flow length of each measured
     frame pair (px/frame, original resolution). Flags: "frozen", "loop", "blank".
     """
-    still_start, still_len = longest_still_run(thumbs)
+    still_start, still_len = longest_still_run(sliding_mean(thumbs, round(STILL_WINDOW_SECONDS * fps)))
     blank = blank_mask(thumbs)
     loops = find_loops(thumbs, max(2, round(LOOP_SECONDS * fps)))
     repeated = np.zeros(len(thumbs), bool)

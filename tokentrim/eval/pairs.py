@@ -17,9 +17,12 @@ from tokentrim.errors import UserError
 from tokentrim.eval.appearance import delta_e76
 
 # Seed-matched rollouts share their initial noise, so their first frames show the same picture (identical up to
-# codec noise when the first block is generated the same way). Two first frames whose tiles differ by more than
-# 10 CIE76 units on average (about four just-noticeable differences everywhere) are different pictures.
+# codec noise when the first block is generated the same way). Two first frames are different pictures when
+# their tile colours differ by more than 10 CIE76 units on average (about four just-noticeable differences
+# everywhere), or when their grey 32-px thumbnails correlate below 0.8 (they share under 64 % of their variance:
+# a different layout in the same palette, e.g. two different swarms of birds on a grey sky).
 SEED_MATCH_DELTA_E = 10.0
+SEED_MATCH_CORRELATION = 0.8
 
 
 def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
@@ -75,10 +78,23 @@ def first_frame_distance(baseline: dict, treated: dict) -> float:
     return float(delta_e76(a, b).mean())
 
 
+def first_frame_correlation(baseline: dict, treated: dict) -> float:
+    """Pearson correlation of the two first frames' grey thumbnails (`first_frame_thumb`); 1.0 when either is
+    flat (no layout to compare: the colour check decides), -1.0 when their shapes differ."""
+    a, b = (np.asarray(r["first_frame_thumb"], np.float64) for r in (baseline, treated))
+    if a.shape != b.shape:
+        return -1.0
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return 1.0 if norm == 0 else float((a * b).sum() / norm)
+
+
 def seed_warning(index: int, baseline: dict, treated: dict) -> str | None:
-    """A warning when a pair's first frames are too far apart to come from the same seed and prompt."""
+    """A warning when a pair's first frames are too different to come from the same seed and prompt."""
     d = first_frame_distance(baseline, treated)
-    if d <= SEED_MATCH_DELTA_E:
+    r = first_frame_correlation(baseline, treated)
+    if d <= SEED_MATCH_DELTA_E and r >= SEED_MATCH_CORRELATION:
         return None
-    return (f"pair {index}: first frames differ by {d:.1f} delta E on average (> {SEED_MATCH_DELTA_E:g}): not "
-            f"seed-matched? A pair compares like with like only with the same prompt and seed")  # fmt: skip
+    return (f"pair {index}: first frames differ (mean tile delta E {d:.1f}, limit {SEED_MATCH_DELTA_E:g}; "
+            f"thumbnail correlation {r:.2f}, limit {SEED_MATCH_CORRELATION:g}): not seed-matched? A pair compares "
+            "like with like only with the same prompt and seed")  # fmt: skip

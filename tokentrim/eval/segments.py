@@ -207,6 +207,9 @@ def evaluate_frames(
     metrics, refs, shifts = drift_entries(features, layout, settings, segment_seconds)
     guards = guard_report(features.thumbs, features.pair_scores, fps, *frames.shape[1:3])
     first_tiles = A.tile_means(A.srgb_to_lab(frames[0]), min(settings.tile_grid, *frames.shape[1:3]))
+    first_thumb = M.downscale(
+        M.grey(frames[0]).astype(np.float32), *M.scaled_size(*frames.shape[1:3], 32)[:2]
+    )
     return {
         "fps": float(fps),
         "frames": int(len(frames)),
@@ -225,7 +228,8 @@ def evaluate_frames(
         "guards": guards,
         "reference_segments": refs,
         "camera_shift_px": shifts,
-        "first_frame_lab_tiles": first_tiles.round(3).tolist(),
+        "first_frame_lab_tiles": first_tiles.round(3).tolist(),  # for the seed-match check (pairs.py)
+        "first_frame_thumb": first_thumb.round(2).tolist(),
         "metrics": metrics,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
