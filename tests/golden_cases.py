@@ -1,7 +1,8 @@
 """Golden rollouts: fixed runs of both pipelines whose latents and decisions are recorded once
 (`python tests/golden_cases.py --record`) and must be reproduced bit for bit by later code (refactors keep
 outputs identical). The cases cover TokenTrim with prunes, FlowMo (first block, every block), observed prefixes,
-fresh-noise regeneration, the rolling Self Forcing cache and Rolling Forcing eviction."""
+fresh-noise regeneration, the rolling Self Forcing cache and Rolling Forcing eviction. The FlowMo cases were
+recorded before issue 22 changed FlowMo's defaults; they name that setting (`FlowMoConfig.legacy`)."""
 
 from __future__ import annotations
 
@@ -53,12 +54,12 @@ def _case_list():
         "sf_tiny_plain_30": lambda: sf()(embeds, 30, seed=0, progress=False),
         "sf_tiny_prune_flowmo_30": lambda: sf()(
             embeds, 30, seed=1, hook=TokenTrim(eager, patch), progress=False,
-            flowmo=FlowMoConfig(mode="first_block", steps=(0,)),
+            flowmo=FlowMoConfig.legacy(mode="first_block", steps=(0,)),
         ),
         "sf_tiny_prune_fresh_every_block_15": lambda: sf()(
             embeds, 15, seed=2, hook=TokenTrim(TokenTrimConfig(lam=0.0, warmup=1, max_regen=2), patch),
-            progress=False, regen_noise="fresh", flowmo=FlowMoConfig(mode="every_block", steps=(0, 1),
-                                                                     iterations=2),
+            progress=False, regen_noise="fresh", flowmo=FlowMoConfig.legacy(mode="every_block", steps=(0, 1),
+                                                                            iterations=2),
         ),
         "sf_tiny_nosink_batch2_24": lambda: sf(SelfForcingConfig(sink_frames=0, cache_frames=9))(
             embeds2, 24, seed=3, hook=TokenTrim(eager, patch), progress=False,
@@ -66,11 +67,11 @@ def _case_list():
         "rf_tiny_plain_21": lambda: rf()(embeds, 21, seed=0, progress=False),
         "rf_tiny_prune_flowmo_45": lambda: rf()(
             embeds, 45, seed=4, hook=TokenTrim(eager, patch), progress=False,
-            flowmo=FlowMoConfig(mode="first_block", steps=(0, 1)),
+            flowmo=FlowMoConfig.legacy(mode="first_block", steps=(0, 1)),
         ),
         "rf_tiny_every_block_batch2_18": lambda: rf()(
             embeds2, 18, seed=5, hook=TokenTrim(eager, patch), progress=False,
-            flowmo=FlowMoConfig(mode="every_block", steps=(1,), iterations=1, checkpointing=False),
+            flowmo=FlowMoConfig.legacy(mode="every_block", steps=(1,), iterations=1, checkpointing=False),
         ),
         "sf_tiny_prefix_21": lambda: sf()(
             embeds, 21, seed=6, hook=TokenTrim(eager, patch), progress=False,

@@ -65,7 +65,8 @@ def test_guidance_lowers_loss_and_leaves_weights_alone():
     x_copy = x_t.clone()
     cfg = FlowMoConfig(mode="first_block", iterations=10, lr=0.05)
     with torch.no_grad():  # how the pipelines call it
-        x_new, losses = flowmo_guidance(x_t, predict, cfg, (2, 2))
+        guided = flowmo_guidance(x_t, predict, cfg, (2, 2))
+    x_new, losses = guided.latent, guided.losses
     assert len(losses) == cfg.iterations + 1
     assert losses[-1] < losses[0]
     assert min(losses) < losses[0]
@@ -81,20 +82,23 @@ def test_guidance_lowers_loss_and_leaves_weights_alone():
 def test_guidance_default_settings_take_small_steps():
     _, predict = frozen_predictor()
     x_t = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(2))
-    x_new, losses = flowmo_guidance(x_t, predict, FlowMoConfig(mode="first_block"), (2, 2))
-    assert len(losses) == 4
-    # Adam moves each entry by at most about lr per step: 3 steps of 1e-3
-    assert float((x_new - x_t).abs().max()) <= 3e-3 + 1e-6
-    assert not torch.equal(x_new, x_t)  # at least one step lowered the loss and was kept
+    guided = flowmo_guidance(x_t, predict, FlowMoConfig(mode="first_block"), (2, 2))
+    assert len(guided.losses) == 2  # FlowMo's inference setting: one Adam step, then the stepped latent
+    # Adam's first step moves each entry by lr (its bias-corrected update is lr * sign(grad))
+    assert float((guided.latent - x_t).abs().max()) <= 1e-3 + 1e-6
+    assert guided.losses[1] < guided.losses[0]  # the step lowered the loss and was kept
+    assert not torch.equal(guided.latent, x_t)
 
 
 def test_keep_last_and_dtype():
     _, predict = frozen_predictor(torch.float64)
     x_t = torch.randn(1, 3, 4, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     cfg = FlowMoConfig(mode="every_block", iterations=4, lr=0.5, keep_best=False)
-    x_new, losses = flowmo_guidance(x_t, predict, cfg, (2, 2))
-    assert x_new.dtype == torch.float64
-    assert float(motion_variance(predict(x_new, False), (2, 2))) == pytest.approx(losses[-1], rel=1e-5)
+    guided = flowmo_guidance(x_t, predict, cfg, (2, 2))
+    assert guided.latent.dtype == torch.float64
+    x0 = predict(guided.latent, False)
+    assert float(motion_variance(x0, (2, 2))) == pytest.approx(guided.losses[-1], rel=1e-5)
+    assert torch.equal(guided.x0, x0)
 
 
 def test_inference_mode_is_refused():
@@ -121,6 +125,8 @@ def test_applies():
         ("reduce", "mean", "reduce must be one of"),
         ("temperature", 0.0, "temperature must be"),
         ("keep_best", "yes", "keep_best must be a bool"),
+        ("scope", "frames", "scope must be one of"),
+        ("checkpointing", "on", "checkpointing must be a bool, or None"),
     ],
 )
 def test_config_validation(field, value, message):
@@ -138,13 +144,42 @@ def test_keep_best_returns_an_earlier_latent_when_steps_overshoot():
     _, predict = frozen_predictor()
     x_t = torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     # lr far too large: the loss oscillates, so the best latent is not the last one
-    x_new, losses = flowmo_guidance(
-        x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=0.5), (2, 2)
-    )
+    guided = flowmo_guidance(x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=0.5), (2, 2))
+    losses = guided.losses
     assert min(losses) < losses[-1]
-    assert float(motion_variance(predict(x_new, False), (2, 2))) == pytest.approx(min(losses), rel=1e-5)
-    x_new, losses = flowmo_guidance(
-        x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=3.0), (2, 2)
+    assert float(motion_variance(predict(guided.latent, False), (2, 2))) == pytest.approx(
+        min(losses), rel=1e-5
     )
-    assert min(losses) == losses[0]  # every step made it worse: the input comes back unchanged
-    assert torch.equal(x_new, x_t)
+    assert torch.equal(
+        guided.x0, predict(guided.latent, False)
+    )  # the kept latent's own x0, not the last one's
+    guided = flowmo_guidance(x_t, predict, FlowMoConfig(mode="first_block", iterations=6, lr=3.0), (2, 2))
+    assert min(guided.losses) == guided.losses[0]  # every step made it worse: the input comes back unchanged
+    assert torch.equal(guided.latent, x_t)
+    assert torch.equal(guided.x0, predict(x_t, False))
+
+
+def test_only_the_chosen_rows_move_and_the_loss_sees_the_scored_rows():
+    _, predict = frozen_predictor()
+    x_t = torch.randn(1, 9, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    cfg = FlowMoConfig(mode="every_block", iterations=3, lr=0.05)
+    guided = flowmo_guidance(x_t, predict, cfg, (2, 2), frames=range(3, 6), scored=range(3, 6))
+    assert torch.equal(guided.latent[:, :3], x_t[:, :3]) and torch.equal(guided.latent[:, 6:], x_t[:, 6:])
+    assert not torch.equal(guided.latent[:, 3:6], x_t[:, 3:6])
+    x0 = predict(guided.latent, False)
+    assert torch.equal(guided.x0, x0)  # the whole prediction, for the caller's denoising step
+    assert float(motion_variance(x0[:, 3:6], (2, 2))) == pytest.approx(min(guided.losses), rel=1e-5)
+    assert guided.losses[0] == pytest.approx(float(motion_variance(predict(x_t, False)[:, 3:6], (2, 2))))
+    # scored on every row (a Rolling Forcing window's joint optimisation): the first loss is the whole video's
+    joint = flowmo_guidance(x_t, predict, cfg, (2, 2), frames=[3, 4, 5, 6, 7, 8])
+    assert joint.losses[0] == pytest.approx(float(motion_variance(predict(x_t, False), (2, 2))))
+    assert torch.equal(joint.latent[:, :3], x_t[:, :3])
+
+
+def test_legacy_is_the_named_setting_before_issue_22():
+    cfg = FlowMoConfig.legacy(mode="every_block", steps=(0, 1))
+    assert (cfg.iterations, cfg.scope, cfg.checkpointing) == (3, "block", True)
+    assert (cfg.mode, cfg.steps, cfg.lr) == ("every_block", (0, 1), 1e-3)
+    assert FlowMoConfig.legacy(iterations=2).iterations == 2  # a field given explicitly wins
+    default = FlowMoConfig()
+    assert (default.iterations, default.scope, default.checkpointing) == (1, "window", None)

@@ -10,13 +10,13 @@ PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
 
 
 def record_guided(monkeypatch):
-    """(start_frame, guided frame rows) of every FlowMo guidance call."""
+    """(start_frame, guided block rows of the call) of every `Rollout.guide` call."""
     calls, guide = [], Rollout.guide
 
-    def recording(self, x, t, start, frames=slice(None)):
-        rows = range(x.shape[1])[frames]
-        calls.append((start, rows.start, rows.stop))
-        return guide(self, x, t, start, frames)
+    def recording(self, x, t, start, blocks=None):
+        rows = [range(x.shape[1])] if blocks is None else list(blocks)
+        calls.append((start, [(r.start, r.stop) for r in rows]))
+        return guide(self, x, t, start, blocks)
 
     monkeypatch.setattr(Rollout, "guide", recording)
     return calls
@@ -51,10 +51,10 @@ def test_self_forcing_guides_the_chosen_blocks(model, embeds, monkeypatch):
     calls = record_guided(monkeypatch)
     cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
     SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=cfg, progress=False)
-    assert calls == [(0, 0, 3), (0, 0, 3)]  # block 0 at steps 0 and 1, nothing later
+    assert calls == [(0, [(0, 3)]), (0, [(0, 3)])]  # block 0 at steps 0 and 1, nothing later
     calls.clear()
     SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=FlowMoConfig(mode="every_block"), progress=False)
-    assert calls == [(0, 0, 3), (3, 0, 3), (6, 0, 3)]
+    assert calls == [(0, [(0, 3)]), (3, [(0, 3)]), (6, [(0, 3)])]
 
 
 def test_rolling_forcing_guides_block_zero_rows_only(model, embeds, monkeypatch):
@@ -62,7 +62,43 @@ def test_rolling_forcing_guides_block_zero_rows_only(model, embeds, monkeypatch)
     cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
     RollingForcingPipeline(model)(embeds, 15, seed=2, flowmo=cfg, progress=False)
     # window 0 holds block 0 at level 0; window 1 holds blocks 0-1 with block 0 (its rows 0-2) at level 1
-    assert calls == [(0, 0, 3), (0, 0, 3)]
+    assert calls == [(0, [(0, 3)]), (0, [(0, 3)])]
+
+
+@pytest.mark.parametrize("scope, guide_calls", [("window", 6), ("block", 10)])
+def test_rolling_forcing_every_block_guides_each_window_once(model, embeds, monkeypatch, scope, guide_calls):
+    calls = record_guided(monkeypatch)
+    cfg = FlowMoConfig(mode="every_block", steps=(0, 1), scope=scope)
+    out = RollingForcingPipeline(model)(embeds, 15, seed=2, flowmo=cfg, progress=False)
+    # 5 blocks, windows 0..8: block b is at level 0 in window b and at level 1 in window b + 1, so windows 1-4
+    # hold two guided blocks (the newest at rows 3w..3w+2 while w <= 4, the one before it just below)
+    assert calls == [(0, [(0, 3)])] + [(0, [(3 * w - 3, 3 * w), (3 * w, 3 * w + 3)]) for w in range(1, 5)] + [
+        (3, [(9, 12)])
+    ]
+    assert len(out.flowmo_losses) == guide_calls  # one optimisation per window, or one per guided block
+
+
+def test_checkpointing_default_follows_the_model_size(model, embeds, monkeypatch, tiny_config):
+    from tokentrim.pipelines.common import flowmo_checkpointing
+    from tokentrim.wan import get_preset
+
+    seen, forward = [], type(model).forward
+
+    def spy(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            seen.append(self.gradient_checkpointing)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    SelfForcingPipeline(model)(embeds, 3, seed=2, flowmo=FlowMoConfig(mode="first_block"), progress=False)
+    assert seen == [False]  # tiny: activations are small, nothing recomputed
+    seen.clear()
+    cfg = FlowMoConfig(mode="first_block", checkpointing=True)
+    SelfForcingPipeline(model)(embeds, 3, seed=2, flowmo=cfg, progress=False)
+    assert seen == [True] and model.gradient_checkpointing is False
+    assert flowmo_checkpointing(FlowMoConfig(), get_preset("wan2.1-t2v-1.3b")) is True
+    assert flowmo_checkpointing(FlowMoConfig(), tiny_config) is False
+    assert flowmo_checkpointing(FlowMoConfig(checkpointing=False), get_preset("wan2.1-t2v-1.3b")) is False
 
 
 def test_checkpointing_is_exact_and_restored(model, embeds):

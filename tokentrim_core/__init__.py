@@ -4,7 +4,7 @@ Imports torch only; the pipelines talk to it through `BlockHook` (see DEVELOPERS
 """
 
 from .drift import consecutive_block_drift, latent_summary, num_unstable, token_drift, unstable_set
-from .flowmo import FlowMoConfig, applies, flowmo_guidance, motion_variance
+from .flowmo import FlowMoConfig, Guided, applies, flowmo_guidance, motion_variance
 from .hook import BlockHook, BlockRecord, Verdict
 from .stats import RunningStats
 from .trim import TokenTrim, TokenTrimConfig
@@ -13,6 +13,7 @@ __all__ = [
     "BlockHook",
     "BlockRecord",
     "FlowMoConfig",
+    "Guided",
     "RunningStats",
     "TokenTrim",
     "TokenTrimConfig",

@@ -9,7 +9,7 @@ See docs/tokentrim.md for how FlowMo's 50-step schedule maps onto the distilled 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,27 +17,45 @@ import torch.nn.functional as F
 
 MODES = ("off", "first_block", "every_block")
 REDUCTIONS = ("max", "softmax")
+SCOPES = ("window", "block")
+
+# The settings before issue 22: 3 Adam steps per guided step, every guided block of a Rolling Forcing window
+# optimised by its own guidance call, gradient checkpointing on at every model size. `FlowMoConfig.legacy`
+# reproduces runs made with them bit for bit (docs/tokentrim.md §4, "Named settings").
+LEGACY_SETTINGS: dict[str, object] = {"iterations": 3, "scope": "block", "checkpointing": True}
 
 
 @dataclass(frozen=True)
 class FlowMoConfig:
-    """FlowMo settings. iterations 3 and lr 1e-3 are FlowMo's optimizer class defaults.
+    """FlowMo settings; the defaults are what the paper ran, FlowMo's inference defaults (docs/tokentrim.md §4).
 
     steps: indices into the sampler's denoising-step list at which guidance runs (0 = the first, t = 1000).
+    iterations: Adam steps per guided step; 1 is FlowMo's command-line setting, lr 1e-3 its default rate.
     reduce: how per-token variances become one loss, "max" (FlowMo) or a softmax(v / temperature)-weighted mean.
     keep_best: return the lowest-loss latent seen instead of the last one.
-    checkpointing: recompute the predictor's activations in the backward pass instead of storing them (the
-    caller's model honours it), so a guided 1.3B step fits one GPU; costs one extra forward per iteration.
+    scope: what one guidance call covers when a model call holds several blocks (Rolling Forcing's window).
+      "window": one optimisation per call; the rows of all its guided blocks move together and the loss is
+      taken on the whole call's x0 (FlowMo scores the whole sample it denoises). "block": one optimisation per
+      guided block, moving and scoring only that block's rows (the behaviour before issue 22).
+    checkpointing: recompute the predictor's activations in the backward pass instead of storing them (one
+      more forward per iteration); None lets the caller choose from the model's size (the pipelines: on for
+      Wan2.1-1.3B, off for the tiny and toy models).
     """
 
     mode: str = "off"
     steps: tuple[int, ...] = (0,)
-    iterations: int = 3
+    iterations: int = 1
     lr: float = 1e-3
     reduce: str = "max"
     temperature: float = 1.0
     keep_best: bool = True
-    checkpointing: bool = True
+    scope: str = "window"
+    checkpointing: bool | None = None
+
+    @classmethod
+    def legacy(cls, **fields) -> FlowMoConfig:
+        """The named setting `LEGACY_SETTINGS` (the behaviour before issue 22); `fields` set the others."""
+        return cls(**{**LEGACY_SETTINGS, **fields})
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,8 +84,12 @@ class FlowMoConfig:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if not isinstance(self.keep_best, bool):
             raise ValueError(f"keep_best must be a bool, got {self.keep_best!r}")
-        if not isinstance(self.checkpointing, bool):
-            raise ValueError(f"checkpointing must be a bool, got {self.checkpointing!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.checkpointing is not None and not isinstance(self.checkpointing, bool):
+            raise ValueError(
+                f"checkpointing must be a bool, or None (chosen from the model size), got {self.checkpointing!r}"
+            )
 
 
 def applies(cfg: FlowMoConfig, block_index: int) -> bool:
@@ -114,53 +136,81 @@ def motion_variance(
     return per_sample.mean()
 
 
+@dataclass
+class Guided:
+    """What `flowmo_guidance` keeps. latent: the guided x_t `[B, F, C, H, W]` (x_t's dtype); x0: the predictor's
+    output for exactly that latent, `[B, F, C, H, W]`, so the caller's denoising step reuses it instead of
+    evaluating the model again; losses[i]: the loss after i Adam steps (iterations + 1 values)."""
+
+    latent: torch.Tensor
+    x0: torch.Tensor
+    losses: list[float]
+
+
 def flowmo_guidance(
     x_t: torch.Tensor,
     predict_x0: Callable[[torch.Tensor, bool], torch.Tensor],
     cfg: FlowMoConfig,
     patch: tuple[int, int],
-) -> tuple[torch.Tensor, list[float]]:
-    """Refine the noisy latent x_t with `cfg.iterations` Adam steps on motion_variance(predict_x0(x)).
+    frames: Sequence[int] | None = None,
+    scored: Sequence[int] | None = None,
+) -> Guided:
+    """Refine the noisy latent x_t with `cfg.iterations` Adam steps on motion_variance(predict_x0(x)[:, scored]).
 
-    Only the latent is optimised: a float32 leaf copy of x_t; gradients are taken with torch.autograd.grad
-    with respect to that copy alone, so no parameter's .grad is touched. `predict_x0(latent, grad)` receives the
-    latent in x_t's dtype; with grad=True it must be differentiable in it (the caller freezes the model's
-    weights), with grad=False (the final evaluation) it runs without autograd.
+    Only the rows `frames` of x_t move (default: all); the others are held fixed. They are a float32 leaf
+    copy; gradients are taken with torch.autograd.grad with respect to that copy alone, so no parameter's
+    .grad is touched. `predict_x0(latent, grad)` receives the whole latent `[B, F, C, H, W]` in x_t's dtype and
+    returns its x0 `[B, F, C, H, W]`; with grad=True it must be differentiable in it (the caller freezes the
+    model's weights), with grad=False (the last latent's evaluation) it runs without autograd. The loss is
+    taken on the x0 rows `scored` (default: all).
+
+    Passes: `iterations` differentiable evaluations, each with one backward, and one evaluation without
+    autograd of the last latent, which FlowMo's keep-best rule needs and whose x0 is the denoising step's own.
+    The kept latent's x0 is returned with it, detached, so the caller needs no further evaluation.
     Callers may run under torch.no_grad (gradients are re-enabled here) but not under torch.inference_mode,
     whose tensors cannot enter autograd; x_t itself is never modified.
-
-    Returns (x_t_new in x_t's dtype, losses), losses[i] = the loss after i steps (iterations + 1 values; the
-    last latent is evaluated too so it can be kept). x_t_new is the lowest-loss latent if keep_best, else the
-    last one. Shapes: x_t [B, F, C, H, W] -> [B, F, C, H, W].
+    Shapes: x_t [B, F, C, H, W] -> Guided(latent [B, F, C, H, W], x0 [B, F, C, H, W], losses).
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             "flowmo_guidance needs autograd: call it under torch.no_grad, not torch.inference_mode"
         )
     dtype = x_t.dtype
-    x = x_t.detach().clone().float().requires_grad_(True)
+    rows = None if frames is None else torch.as_tensor(list(frames), dtype=torch.long, device=x_t.device)
+    score = None if scored is None else torch.as_tensor(list(scored), dtype=torch.long, device=x_t.device)
+    fixed = x_t.detach()
+    x = (fixed if rows is None else fixed.index_select(1, rows)).clone().float().requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=cfg.lr)
 
-    def loss_of(latent: torch.Tensor, grad: bool) -> torch.Tensor:
-        return motion_variance(predict_x0(latent.to(dtype), grad), patch, cfg.reduce, cfg.temperature)
+    def whole(z: torch.Tensor) -> torch.Tensor:
+        """The optimised rows back in place among the fixed ones: the latent the predictor sees."""
+        return z.to(dtype) if rows is None else fixed.index_copy(1, rows, z.to(dtype))
+
+    def loss_of(x0: torch.Tensor) -> torch.Tensor:
+        judged = x0 if score is None else x0.index_select(1, score)
+        return motion_variance(judged, patch, cfg.reduce, cfg.temperature)
 
     losses: list[float] = []
-    best, best_loss = x.detach().clone(), math.inf
+    best: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent, its x0)
+    best_loss = math.inf
 
-    def keep(loss: torch.Tensor) -> None:
+    def keep(loss: torch.Tensor, x0: torch.Tensor, last: bool) -> None:
         nonlocal best, best_loss
         losses.append(loss.item())
-        if losses[-1] < best_loss:
-            best, best_loss = x.detach().clone(), losses[-1]
+        value = math.inf if math.isnan(losses[-1]) else losses[-1]
+        if best is None or (value < best_loss if cfg.keep_best else last):
+            best, best_loss = (whole(x.detach()).clone(), x0.detach()), value
 
     with torch.enable_grad():
         for _ in range(cfg.iterations):
-            loss = loss_of(x, True)
-            keep(loss)
+            x0 = predict_x0(whole(x), True)
+            loss = loss_of(x0)
+            keep(loss, x0, last=False)
             (x.grad,) = torch.autograd.grad(loss, [x])
             optimizer.step()
             x.grad = None
     with torch.no_grad():
-        keep(loss_of(x, False))  # the last step's latent, so that it can be the one kept
-    result = best if cfg.keep_best else x.detach()
-    return result.to(dtype), losses
+        x0 = predict_x0(whole(x), False)  # the last latent, so that it can be the one kept
+        keep(loss_of(x0), x0, last=True)
+    assert best is not None
+    return Guided(best[0], best[1], losses)

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tokentrim.errors import UserError
+from tokentrim.wan.config import WanConfig
 from tokentrim.wan.kv_cache import CallPlan, KVCache
 from tokentrim.wan.model import CausalWanModel, ContextCache
 from tokentrim.wan.scheduler import FlowMatchSchedule
@@ -75,6 +76,21 @@ class CachePolicy:
         return self.cache.remove_positions(positions)
 
 
+# FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) stores tens of GB of them for
+# one Rolling Forcing window in bf16 (docs/tokentrim.md §4, "Memory"), so its blocks are recomputed in the
+# backward pass instead (one more forward per iteration); models narrower than that (tiny: 48, toy: 128) store
+# a few MB, where recomputing would only cost time.
+CHECKPOINTING_FROM_DIM = 1536
+
+
+def flowmo_checkpointing(flowmo: FlowMoConfig, config: WanConfig) -> bool:
+    """Whether FlowMo's differentiable calls recompute activations: `flowmo.checkpointing`, or when it is None
+    the default for the model's size (on from `CHECKPOINTING_FROM_DIM` wide)."""
+    if flowmo.checkpointing is not None:
+        return flowmo.checkpointing
+    return config.dim >= CHECKPOINTING_FROM_DIM
+
+
 def model_device_dtype(model: CausalWanModel) -> tuple[torch.device, torch.dtype]:
     weight = model.patch_embedding.weight
     return weight.device, weight.dtype
@@ -126,28 +142,36 @@ class Rollout:
         self.model(x0, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start)
 
     def guide(
-        self, x: torch.Tensor, t: torch.Tensor, start: int, frames: slice = slice(None)
-    ) -> torch.Tensor:
-        """FlowMo: a few gradient steps on the noisy latent of `frames` (the rest of x held fixed), judged on their
-        x0, before the step's regular DiT call. Returns the updated x; the losses are kept in `losses`."""
-        cfg = self.model.config
+        self, x: torch.Tensor, t: torch.Tensor, start: int, blocks: Sequence[range] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FlowMo on the rows `blocks` of x (one range per guided block; default: all of x, one block), the rest
+        held fixed, in place of the step's regular DiT call: returns (the guided x, its x0), the x0 being that
+        call's output for the guided x (no second evaluation). `flowmo.scope` "window" optimises every guided
+        block in one call, scored on all of x's x0; "block" optimises them one after the other, each scored
+        on its own rows. The losses of each guidance call are appended to `losses`."""
+        cfg, every = self.model.config, list(range(x.shape[1]))
+        blocks = [every] if blocks is None else [list(rows) for rows in blocks]
+        if self.flowmo.scope == "window":  # (rows optimised, rows scored); None: all of x
+            calls = [([f for rows in blocks for f in rows], every)]
+        else:
+            calls = [(rows, rows) for rows in blocks]
 
         def x0_of(z: torch.Tensor, grad: bool) -> torch.Tensor:
-            full = torch.cat([x[:, : frames.start or 0], z, x[:, frames.stop :]], dim=1) if frames.stop else z
-            return self.predict_x0(full, t, start, write=not grad)[:, frames]
+            # Differentiable calls write nothing into the cache (a graph through the buffer would outlive them).
+            return self.predict_x0(z, t, start, write=not grad)
 
-        before, self.model.gradient_checkpointing = (
-            self.model.gradient_checkpointing,
-            self.flowmo.checkpointing,
-        )
+        before = self.model.gradient_checkpointing
+        self.model.gradient_checkpointing = flowmo_checkpointing(self.flowmo, cfg)
         try:
-            guided, losses = flowmo_guidance(x[:, frames], x0_of, self.flowmo, cfg.patch_size[1:])
+            for frames, scored in calls:
+                guided = flowmo_guidance(x, x0_of, self.flowmo, cfg.patch_size[1:],
+                                         None if frames == every else frames,
+                                         None if scored == every else scored)  # fmt: skip
+                x, x0 = guided.latent, guided.x0
+                self.losses.append(guided.losses)
         finally:
             self.model.gradient_checkpointing = before
-        self.losses.append(losses)
-        out = x.clone()
-        out[:, frames] = guided
-        return out
+        return x, x0
 
     # Blocks -------------------------------------------------------------------------------------------------
     def judge(self, block: int, x0: torch.Tensor, regenerate: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -154,11 +154,14 @@ class RollingForcingPipeline(BlockPipeline):
             commit_now = observed == 0 or final
             if commit_now and s > 0 and r.cache.cache.frame_indices[-1] < s:
                 r.cache.make_room(block)  # a new block will be committed at the end of this window
-            # 2. FlowMo on the blocks it applies to (each at the levels in flowmo.steps), then one denoising pass
-            for b in range(first, last + 1):
-                if applies(r.flowmo, b) and w - (b - observed) in r.flowmo.steps:
-                    x = r.guide(x, t, s, slice((b - first) * block, (b - first + 1) * block))
-            x0 = r.predict_x0(x, t, s)
+            # 2. one denoising pass; FlowMo first on the blocks it applies to (each at the levels in flowmo.steps),
+            #    its last evaluation being this pass
+            guided = [range((b - first) * block, (b - first + 1) * block) for b in range(first, last + 1)
+                      if applies(r.flowmo, b) and w - (b - observed) in r.flowmo.steps]  # fmt: skip
+            if guided:
+                x, x0 = r.guide(x, t, s, guided)
+            else:
+                x0 = r.predict_x0(x, t, s)
             # 3. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
             if final:
 

@@ -122,9 +122,10 @@ class SelfForcingPipeline(BlockPipeline):
         shape = x.shape[:2]
         for i, step in enumerate(r.steps):
             t = step.expand(shape).to(torch.float32)
-            if guided and i in r.flowmo.steps:
-                x = r.guide(x, t, start)
-            x0 = r.predict_x0(x, t, start)
+            if guided and i in r.flowmo.steps:  # FlowMo, whose last evaluation is this step's DiT call
+                x, x0 = r.guide(x, t, start)
+            else:
+                x0 = r.predict_x0(x, t, start)
             if i + 1 < len(r.steps):
                 eps = draws[i] if draws is not None else torch.randn(
                     x0.shape, generator=r.generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
