@@ -4,9 +4,9 @@ Segments are consecutive, non-overlapping runs of round(segment_seconds * fps) f
 remainder (less than one segment) at the end is not used by the drift measures (`frames_unused`), but is by the
 degenerate-video guards. What is measured at which resolution (also recorded in the report's `settings`):
 - working resolution (frames area-downscaled so the long side is <= `working_long_side`, default 256 px):
-  CIELAB mean frames (colour tiles, chroma, structure) from every frame; Farneback flow and warp error on the
-  pairs (t, t + 1) for every `frame_stride`-th t of a segment, and the camera translation as the median flow
-  of those pairs;
+  CIELAB of every `frame_stride`-th frame of a segment (its per-pixel median for the colour tiles, its mean L*
+  for structure, mean chroma); Farneback flow and warp error on the pairs (t, t + 1) for every
+  `frame_stride`-th t of a segment, and the camera translation as the median flow of those pairs;
 - full resolution: the Laplacian variance (sharpness) of every `frame_stride`-th frame, because downscaling is
   a low-pass filter and would remove what it measures;
 - 64-px thumbnails of every frame: the guards (guards.py).
@@ -86,8 +86,8 @@ class Features:
     """What the single pass over the frames collects; per-segment lists are indexed by segment."""
 
     lab_median: list[np.ndarray]  # per segment: per-pixel median of sampled CIELAB frames [h, w, 3] (colour)
-    lightness_mean: list[np.ndarray]  # per segment: mean L* frame [h, w] (structure)
-    chroma: list[list[float]]  # per segment: mean chroma of each frame
+    lightness_mean: list[np.ndarray]  # per segment: mean L* of the sampled frames [h, w] (structure)
+    chroma: list[list[float]]  # per segment: mean chroma of each sampled frame
     sharpness: list[list[float]]  # per segment: Laplacian variance of each sampled frame (full resolution)
     motion: list[list[float]]  # per segment: mean flow length of each pair (px/frame, original resolution)
     warp: list[list[float]]  # per segment: warp error of each pair (grey levels, working resolution)
@@ -105,7 +105,7 @@ def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSe
     th, tw, _ = M.scaled_size(wh, ww, THUMB_LONG_SIDE)
     f = Features([], [], [[] for _ in range(S)], [[] for _ in range(S)], [[] for _ in range(S)],
                  [[] for _ in range(S)], [[] for _ in range(S)], [], np.empty((T, th, tw), np.float32), scale)  # fmt: skip
-    labs = np.empty((L, wh, ww, 3), np.float32)  # the current segment's CIELAB frames
+    labs = np.empty((len(range(0, L, stride)), wh, ww, 3), np.float32)  # the segment's sampled CIELAB frames
     prev_grey = None
     for t in range(T):
         small = M.downscale(frames[t], wh, ww)
@@ -113,13 +113,13 @@ def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSe
         f.thumbs[t] = M.downscale(g.astype(np.float32), th, tw)
         k, i = divmod(t, L)
         if k < S:
-            labs[i] = A.srgb_to_lab(small)
-            f.chroma[k].append(A.mean_chroma(labs[i]))
-            if i == L - 1:  # the median plate drops objects that cross a pixel in under half the segment
-                f.lab_median.append(np.median(labs[::stride], axis=0))
-                f.lightness_mean.append(labs[..., 0].mean(axis=0))
             if i % stride == 0:
+                lab = labs[i // stride] = A.srgb_to_lab(small)
+                f.chroma[k].append(A.mean_chroma(lab))
                 f.sharpness[k].append(M.laplacian_variance(M.grey(frames[t])))
+            if i == L - 1:  # the median plate drops objects that cross a pixel in under half the segment
+                f.lab_median.append(np.median(labs, axis=0))
+                f.lightness_mean.append(labs[..., 0].mean(axis=0))
             if i >= 1 and (i - 1) % stride == 0:  # the pair (t - 1, t) inside segment k
                 flow = M.optical_flow(prev_grey, g)
                 lengths = M.flow_lengths(flow) / scale  # pixels of the original resolution
