@@ -103,8 +103,11 @@ def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSe
     S, L, stride = layout.segments, layout.segment_frames, settings.frame_stride
     wh, ww, scale = M.scaled_size(H, W, settings.working_long_side)
     th, tw, _ = M.scaled_size(wh, ww, THUMB_LONG_SIDE)
-    f = Features([], [], [[] for _ in range(S)], [[] for _ in range(S)], [[] for _ in range(S)],
-                 [[] for _ in range(S)], [[] for _ in range(S)], [], np.empty((T, th, tw), np.float32), scale)  # fmt: skip
+    per_segment = {
+        name: [[] for _ in range(S)] for name in ("chroma", "sharpness", "motion", "warp", "camera")
+    }
+    f = Features(lab_median=[], lightness_mean=[], **per_segment, pair_scores=[],
+                 thumbs=np.empty((T, th, tw), np.float32), scale=scale)  # fmt: skip
     labs = np.empty((len(range(0, L, stride)), wh, ww, 3), np.float32)  # the segment's sampled CIELAB frames
     prev_grey = None
     for t in range(T):
@@ -133,7 +136,7 @@ def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSe
 
 def segment_positions(velocity: np.ndarray, segment_frames: int) -> np.ndarray:
     """Camera position (x, y) at the middle of each segment from its mean velocity [S, 2] (px/frame): the
-    displacement of all earlier segments plus half of this one's. [S, 2], working px, segment 0 at ~0."""
+    displacement of all earlier segments plus half of this one's. [S, 2], working px, segment 0 at 0."""
     moved = velocity * segment_frames  # displacement over each segment
     return np.cumsum(moved, axis=0) - moved / 2 - moved[0] / 2
 
