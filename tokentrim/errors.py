@@ -13,3 +13,12 @@ class UserError(ValueError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+def shorten(text: object, limit: int = 80) -> str:
+    """`repr` of user input for a message, cut to about `limit` characters (a 10,000-character prompt is not
+    echoed back whole)."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit - 20]) + f"... ({len(text)} characters)"

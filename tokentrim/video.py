@@ -57,7 +57,11 @@ class VideoWriter:
             self.frames_written += 1
 
     def close(self, ok: bool = True) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except BaseException:  # ffmpeg already gone (an interrupt reaches it too): the file is dropped anyway
+            if ok:
+                raise
         if ok and self.frames_written == 0:
             ok = False
         if ok:
@@ -80,15 +84,17 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = DEFAULT_
 
 
 def write_png_frames(folder: str | os.PathLike, frames: np.ndarray, start: int = 0) -> list[Path]:
-    """Write each frame as `folder/00000.png`, ... numbered from `start` (atomic per file)."""
+    """Write each frame as `folder/00000.png`, ... numbered from `start`. Callers that need the folder to appear
+    only when complete write into `tokentrim.files.atomic_dir`."""
     from PIL import Image
 
     frames = _check_frames(frames)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, frame in enumerate(frames, start=start):
-        target = Path(folder) / f"{i:05d}.png"
-        with atomic_path(target) as tmp:
-            Image.fromarray(frame).save(tmp, format="PNG")
+        target = folder / f"{i:05d}.png"
+        Image.fromarray(frame).save(target, format="PNG")
         paths.append(target)
     return paths
 
@@ -106,5 +112,8 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         frames = np.stack([np.asarray(f, dtype=np.uint8)[..., :3] for f in reader])
         reader.close()
     except Exception as err:  # imageio raises several types for unreadable files
-        raise UserError(f"cannot read video {path}: {err}. Is it a complete mp4 file?") from err
+        detail = " ".join(str(err).split())[:120]
+        raise UserError(f"cannot read video {path} ({detail}); give a complete video file (mp4)") from err
+    if frames.size == 0:
+        raise UserError(f"video {path} has no frames; give a complete video file (mp4)")
     return frames, fps

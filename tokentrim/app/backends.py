@@ -15,7 +15,7 @@ import torch
 
 from tokentrim.errors import UserError
 from tokentrim.video import DEFAULT_FPS
-from tokentrim.wan import build_model, load_dit_checkpoint
+from tokentrim.wan import WanConfig, build_model, get_preset, load_dit_checkpoint
 from tokentrim.wan.model import CausalWanModel
 
 
@@ -110,9 +110,11 @@ def load_backend(
     dtype: torch.dtype,
     use_ema: bool = True,
     decoder: bool = True,
+    text_encoder: bool = True,
     random_weights: bool = False,
 ) -> Backend:
-    """A preset (built in), or `model_dir` + `checkpoint` (the official files).
+    """A preset (built in), or `model_dir` + `checkpoint` (the official files). Every file is checked before the
+    first one loads; `text_encoder=False` (benchmarks: random embeddings) does not require the encoder's files.
 
     `random_weights` builds the full-size model with random weights and no text encoder or VAE (benchmarks).
     """
@@ -122,7 +124,7 @@ def load_backend(
                 "`random_weights` builds the full-size DiT by itself: drop `preset` / `model_dir` / `checkpoint`"
             )
         model = build_model("wan2.1-t2v-1.3b", device=device, dtype=dtype, seed=0)
-        return Backend("wan2.1-t2v-1.3b-random", model, None, None)
+        return Backend(backend_name(None, None, True), model, None, None)
     if preset is not None:
         if model_dir or checkpoint:
             raise UserError(
@@ -137,11 +139,41 @@ def load_backend(
         raise UserError(
             "give a `preset` (tiny, toy), or both `model_dir` (the Wan2.1-T2V-1.3B folder) and `checkpoint`"
         )
-    from tokentrim.wan.components import load_components
+    from tokentrim.wan.components import detect_layout, load_components
+    from tokentrim.wan.loading import check_checkpoint_file
 
-    comp = load_components(
-        model_dir, device=device, dtype=dtype, dit_weights=False, text_encoder=False, vae=decoder
-    )
+    detect_layout(model_dir)
+    check_checkpoint_file(checkpoint)
+    comp = load_components(model_dir, device=device, dtype=dtype, dit_weights=False, text_encoder=False,
+                           vae=decoder, require_text_encoder=text_encoder)  # fmt: skip
     model = build_model(comp.dit_config, device="meta")
     model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype)
-    return Backend(Path(checkpoint).stem, model, comp.text_encoder_factory, comp.vae)
+    return Backend(backend_name(None, checkpoint), model, comp.text_encoder_factory, comp.vae)
+
+
+def model_config(preset: str | None, model_dir: str | None, random_weights: bool = False) -> WanConfig:
+    """The DiT config a backend will have, without loading any weights (to check a request early)."""
+    if random_weights:
+        return get_preset("wan2.1-t2v-1.3b")
+    if preset == "tiny":
+        return get_preset("tiny")
+    if preset == "toy":
+        from tokentrim.toy import TOY_CONFIG
+
+        return TOY_CONFIG
+    if preset is not None:
+        raise UserError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}", field="preset")
+    if not model_dir:
+        raise UserError(
+            "give a `preset` (tiny, toy), or both `model_dir` (the Wan2.1-T2V-1.3B folder) and `checkpoint`"
+        )
+    from tokentrim.wan.components import LAYOUTS, detect_layout
+
+    return WanConfig.from_json(Path(model_dir) / LAYOUTS[detect_layout(model_dir)].config)
+
+
+def backend_name(preset: str | None, checkpoint: str | None, random_weights: bool = False) -> str:
+    """The name a run records for its weights (known before they load: batch resume compares it)."""
+    if random_weights:
+        return "wan2.1-t2v-1.3b-random"
+    return preset if preset is not None else Path(checkpoint).stem

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from tokentrim.app.args import add_model_args, add_run_args
+from tokentrim.app.args import NONNEG_INT, POSITIVE_INT, add_model_args, add_run_args
+from tokentrim.errors import UserError
 from tokentrim.files import write_json
 
 
@@ -92,16 +93,30 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 def cmd_bench(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app.args import run_config_from_args
+    from tokentrim.app.generate import check_request
+    from tokentrim.files import check_output
     from tokentrim.wan.attention import check_backend
 
     device = backends.pick_device(args.device)
     dtype = backends.pick_dtype(args.dtype, device)
+    attention = check_backend(args.attention)
     treated = run_config_from_args(args)
     baseline = run_config_from_args(args, baseline=True)
+    if args.random_weights and (args.preset or args.model_dir or args.checkpoint):
+        raise UserError(
+            "--random-weights builds the full-size DiT by itself: drop --preset / --model-dir / --checkpoint"
+        )
+    if not args.random_weights and args.preset is None and not (args.model_dir and args.checkpoint):
+        raise UserError("give --preset tiny|toy, --random-weights, or both --model-dir and --checkpoint")
+    check_request(
+        backends.model_config(args.preset, args.model_dir, args.random_weights), treated, args.latent_frames
+    )
+    if args.json:
+        check_output(args.json, "--json")
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
-                                    random_weights=args.random_weights)  # fmt: skip
-    backend.model.attention_backend = check_backend(args.attention)
+                                    text_encoder=False, random_weights=args.random_weights)  # fmt: skip
+    backend.model.attention_backend = attention
     if args.compile:
         for block in backend.model.blocks:
             block.compile(dynamic=True)
@@ -144,15 +159,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="measure speed and memory (JSON)")
+    p = subparsers.add_parser("bench", help="measure speed and memory (JSON)",
+                              description="Per-block latency, fps, scoring share and peak memory of a pipeline "
+                              "(random prompt embeddings, no decoding); --compare alternates baseline and TokenTrim.")  # fmt: skip
     add_model_args(p)
     add_run_args(p)
-    p.add_argument("--random-weights", action="store_true", help="full-size DiT with random weights")
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the full-size Wan2.1 DiT with random weights (speed and memory without downloads)")  # fmt: skip
+    p.add_argument("--json", help="also write the report to this file")
     p.add_argument(
-        "--compare", action="store_true", help="baseline vs TokenTrim, alternating; overhead_ratio"
+        "--compare",
+        action="store_true",
+        help="baseline vs TokenTrim, alternating in one process; overhead_ratio",
     )
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup-runs", type=int, default=1)
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="measured runs per configuration, >= 1")
+    p.add_argument("--warmup-runs", type=NONNEG_INT, default=1, help="unmeasured runs first, >= 0")
     p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
     p.set_defaults(func=cmd_bench)

@@ -10,10 +10,12 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from tokentrim.app.args import add_model_args, add_run_args, run_config_from_args
+from tokentrim.app.args import SEED, Parser, add_model_args, add_run_args, run_config_from_args
 from tokentrim.errors import UserError
 
 logger = logging.getLogger("tokentrim")
@@ -26,7 +28,8 @@ FLAGS = {"num_frames": "--latent-frames", "model_dir": "--model-dir", "checkpoin
          "device": "--device", "dtype": "--dtype", "preset": "--preset", "pipeline": "--pipeline",
          "use_ema=True": "without --no-ema", "use_ema=False": "--no-ema", "random_weights": "--random-weights",
          "tokentrim.p": "--p", "tokentrim.lam": "--lam", "tokentrim.warmup": "--warmup",
-         "tokentrim.max_regen": "--max-regen", "flowmo.mode": "--flowmo"}  # fmt: skip
+         "tokentrim.max_regen": "--max-regen", "flowmo.mode": "--flowmo", "out_dir": "--out-dir",
+         "overwrite": "--overwrite"}  # fmt: skip
 
 
 def cli_message(err: UserError) -> str:
@@ -37,16 +40,16 @@ def cli_message(err: UserError) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
+    from tokentrim.files import check_output
     from tokentrim.wan.attention import check_backend
 
+    # 1. What to generate, all checked before any weights load
     prefix, scene = None, {}
     if args.scene is not None:
         if args.preset != "toy":
             raise UserError("--scene is for the toy world model: add --preset toy")
         if args.prompt is not None or args.prompts is not None:
             raise UserError("--scene brings its own prompt: drop --prompt / --prompts")
-        if args.scene < 0:
-            raise UserError(f"--scene must be a non-negative scene seed, got {args.scene}")
         from tokentrim.toy import observed_start
 
         args.prompt, prefix = observed_start(args.scene)
@@ -55,38 +58,67 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(
             "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir) or --scene SEED (toy)"
         )
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty; describe the video to generate")
     if args.prompts and not args.out_dir:
         raise UserError("--prompts needs --out-dir DIR")
+    if args.prompt is not None and args.out_dir:
+        raise UserError("--out-dir is for --prompts; a single --prompt writes --out")
+    if args.prompts is not None and (args.out or args.log):
+        raise UserError("--out / --log name one video; with --prompts the files go to --out-dir")
     run = run_config_from_args(args)
     device = backends.pick_device(args.device)
     dtype = backends.pick_dtype(args.dtype, device)
+    attention = check_backend(args.attention)
+    if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
+        raise UserError("the official weights need both --model-dir and --checkpoint")
+    config = backends.model_config(args.preset, args.model_dir)
+    gen.check_request(config, run, args.latent_frames, 0 if prefix is None else prefix.shape[1])
+    # 2. Where it goes: every output writable, batch outputs made with the same settings or not at all
     if args.prompt is not None:
         out = Path(args.out or Path("outputs") / f"{gen.slugify(args.prompt)}.mp4")
+        if out.suffix.lower() != ".mp4":
+            raise UserError(f"--out must be an .mp4 file, got {out}")
         jobs = [(0, args.prompt, out, Path(args.log) if args.log else out.with_suffix(".json"), args.seed)]
     else:
         prompts = gen.read_prompts(args.prompts)
+        check_output(args.out_dir, "--out-dir", folder=True)
         rank, world = gen.rank_and_world()
         jobs = []
         for i in gen.shard(list(range(len(prompts))), rank, world):
             video, log = gen.batch_outputs(Path(args.out_dir), i, prompts[i])
             jobs.append((i, prompts[i], video, log, args.seed + i))  # documented per-prompt seed
-    if args.prompt is not None and jobs[0][2].suffix.lower() != ".mp4":
-        raise UserError(f"--out must be an .mp4 file, got {jobs[0][2]}")
-    # Batch mode resumes: a prompt whose video and log both exist is done. A single --prompt overwrites.
-    todo = [job for job in jobs if args.prompt is not None or not (job[2].exists() and job[3].exists())]
+    for _, _, video, log, _ in jobs:
+        check_output(video, "--out")
+        check_output(log, "--log")
+        if args.png_frames:
+            check_output(video.with_suffix(""), "the --png-frames folder", folder=True)
+    name = backends.backend_name(args.preset, args.checkpoint)
+
+    def settings_of(index, prompt, seed):
+        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=0 if prefix is
+                                  None else prefix.shape[1], backend=name, dtype=dtype, attention=attention,
+                                  prompt=prompt, index=index, **scene)  # fmt: skip
+
+    # A single --prompt overwrites. A batch resumes: a prompt whose outputs exist with the same settings is done;
+    # outputs made with other settings are never mixed in silently.
+    todo = jobs if args.prompt is not None else gen.unfinished(jobs, settings_of, args.overwrite)
     if len(todo) < len(jobs):
-        print(f"skipping {len(jobs) - len(todo)} finished video(s)")
+        print(f"skipping {len(jobs) - len(todo)} finished video(s) made with the same settings")
     if not todo:
-        print("nothing to do: every output exists")
+        print("nothing to do: every output exists, made with the same settings")
         return 0
+    # 3. Load, encode, run, write
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
-    backend.model.attention_backend = check_backend(args.attention)
-    gen.make_pipeline(backend, run).check_num_frames(args.latent_frames)  # before the text encoder loads
+    backend.model.attention_backend = attention
     embeds = gen.encode(backend, [job[1] for job in todo], args.offload)
     for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=True):
         result = gen.run_video(backend, run, emb[None], latent_frames=args.latent_frames, seed=seed, prefix=prefix,
                                settings={"prompt": prompt, "index": index, **scene})  # fmt: skip
+        assert result.settings == settings_of(index, prompt, seed), (
+            "recorded settings must be known in advance"
+        )
         decoded = backend.decoder is not None
         gen.write_outputs(result, video=video if decoded else None, log=log,
                           latents=video.with_suffix(".latents.pt") if args.save_latents else None,
@@ -101,24 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     from tokentrim.app import bench, figures, reproduce
     from tokentrim.eval import command as eval_command
 
-    parser = argparse.ArgumentParser(prog="tokentrim", description=DESCRIPTION)
+    parser = Parser(prog="tokentrim", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library notices")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="generate a video (or a batch) with a registered pipeline")
+    p = sub.add_parser("generate", help="generate a video (or a batch) with a registered pipeline",
+                       description="Generate a video from a prompt (or one per line of a file) with TokenTrim.")  # fmt: skip
     add_model_args(p)
     add_run_args(p)
-    p.add_argument("--prompt", help="the text prompt")
-    p.add_argument("--prompts", help="a file with one prompt per line (batch mode, resumable)")
-    p.add_argument("--scene", type=int, help="toy world: start from scene SEED's first block (observed) and its "
-                   "prompt; the model generates the rest")  # fmt: skip
-    p.add_argument("--out", help="output mp4 (default outputs/<prompt>.mp4)")
-    p.add_argument("--out-dir", help="output folder for --prompts")
-    p.add_argument("--log", help="decision log JSON (default: next to the video)")
-    p.add_argument("--save-latents", action="store_true", help="also save the latents as <video>.latents.pt")
-    p.add_argument("--png-frames", action="store_true", help="also write every frame as <video>/NNNNN.png")
-    p.add_argument("--offload", default="cpu", choices=["none", "cpu", "free"],
-                   help="text encoder after encoding: keep, move to CPU, or free")  # fmt: skip
+    g = p.add_argument_group("input and output")
+    g.add_argument("--prompt", help="the text prompt")
+    g.add_argument(
+        "--prompts", help="a UTF-8 file with one prompt per line (batch mode, resumable; needs --out-dir)"
+    )
+    g.add_argument("--scene", type=SEED, help="toy world only: start from scene SEED's observed first block and "
+                   "its prompt; the model generates the rest")  # fmt: skip
+    g.add_argument("--out", help="output .mp4 for --prompt (default: outputs/<prompt>.mp4; overwritten)")
+    g.add_argument("--out-dir", help="output folder for --prompts (NNNN_<prompt>.mp4 + .json per prompt)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="batch mode: regenerate videos in --out-dir that were made with other settings")  # fmt: skip
+    g.add_argument("--log", help="decision log JSON for --prompt (default: next to the video)")
+    g.add_argument("--save-latents", action="store_true", help="also save the latents as <video>.latents.pt")
+    g.add_argument("--png-frames", action="store_true", help="also write every frame as <video>/NNNNN.png")
+    g.add_argument("--offload", default="cpu", choices=["none", "cpu", "free"],
+                   help="text encoder after encoding: keep on the device, move to the CPU, or free it")  # fmt: skip
     p.set_defaults(func=cmd_generate)
 
     eval_command.register(sub)
@@ -126,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     reproduce.register(sub)
     return parser
+
+
+def _terminated(signum, frame):
+    """SIGTERM (a scheduler's kill, `timeout`): unwind like Ctrl-C, so temporary files are removed."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     for noisy in ("diffusers", "transformers"):  # their load-time notices are not the user's business
         logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
+    previous = (
+        signal.signal(signal.SIGTERM, _terminated)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -149,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:
+        if err.code == 128 + signal.SIGTERM:
+            print("terminated", file=sys.stderr)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -223,28 +223,46 @@ def plot_frame_strips(
 def _load_log(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise UserError(f"decision log not found: {path}") from err
+    except FileNotFoundError:
+        raise UserError(f"decision log not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file; pass a decision log JSON written by a run") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
     try:
         log = json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err}); pass a decisions JSON written by a run") from err
+        raise UserError(
+            f"{path} is not valid JSON ({err}); pass a decision log JSON written by a run"
+        ) from None
     return _check_log(log, str(path))
 
 
+def _png_output(path: Path) -> Path:
+    from tokentrim.files import check_output
+
+    if path.suffix.lower() != ".png":
+        raise UserError(f"-o must name a .png file, got {path}")
+    return check_output(path, "-o")
+
+
 def _cmd_drift(args: argparse.Namespace) -> int:
+    _png_output(args.output)
     logs = [_load_log(p) for p in args.logs]
     plot_drift(logs, args.output, labels=[p.stem for p in args.logs] if len(logs) > 1 else None)
     return 0
 
 
 def _cmd_heatmap(args: argparse.Namespace) -> int:
+    _png_output(args.output)
     if not args.latents.is_file():
         raise UserError(f"latents file not found: {args.latents}")
     try:
         latents = torch.load(args.latents, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a non-tensor or corrupt file
-        raise UserError(f"cannot load {args.latents} as a torch-saved tensor: {err}") from err
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:100]
+        raise UserError(f"cannot load {args.latents} as a torch-saved tensor ({detail}); pass the "
+                        "<video>.latents.pt a run wrote with --save-latents") from None  # fmt: skip
     if not isinstance(latents, torch.Tensor):
         raise UserError(f"{args.latents} holds a {type(latents).__name__}, expected a [F, C, H, W] tensor")
     frames = None
@@ -259,10 +277,13 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
 def _cmd_frames(args: argparse.Namespace) -> int:
     from tokentrim.video import read_video
 
-    loaded = [read_video(v) for v in args.videos]
+    _png_output(args.output)
     labels = args.labels or [Path(v).stem for v in args.videos]
-    if len(labels) != len(loaded):
-        raise UserError(f"--labels needs {len(loaded)} names, got {len(labels)}")
+    if len(labels) != len(args.videos):
+        raise UserError(f"--labels needs {len(args.videos)} names (one per video), got {len(labels)}")
+    if args.times is not None and any(not 0 <= t < math.inf for t in args.times):
+        raise UserError(f"--times must be seconds >= 0, got {args.times}")
+    loaded = [read_video(v) for v in args.videos]
     fps = loaded[0][1]
     times = args.times or [round(i * (len(loaded[0][0]) - 1) / fps / 4, 1) for i in range(5)]
     plot_frame_strips([v for v, _ in loaded], labels, fps, times, args.output)
@@ -270,32 +291,33 @@ def _cmd_frames(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `figure drift` and `figure heatmap` to the CLI; handlers are set as `args.func`."""
-    figure = subparsers.add_parser("figure", help="plot drift curves or per-token drift heatmaps")
-    kinds = figure.add_subparsers(dest="figure_kind", required=True)
-    drift = kinds.add_parser("drift", help="drift severity per block from decision logs (overlaid)")
-    drift.add_argument("logs", nargs="+", type=Path, help="decision log JSON file(s)")
-    drift.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    """Add `figure drift | heatmap | frames` to the CLI; handlers are set as `args.func`."""
+    from tokentrim.app.args import POSITIVE_INT
+
+    figure = subparsers.add_parser("figure", help="plot drift curves, per-token drift heatmaps or frame strips",
+                                   description="Figures from the files a run writes.")  # fmt: skip
+    kinds = figure.add_subparsers(dest="figure_kind", required=True, metavar="KIND")
+    drift = kinds.add_parser("drift", help="drift severity per block from decision logs (overlaid)",
+                             description="Drift severity per block, threshold band and prune events.")  # fmt: skip
+    drift.add_argument("logs", nargs="+", type=Path, help="decision log JSON file(s) written by generate")
+    drift.add_argument("-o", "--output", type=Path, required=True, help="output .png")
     drift.set_defaults(func=_cmd_drift)
-    heat = kinds.add_parser("heatmap", help="per-token drift between consecutive blocks")
-    heat.add_argument("latents", type=Path, help="torch-saved latents [F, C, H, W] or [1, F, C, H, W]")
-    heat.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
+    heat = kinds.add_parser("heatmap", help="per-token drift between consecutive blocks",
+                            description="Per-token drift maps between consecutive blocks (the paper's Fig. 2).")  # fmt: skip
+    heat.add_argument("latents", type=Path, help="torch-saved latents [F, C, H, W] or [1, F, C, H, W] "
+                      "(generate --save-latents)")  # fmt: skip
+    heat.add_argument("-o", "--output", type=Path, required=True, help="output .png")
     heat.add_argument("--video", type=Path, default=None, help="decoded video to draw the maps over")
+    heat.add_argument("--patch", type=POSITIVE_INT, nargs=2, default=[2, 2], metavar=("PH", "PW"),
+                      help="DiT patch, two integers >= 1 (Wan2.1: 2 2)")  # fmt: skip
     heat.add_argument(
-        "--patch",
-        type=int,
-        nargs=2,
-        default=[2, 2],
-        metavar=("PH", "PW"),
-        help="DiT patch (default: Wan2.1's 2 2)",
+        "--frames-per-block", type=POSITIVE_INT, default=3, help="latent frames per block, >= 1"
     )
-    heat.add_argument("--frames-per-block", type=int, default=3, help="latent frames per block (default 3)")
     heat.set_defaults(func=_cmd_heatmap)
-    frames = kinds.add_parser(
-        "frames", help="frames at chosen times, one row per video (baseline vs TokenTrim)"
-    )
+    frames = kinds.add_parser("frames", help="frames at chosen times, one row per video (baseline vs TokenTrim)",
+                              description="Frames at chosen times, one row per video.")  # fmt: skip
     frames.add_argument("videos", nargs="+", type=Path, help="mp4 files")
-    frames.add_argument("-o", "--output", type=Path, required=True, help="output PNG")
-    frames.add_argument("--labels", nargs="+", help="row names (default: file names)")
-    frames.add_argument("--times", nargs="+", type=float, help="seconds (default: 5 evenly spaced)")
+    frames.add_argument("-o", "--output", type=Path, required=True, help="output .png")
+    frames.add_argument("--labels", nargs="+", help="row names, one per video (default: file names)")
+    frames.add_argument("--times", nargs="+", type=float, help="seconds >= 0 (default: 5 evenly spaced)")
     frames.set_defaults(func=_cmd_frames)

@@ -4,6 +4,8 @@ over a prompt file are resumable and sharded over ranks (rank r takes prompts r,
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -18,9 +20,10 @@ import torch
 from tokentrim.app.backends import Backend
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
-from tokentrim.files import atomic_path, write_json
+from tokentrim.files import atomic_dir, atomic_path, write_json
 from tokentrim.pipelines import BlockPipeline
 from tokentrim.video import VideoWriter, write_png_frames
+from tokentrim.wan import WanConfig, build_model
 from tokentrim_core.hook import BlockRecord
 from tokentrim_core.trim import TokenTrim
 
@@ -70,6 +73,48 @@ def make_pipeline(backend: Backend, run: RunConfig) -> BlockPipeline:
     return run.entry.pipeline(backend.model, run.sampler)
 
 
+def check_request(config: WanConfig, run: RunConfig, latent_frames: int, observed_frames: int = 0) -> None:
+    """The frame counts against the model and the pipeline's limits, before any weights load (the pipeline is
+    built on the meta device)."""
+    pipe = run.entry.pipeline(build_model(config, device="meta"), run.sampler)
+    pipe.check_num_frames(latent_frames)
+    if observed_frames and latent_frames - observed_frames < pipe.min_frames:
+        raise UserError(
+            f"{pipe.title} with {observed_frames} observed frames needs at least {observed_frames + pipe.min_frames} "
+            f"latent frames in all, got {latent_frames}",
+            field="num_frames",
+        )
+
+
+def video_settings(
+    run: RunConfig,
+    *,
+    seed: int,
+    latent_frames: int,
+    observed_frames: int,
+    backend: str,
+    dtype: torch.dtype,
+    attention: str,
+    **extra,
+) -> dict:
+    """What produces a video (the decision log's "config"): equal settings give the same video, so a batch may
+    skip a prompt whose finished outputs carry the same settings."""
+    return {"run": run.to_dict(), "seed": seed, "latent_frames": latent_frames, "observed_frames": observed_frames,
+            "backend": backend, "dtype": str(dtype).removeprefix("torch."), "attention": attention, **extra}  # fmt: skip
+
+
+def setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two settings dicts, as "key: old -> new"."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "(none)"), new.get(key, "(none)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += setting_changes(a, b, f"{prefix}{key}.")
+        elif json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
+            changes.append(f"{prefix}{key}: {a} -> {b}")
+    return changes
+
+
 def run_video(
     backend: Backend,
     run: RunConfig,
@@ -94,9 +139,10 @@ def run_video(
         on_block=callback, progress=progress, prefix=prefix,
     )  # fmt: skip
     wall = time.perf_counter() - start
-    config = {"run": run.to_dict(), "seed": seed, "latent_frames": latent_frames,
-              "observed_frames": 0 if prefix is None else prefix.shape[1], "backend": backend.name,
-              **(settings or {})}  # fmt: skip
+    model = backend.model
+    config = video_settings(run, seed=seed, latent_frames=latent_frames, observed_frames=0 if prefix is None else
+                            prefix.shape[1], backend=backend.name, dtype=model.patch_embedding.weight.dtype,
+                            attention=model.attention_backend, **(settings or {}))  # fmt: skip
     return VideoResult(out.latents.cpu(), out.records, out.flowmo_losses, config, {"wall_s": wall}, backend.decoder,
                        backend.fps, backend.model.config.frames_per_block)  # fmt: skip
 
@@ -112,26 +158,47 @@ def write_outputs(
     """Write what is asked: the mp4 (and PNG frames `frames_dir/00000.png`, ...), the latents of sample 0, and
     the decision log last (a video counts as finished, for batch resume, once its log exists)."""
     if video is not None or frames_dir is not None:
-        writer = VideoWriter(video, fps=result.fps) if video is not None else None
-        written = 0
-        try:
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(VideoWriter(video, fps=result.fps)) if video is not None else None
+            png = stack.enter_context(atomic_dir(frames_dir)) if frames_dir is not None else None
+            written = 0
             for frames in result.frames():
                 if writer is not None:
                     writer.append(frames)
-                if frames_dir is not None:  # lossless copies of the decoded frames, numbered from 0
-                    write_png_frames(frames_dir, frames, start=written)
+                if png is not None:  # lossless copies of the decoded frames, numbered from 0
+                    write_png_frames(png, frames, start=written)
                 written += len(frames)
-        except BaseException:
-            if writer is not None:
-                writer.close(ok=False)
-            raise
-        if writer is not None:
-            writer.close()
     if latents is not None:
         with atomic_path(latents) as tmp:
             torch.save(result.latents[0].float(), tmp)
     if log is not None:
         write_json(log, result.log())
+
+
+def unfinished(jobs: list[tuple], settings_of: Callable[..., dict], overwrite: bool = False) -> list[tuple]:
+    """The batch jobs `(index, prompt, video, log, seed)` still to run. A job is finished when its video and its
+    log (written last) exist and the log records the settings this run would use; finished outputs made with
+    other settings are a `UserError` unless `overwrite` (then they are regenerated)."""
+    todo = []
+    for job in jobs:
+        index, prompt, video, log, seed = job
+        if not (video.exists() and log.exists()):
+            todo.append(job)
+            continue
+        try:
+            old = json.loads(log.read_text(encoding="utf-8"))["config"]
+            changes = setting_changes(old, settings_of(index, prompt, seed))
+        except (ValueError, KeyError, TypeError):
+            changes = ["its decision log is unreadable"]
+        if changes and not overwrite:
+            raise UserError(
+                f"{log} was made with other settings ({'; '.join(changes[:3])}"
+                f"{f'; and {len(changes) - 3} more' if len(changes) > 3 else ''}); use another `out_dir`, or "
+                "`overwrite` to regenerate"
+            )
+        if changes:
+            todo.append(job)
+    return todo
 
 
 def slugify(text: str, limit: int = 60) -> str:
@@ -140,11 +207,19 @@ def slugify(text: str, limit: int = 60) -> str:
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped."""
+    """One prompt per line (UTF-8 text); blank lines and lines starting with '#' are skipped."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path} is not a UTF-8 text file (byte {err.start}); give one prompt per line"
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise UserError(f"{path} holds no prompts (one per line)")

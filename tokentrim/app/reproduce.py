@@ -2,8 +2,9 @@
 
 Both pipelines x the variants of the paper's Tables 1-4 (baseline, TokenTrim, FlowMo on every block, TokenTrim
 with p = 0.05 / 0.2, TokenTrim without FlowMo initialisation) over a prompt file, then the weight-free drift
-metrics, then tables (markdown + CSV) and figures, all under one output folder. Every video is skipped when it
-already exists, so an interrupted run resumes where it stopped.
+metrics, then tables (markdown + CSV) and figures, all under one output folder. A video is skipped when it exists
+with the same settings, so an interrupted run resumes where it stopped; videos made with other settings are an
+error (or regenerated with --overwrite), never mixed in.
 """
 
 from __future__ import annotations
@@ -48,58 +49,79 @@ def default_prompts(preset: str | None) -> list[str]:
     ]
 
 
-def variant_overrides(name: str) -> list[str]:
+def variant_updates(name: str) -> dict:
     enabled, p, flowmo = VARIANTS[name]
-    return [f"tokentrim.enabled={str(enabled).lower()}", f"tokentrim.p={p}", f"flowmo.mode={flowmo}"]
+    return {"tokentrim": {"enabled": enabled, "p": p}, "flowmo": {"mode": flowmo}}
 
 
-def generate_grid(args, prompts: list[str], out: Path) -> list[dict]:
-    """Generate every missing video; return one row per (pipeline, variant, prompt). The toy preset's default
-    scenes start from their observed first block (`tokentrim.toy.observed_start`)."""
+def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
+    """Every (pipeline, variant, prompt) of the grid with its run config, outputs and settings, all checked before
+    any weights load. The toy preset's default scenes start from their observed first block."""
     from tokentrim.app import backends as bk
     from tokentrim.app import generate as gen
     from tokentrim.app.run_config import default_config_path, load_run_config
 
-    device = bk.pick_device(args.device)
-    dtype = bk.pick_dtype(args.dtype, device)
-    rows, loaded = [], {}
     prefixes, scenes = [None] * len(prompts), [{}] * len(prompts)
     if args.preset == "toy" and args.prompts is None:
         from tokentrim.toy import HELD_OUT_SCENES, observed_start
 
         scenes = [{"scene": HELD_OUT_SCENES + i} for i in range(len(prompts))]
         prefixes = [observed_start(HELD_OUT_SCENES + i)[1] for i in range(len(prompts))]
+    jobs = []
     for pipeline in args.pipelines:
         checkpoint = args.checkpoints.get(pipeline)
-        key = args.preset or checkpoint
-        if key not in loaded:
-            loaded[key] = bk.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=checkpoint,
-                                          device=device, dtype=dtype)  # fmt: skip
-        backend = loaded[key]
-        embeds = gen.encode(backend, prompts, "cpu")
+        config = bk.model_config(args.preset, args.model_dir)
         for variant in args.variants:
-            run = load_run_config(
-                default_config_path(pipeline, args.preset), variant_overrides(variant) + args.overrides
+            updates = {"pipeline": pipeline, **variant_updates(variant)}
+            run = load_run_config(default_config_path(pipeline, args.preset), args.overrides, updates)
+            gen.check_request(
+                config, run, args.latent_frames, 0 if prefixes[0] is None else prefixes[0].shape[1]
             )
-            folder = out / "videos" / pipeline / variant
             for i, prompt in enumerate(prompts):
-                video, log = gen.batch_outputs(folder, i, prompt)
-                row = {"pipeline": pipeline, "variant": variant, "prompt_index": i, "video": str(video),
-                       "log": str(log)}  # fmt: skip
-                if not (video.exists() and log.exists()):
-                    result = gen.run_video(backend, run, embeds[i : i + 1], latent_frames=args.latent_frames,
-                                           seed=args.seed + i, prefix=prefixes[i], progress=False,
-                                           settings={"prompt": prompt, "variant": variant, "index": i,
-                                                     **scenes[i]})  # fmt: skip
-                    gen.write_outputs(result, video=video, log=log, latents=video.with_suffix(".latents.pt"))
-                    print(f"[{pipeline}/{variant}] {video}")
-                rows.append(row)
-    return rows
+                video, log = gen.batch_outputs(out / "videos" / pipeline / variant, i, prompt)
+                extra = {"prompt": prompt, "variant": variant, "index": i, **scenes[i]}
+                settings = gen.video_settings(run, seed=args.seed + i, latent_frames=args.latent_frames,
+                                              observed_frames=0 if prefixes[i] is None else prefixes[i].shape[1],
+                                              backend=bk.backend_name(args.preset, checkpoint), dtype=args.dtype_,
+                                              attention="sdpa", **extra)  # fmt: skip
+                jobs.append({"pipeline": pipeline, "variant": variant, "prompt_index": i, "prompt": prompt,
+                             "checkpoint": checkpoint, "run": run, "prefix": prefixes[i], "extra": extra,
+                             "seed": args.seed + i, "video": video, "log": log, "settings": settings})  # fmt: skip
+    return jobs
+
+
+def generate_grid(args, jobs: list[dict]) -> list[dict]:
+    """Generate every job not finished with the same settings; return one row per job."""
+    from tokentrim.app import backends as bk
+    from tokentrim.app import generate as gen
+
+    pending = [job for job in jobs if gen.unfinished(
+        [(job["prompt_index"], job["prompt"], job["video"], job["log"], job["seed"])],
+        lambda *_, job=job: job["settings"], args.overwrite)]  # fmt: skip
+    loaded, encoded = {}, {}
+    for job in pending:
+        key = args.preset or job["checkpoint"]
+        if key not in loaded:
+            loaded[key] = bk.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=job["checkpoint"],
+                                          device=args.device_, dtype=args.dtype_)  # fmt: skip
+            prompts = sorted({j["prompt"] for j in pending})
+            encoded[key] = dict(zip(prompts, gen.encode(loaded[key], prompts, "cpu"), strict=True))
+        result = gen.run_video(loaded[key], job["run"], encoded[key][job["prompt"]][None],
+                               latent_frames=args.latent_frames, seed=job["seed"], prefix=job["prefix"],
+                               progress=False, settings=job["extra"])  # fmt: skip
+        gen.write_outputs(
+            result, video=job["video"], log=job["log"], latents=job["video"].with_suffix(".latents.pt")
+        )
+        print(f"[{job['pipeline']}/{job['variant']}] {job['video']}")
+    return [{k: str(job[k]) if k in ("video", "log") else job[k] for k in ("pipeline", "variant", "prompt_index",
+             "video", "log")} for job in jobs]  # fmt: skip
 
 
 def evaluate(rows: list[dict], segment_seconds: float) -> list[dict]:
-    """Per video: the drift metrics (first-vs-last-segment deltas), prune rate and wall time."""
+    """Per video: the evaluation's summary row (each measure's whole-video drift, the degenerate flag), the
+    guard flags, prune rate and generation wall time."""
     from tokentrim.eval import evaluate_video
+    from tokentrim.eval.summary import summary_row
 
     for row in rows:
         log = json.loads(Path(row["log"]).read_text())
@@ -107,13 +129,28 @@ def evaluate(rows: list[dict], segment_seconds: float) -> list[dict]:
         row["prune_rate"] = sum(b["action"] == "prune" for b in blocks) / max(1, len(blocks))
         row["wall_s"] = log.get("timings", {}).get("wall_s")
         report = evaluate_video(row["video"], segment_seconds=segment_seconds)
-        row["metrics"] = {name: m["drift"] for name, m in report["metrics"].items()}
+        row["metrics"] = summary_row(report)
+        row["flags"] = report.get("flags", [])
     return rows
 
 
+def caption(segment_seconds: float) -> str:
+    from tokentrim.eval.summary import summary_caption
+
+    return (
+        "Per pipeline and variant: mean ± population std over prompts. `prune_rate`: fraction of blocks "
+        "TokenTrim pruned and regenerated; `runtime_x`: generation wall time relative to the pipeline's baseline "
+        "(no decoding). " + summary_caption(segment_seconds)
+    )
+
+
 def tables(rows: list[dict]) -> tuple[str, str]:
-    """Markdown and CSV: per pipeline and variant, the mean (and std) over prompts of each metric's first-vs-last drift (>= 0, lower is better)."""
-    metric_names = sorted({m for r in rows for m in r["metrics"]})
+    """Markdown and CSV: per pipeline and variant, the mean (and std) over prompts of each summary column
+    (`tokentrim.eval.summary`: >= 0, lower is better)."""
+    from tokentrim.eval.summary import SUMMARY_COLUMNS
+
+    present = {m for r in rows for m in r["metrics"]}
+    metric_names = [c.name for c in SUMMARY_COLUMNS if c.name in present]
     header = ["pipeline", "variant", "videos", "prune_rate", "runtime_x"] + metric_names
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -156,22 +193,27 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    from tokentrim.app import backends as bk
+    from tokentrim.files import check_output
+
     args.checkpoints = parse_checkpoints(args)
     if args.preset is None and not (args.model_dir and args.checkpoints):
         raise UserError("give --preset tiny|toy, or --model-dir with --checkpoint-sf / --checkpoint-rf")
+    if args.preset is not None and (args.model_dir or args.checkpoints):
+        raise UserError(f"--preset {args.preset} uses built-in weights: drop --model-dir and the checkpoints")
     if args.preset is None:
         args.pipelines = [p for p in args.pipelines if p in args.checkpoints]
-    if args.num_prompts is not None and args.num_prompts < 1:
-        raise UserError(f"--num-prompts must be at least 1, got {args.num_prompts}")
+        if not args.pipelines:
+            raise UserError("none of --pipelines has a checkpoint: add --checkpoint-sf / --checkpoint-rf")
     check_segment_seconds(args.segment_seconds)
+    args.device_ = bk.pick_device(args.device)
+    args.dtype_ = bk.pick_dtype(args.dtype, args.device_)
+    out = check_output(args.out, "--out", folder=True)
     prompts = default_prompts(args.preset) if args.prompts is None else _read(args.prompts)
     prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
-    out = Path(args.out)
-    rows = evaluate(generate_grid(args, prompts, out), args.segment_seconds)
+    rows = evaluate(generate_grid(args, plan_grid(args, prompts, out)), args.segment_seconds)
     md, csv_text = tables(rows)
+    md = md + "\n" + caption(args.segment_seconds) + "\n"
     write_text(out / "table.md", md)
     write_text(out / "table.csv", csv_text)
     write_json(out / "per_video.json", rows)
@@ -201,28 +243,36 @@ def parse_checkpoints(args) -> dict[str, str]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("reproduce", help="the paper's comparison grid: generate, evaluate, tabulate")
-    p.add_argument(
-        "--preset", choices=sorted(PRESETS), help="built-in model (CPU); else --model-dir + checkpoints"
-    )
-    p.add_argument("--model-dir")
-    p.add_argument("--checkpoint-sf", help="self_forcing_dmd.pt")
-    p.add_argument("--checkpoint-rf", help="rolling_forcing_dmd.pt")
-    p.add_argument(
-        "--checkpoint", action="append", metavar="PIPELINE=FILE", help="checkpoint of any pipeline"
-    )
-    p.add_argument(
-        "--prompts", help="prompt file (default: the paper's 30 s project-page prompts, or toy scenes)"
-    )
-    p.add_argument("--num-prompts", type=int, help="use only the first N prompts")
+    from tokentrim.app.args import POSITIVE_FLOAT, POSITIVE_INT, SEED
+
+    p = subparsers.add_parser("reproduce", help="the paper's comparison grid: generate, evaluate, tabulate",
+                              description="Both pipelines x the paper's variants over a prompt set, then the drift "
+                              "metrics, tables and figures in one folder. Resumable.")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="built-in model (CPU); else --model-dir with --checkpoint-sf / --checkpoint-rf")  # fmt: skip
+    p.add_argument("--model-dir", help="Wan2.1-T2V-1.3B folder (original or -Diffusers layout)")
+    p.add_argument("--checkpoint-sf", help="Self Forcing checkpoint (self_forcing_dmd.pt)")
+    p.add_argument("--checkpoint-rf", help="Rolling Forcing checkpoint (rolling_forcing_dmd.pt)")
+    p.add_argument("--checkpoint", action="append", metavar="PIPELINE=FILE",
+                   help="the checkpoint of any registered pipeline (repeatable)")  # fmt: skip
+    p.add_argument("--prompts", help="UTF-8 prompt file, one per line (default: the paper's 30 s project-page "
+                   "prompts, or held-out scenes for the toy)")  # fmt: skip
+    p.add_argument("--num-prompts", type=POSITIVE_INT, help="use only the first N prompts, N >= 1")
     p.add_argument("--pipelines", nargs="+", default=pipeline_names(paper_only=True), choices=pipeline_names(),
-                   help="default: the paper's pipelines")  # fmt: skip
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--latent-frames", type=int, default=120, help="120 latent frames = 30 s at 16 fps")
-    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
-    p.add_argument("--segment-seconds", type=float, default=2.0)
-    p.add_argument("--out", default="results")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("overrides", nargs="*", help="config overrides applied to every run (key=value)")
+                   help="pipelines to run")  # fmt: skip
+    p.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants to run"
+    )
+    p.add_argument("--latent-frames", type=POSITIVE_INT, default=120,
+                   help="latent frames per video, a multiple of 3 (120 = 30 s at 16 fps)")  # fmt: skip
+    p.add_argument("--seed", type=SEED, default=0, help="prompt i uses seed + i")
+    p.add_argument(
+        "--segment-seconds", type=POSITIVE_FLOAT, default=2.0, help="evaluation segment length, > 0 s"
+    )
+    p.add_argument("--out", default="results", help="output folder (videos/, tables, figures)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate videos in --out that were made with other settings (else: an error)")  # fmt: skip
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", help="bf16 | fp32 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE applied to every run")
     p.set_defaults(func=cmd_reproduce)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from tokentrim.errors import UserError
 from tokentrim.pipelines import REGISTRY, PipelineEntry, get_pipeline
@@ -91,6 +92,21 @@ def _off_is_a_mode(cfg):
     return cfg
 
 
+def _read_yaml(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.create(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not a text (YAML) file") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(loaded, DictConfig):
+        raise UserError(f"config file {path} must hold a mapping (pipeline:, tokentrim:, ...), not a list")
+    return loaded
+
+
 def load_run_config(
     path: str | os.PathLike | None = None, overrides: list[str] = (), updates: dict | None = None
 ) -> RunConfig:
@@ -98,9 +114,7 @@ def load_run_config(
     try:
         merged = _schema()
         if path is not None:
-            if not Path(path).is_file():
-                raise UserError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, _off_is_a_mode(OmegaConf.load(path)))
+            merged = OmegaConf.merge(merged, _off_is_a_mode(_read_yaml(path)))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise UserError(f"overrides must look like key=value (e.g. tokentrim.p=0.05), got {bad}")
@@ -121,4 +135,9 @@ def load_run_config(
         if isinstance(err, UserError):
             raise
         message = str(err).splitlines()[0]
-        raise UserError(f"bad configuration: {message}") from err
+        key = getattr(err, "full_key", None)
+        if isinstance(err, ConfigKeyError) and key:  # an unknown key: name the section's valid keys
+            section, _, name = str(key).rpartition(".")
+            known = list(_schema()[section].keys()) if section and section in _schema() else list(_schema().keys())
+            message = f"unknown key {key!r}; {section or 'the config'} has {', '.join(map(str, known))}"
+        raise UserError(f"bad configuration: {message}") from None

@@ -14,7 +14,7 @@ import re
 import torch
 from torch import nn
 
-from tokentrim.errors import UserError
+from tokentrim.errors import UserError, shorten
 from tokentrim.toy.world import COLORS, SHAPES, TEXTURES
 
 # Order fixes the embedding rows: never reorder, only append (the checkpoint's rows follow it).
@@ -28,14 +28,19 @@ def tokenize(prompt: str, text_len: int) -> list[int]:
     """Vocabulary indices of the prompt's words, in order."""
     index = {word: i for i, word in enumerate(VOCAB)}
     words = WORD_PATTERN.findall(prompt.lower())
+    if not words:
+        raise UserError(f"prompt {shorten(prompt)} has no words; describe a scene, e.g. 'a red circle'")
     unknown = sorted({w for w in words if w not in index})
     if unknown:
+        listed = " ".join(unknown[:8]) + (f" (and {len(unknown) - 8} more)" if len(unknown) > 8 else "")
         raise UserError(
-            f"the toy text encoder does not know the word(s) {unknown} in prompt {prompt!r}; "
+            f"the toy text encoder does not know the word(s) {listed} in prompt {shorten(prompt)}; "
             f"use only: {' '.join(VOCAB)}"
         )
     if len(words) > text_len:
-        raise UserError(f"prompt {prompt!r} has {len(words)} words, the toy model takes at most {text_len}")
+        raise UserError(
+            f"prompt {shorten(prompt)} has {len(words)} words, the toy model takes at most {text_len}"
+        )
     return [index[w] for w in words]
 
 

@@ -185,18 +185,20 @@ def load_components(
     dit_weights: bool = True,
     text_encoder: bool = True,
     vae: bool = True,
+    require_text_encoder: bool = False,
 ) -> Components:
     """Check a Wan2.1-T2V-1.3B folder (either layout) and load the requested parts.
 
-    Missing files raise one `UserError` naming every missing file and the download command. `dtype` defaults to
-    bf16 on CUDA and float32 otherwise. With `text_encoder=False` the lazy factory is still returned when the
-    encoder's files are present (for `encode_prompts`, which loads it only on a cache miss).
+    Missing files raise one `UserError` naming every missing file and the download command, before anything is
+    loaded. `dtype` defaults to bf16 on CUDA and float32 otherwise. With `text_encoder=False` the lazy factory is
+    still returned when the encoder's files are present (for `encode_prompts`, which loads it only on a cache
+    miss); `require_text_encoder` makes those files required all the same (a run that will encode prompts).
     """
     root = Path(model_dir)
     layout = detect_layout(root)
     files = LAYOUTS[layout]
     wanted = (files.config,) + files.dit_files * dit_weights
-    wanted += files.text_encoder_files * text_encoder + files.vae_files * vae
+    wanted += files.text_encoder_files * (text_encoder or require_text_encoder) + files.vae_files * vae
     missing = _missing(root, wanted)
     if missing:
         raise UserError(

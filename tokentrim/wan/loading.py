@@ -52,7 +52,54 @@ def diffusers_to_wan_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise UserError(
+            f"cannot read {path} ({str(err)[:120]}); the file is corrupted: download it again"
+        ) from err
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Cheap integrity check of a `.safetensors` file from its header: the 8-byte header length, a JSON header,
+    and tensor data that ends inside the file (a truncated download fails here, before anything is loaded)."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 0 < n <= size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise UserError(f"{path} is not a valid .safetensors file ({err}); download it again") from None
+    if ends and max(ends) > size - 8 - n:
+        raise UserError(
+            f"{path} is truncated: its header needs {8 + n + max(ends)} bytes, the file has {size}; download it again"
+        )
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Before any weights load: the checkpoint exists, is readable and is not obviously truncated."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"DiT checkpoint not found: {path}")
+    if path.is_dir():
+        return  # a Diffusers transformer folder: its files are checked when read
+    if not os.access(path, os.R_OK):
+        raise UserError(f"DiT checkpoint {path} is not readable")
+    if path.suffix == ".safetensors":
+        check_safetensors(path)
+        return
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (a truncated one has no central directory); very old files are a pickle
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        raise UserError(f"{path} is not a PyTorch checkpoint, or it is truncated; download it again")
 
 
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
@@ -116,8 +163,7 @@ def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tens
 def read_dit_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """Read any supported DiT checkpoint into original Wan key names."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"DiT checkpoint not found: {path}")
+    check_checkpoint_file(path)
     if path.is_dir():
         sub = path / "transformer"
         sd = _read_folder(sub if sub.is_dir() else path)
@@ -152,24 +198,24 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
                  and tuple(sd[k].shape) != expected[k]]  # fmt: skip
     if not (missing or unexpected or misshaped):
         return
-    lines = [
-        f"checkpoint {source} does not match the model ({len(sd)} tensors, model expects {len(expected)}):"
+    parts = [
+        f"checkpoint {source} does not match the model ({len(sd)} tensors, model expects {len(expected)})"
     ]
     if missing:
-        lines.append(f"  missing {len(missing)}: {_summarise(missing)}")
+        parts.append(f"missing {len(missing)}: {_summarise(missing)}")
     if unexpected:
-        lines.append(f"  unexpected {len(unexpected)}: {_summarise(unexpected)}")
+        parts.append(f"unexpected {len(unexpected)}: {_summarise(unexpected)}")
     if misshaped:
-        lines.append(f"  wrong shape {len(misshaped)}: {'; '.join(misshaped[:3])}")
+        parts.append(f"wrong shape {len(misshaped)}: {', '.join(misshaped[:3])}")
     if misshaped:
-        lines.append(
-            "Likely cause: the checkpoint is for another model size; check `preset` / the config.json."
+        parts.append(
+            "likely cause: the checkpoint is for another model size; check `preset` / the config.json"
         )
     elif missing and len(missing) == len(expected):
-        lines.append("Likely cause: this is not a Wan2.1 DiT checkpoint (e.g. a VAE or text-encoder file).")
+        parts.append("likely cause: this is not a Wan2.1 DiT checkpoint (e.g. a VAE or text-encoder file)")
     else:
-        lines.append("Likely cause: a truncated or partial download; download the file again.")
-    raise UserError("\n".join(lines))
+        parts.append("likely cause: a truncated or partial download; download the file again")
+    raise UserError("; ".join(parts))
 
 
 def load_dit_checkpoint(

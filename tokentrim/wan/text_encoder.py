@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from transformers import UMT5Config, UMT5EncoderModel
 
-from tokentrim.errors import UserError
+from tokentrim.errors import UserError, shorten
 from tokentrim.wan.loading import read_torch_file
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,17 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> embeddings `[B, text_len, d_model]`, rows past each prompt's tokens (EOS included) zeroed."""
+        cleaned = [clean_prompt(p) for p in prompts]
+        for prompt, ids in zip(
+            cleaned, self.tokenizer(cleaned, add_special_tokens=True)["input_ids"], strict=True
+        ):
+            if len(ids) > self.text_len:  # truncated as the reference does; say so
+                logger.warning(
+                    "prompt %s has %d tokens; the text encoder keeps the first %d", shorten(prompt), len(ids),
+                    self.text_len,
+                )  # fmt: skip
         tokens = self.tokenizer(
-            [clean_prompt(p) for p in prompts], padding="max_length", truncation=True, max_length=self.text_len,
+            cleaned, padding="max_length", truncation=True, max_length=self.text_len,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
         )  # fmt: skip
         ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
