@@ -101,7 +101,9 @@ def _read_yaml(path: str | os.PathLike):
     except UnicodeDecodeError:
         raise UserError(f"config file {path} is not a text (YAML) file") from None
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML ({' '.join(str(err).split())[:120]})") from None
+        raise UserError(
+            f"config file {path} is not valid YAML ({' '.join(str(err).split())[:120]})"
+        ) from None
     if not isinstance(loaded, DictConfig):
         raise UserError(f"config file {path} must hold a mapping (pipeline:, tokentrim:, ...), not a list")
     return loaded
@@ -138,6 +140,10 @@ def load_run_config(
         key = getattr(err, "full_key", None)
         if isinstance(err, ConfigKeyError) and key:  # an unknown key: name the section's valid keys
             section, _, name = str(key).rpartition(".")
-            known = list(_schema()[section].keys()) if section and section in _schema() else list(_schema().keys())
+            known = (
+                list(_schema()[section].keys())
+                if section and section in _schema()
+                else list(_schema().keys())
+            )
             message = f"unknown key {key!r}; {section or 'the config'} has {', '.join(map(str, known))}"
         raise UserError(f"bad configuration: {message}") from None
