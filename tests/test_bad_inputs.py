@@ -145,6 +145,7 @@ CASES = [
     (["eval", "{in}/missing.mp4", "--json", "e.json"], "not found"),
     (["eval", "{in}/text.txt", "--json", "e.json"], "text.txt"),
     (["eval", "{in}/text.txt", "--json", "{in}"], "is a folder"),
+    (["eval", "{in}/text.txt", "--json", "{in}/afile/e.json"], "is a file, not a folder"),
     (["eval", "--pairs", "{in}/missing.txt", "--json", "e.json"], "not found"),
     (["eval", "{in}/text.txt", "--json", "e.json", "--segment-seconds", "0"], "--segment-seconds"),
     # figure

@@ -20,6 +20,7 @@ from tokentrim.eval.segments import DEFAULT_SEGMENT_SECONDS, EvalSettings, evalu
 from tokentrim.eval.stats import win_summary
 from tokentrim.eval.tables import pair_table, pairs_summary_table, video_table
 from tokentrim.eval.verdict import VERDICT_RULE, compare_reports
+from tokentrim.files import check_output
 
 
 def register(subparsers) -> None:
@@ -109,6 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(
             f"--json {args.json} is a folder; give a file name such as {Path(args.json) / 'eval.json'}"
         )
+    check_output(args.json, "--json")
     try:
         settings = EvalSettings(frame_stride=args.frame_stride, working_long_side=args.working_long_side)
     except ValueError as err:

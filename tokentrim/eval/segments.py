@@ -248,11 +248,7 @@ def evaluate_video(
     from tokentrim.video import read_video
 
     start = time.perf_counter()
-    try:
-        frames, fps = read_video(path)
-    except UserError as err:  # the decoder's message can carry ffmpeg's whole log: keep its first line
-        first = str(err).splitlines()[0].rstrip(". ")
-        raise UserError(f"{first}. Is it a complete video file?") from err
+    frames, fps = read_video(path)  # one-line errors (the decoder's log is cut there)
     decoded = time.perf_counter()
     report = evaluate_frames(frames, fps, segment_seconds, settings, name=str(path))
     report["decode_seconds"] = round(decoded - start, 3)
