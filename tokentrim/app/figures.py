@@ -49,10 +49,16 @@ def _check_log(log: object, name: str) -> dict:
 def plot_drift(
     log: dict | Sequence[dict], out_png: str | os.PathLike, labels: Sequence[str] | None = None
 ) -> Path:
+    """`drift_figure` written to `out_png`."""
+    return _save_png(drift_figure(log, labels), out_png)
+
+
+def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None) -> Figure:
     """Drift severity D_t per block, with the armed band mu..mu + lam·sigma, prune events and warm-up.
 
     `log` is one decision log ({"config": ..., "blocks": [...]}) or a list of them, overlaid (e.g. baseline vs
     TokenTrim). A prune is drawn as a cross at D_t joined to a hollow circle at the regenerated block's D*.
+    The figure has an Agg canvas (no pyplot state), so a web page can render it too.
     """
     logs = [log] if isinstance(log, dict) else list(log)
     if not logs:
@@ -119,7 +125,8 @@ def plot_drift(
     ax.set_title("TokenTrim drift severity (top-p mean token drift)")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    return _save_png(fig, out_png)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def block_drift_maps(
