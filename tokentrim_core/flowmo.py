@@ -165,7 +165,8 @@ def flowmo_guidance(
     taken on the x0 rows `scored` (default: all).
 
     Passes: `iterations` differentiable evaluations, each with one backward, and one evaluation without
-    autograd of the last latent, which FlowMo's keep-best rule needs and whose x0 is the denoising step's own.
+    autograd of the last latent, which the keep-best rule needs (FlowMo's optimiser keeps its lowest-loss
+    sample, tokentrim-paper.md §2.7) and whose x0 is the denoising step's own.
     The kept latent's x0 is returned with it, detached, so the caller needs no further evaluation.
     Callers may run under torch.no_grad (gradients are re-enabled here) but not under torch.inference_mode,
     whose tensors cannot enter autograd; x_t itself is never modified.

@@ -76,10 +76,11 @@ class CachePolicy:
         return self.cache.remove_positions(positions)
 
 
-# FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) stores tens of GB of them for
-# one Rolling Forcing window in bf16 (docs/tokentrim.md §4, "Memory"), so its blocks are recomputed in the
-# backward pass instead (one more forward per iteration); models narrower than that (tiny: 48, toy: 128) store
-# a few MB, where recomputing would only cost time.
+# FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) keeps about 45 GB of them for one
+# 15-frame Rolling Forcing window in bf16 (docs/tokentrim.md §4.1, measured on the meta device), more than a
+# 24-48 GB GPU holds beside weights and cache, so its blocks are recomputed in the backward pass instead (one
+# more forward per iteration); models narrower than that (tiny: 48, toy: 128) keep a few MB, where recomputing
+# would only cost time.
 CHECKPOINTING_FROM_DIM = 1536
 
 
@@ -151,7 +152,7 @@ class Rollout:
         on its own rows. The losses of each guidance call are appended to `losses`."""
         cfg, every = self.model.config, list(range(x.shape[1]))
         blocks = [every] if blocks is None else [list(rows) for rows in blocks]
-        if self.flowmo.scope == "window":  # (rows optimised, rows scored); None: all of x
+        if self.flowmo.scope == "window":  # guidance calls as (rows optimised, rows scored)
             calls = [([f for rows in blocks for f in rows], every)]
         else:
             calls = [(rows, rows) for rows in blocks]
