@@ -130,7 +130,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokentrim.app import bench, figures, reproduce
+    from tokentrim.app import bench, demo, figures, reproduce
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_command.register(sub)
     figures.register(sub)
     bench.register(sub)
+    demo.register(sub)
     reproduce.register(sub)
     return parser
 

@@ -1,0 +1,258 @@
+"""`tokentrim demo`: a browser page (Gradio, `pip install "tokentrim[demo]"`) that streams a rollout block by
+block, plots the drift live and runs the baseline and TokenTrim side by side from one seed.
+
+The page is a thin layer over `tokentrim.app.demo_run` (which checks requests and streams runs). Everything the
+server writes — gradio's file cache, each session's videos and decision logs, prompt embeddings — lives in one
+temporary folder that the command owns and removes when the server stops.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from tokentrim.app.args import POSITIVE_INT, add_model_args
+from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate
+from tokentrim.errors import UserError
+
+DEFAULT_FRAMES = {"toy": 30, "tiny": 15}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
+TOY_SCENES = 8  # held-out scenes offered in the picker
+STATUS_ID, PLOT_ID = "demo-status", "demo-plot"  # element ids the browser test looks for
+CSS = (
+    ".pixelated img, .pixelated video { image-rendering: pixelated; }"  # nearest neighbour in the browser too
+)
+ABOUT = (
+    "# TokenTrim demo\n"
+    "Generates a video block by block; each block is shown as soon as it is decoded, and the drift plot shows "
+    "TokenTrim's severity D_t against its threshold (red crosses: the block was pruned and regenerated; its preview "
+    "gets a red border). *Side by side* runs the baseline (TokenTrim and FlowMo off) and TokenTrim from the same "
+    "seed, one block of each in turn.\n\n"
+    "**One run at a time on this server**: if someone else's run is going, yours waits in the queue."
+)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 .. 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the port must be an integer, got {text[:40]!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"the port must be from 1 to 65535, got {port}")
+    return port
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early, before weights load, if the server could not listen on host:port."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise UserError(f"--host {host!r} is not an address of this machine (try 127.0.0.1)") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({err.strerror}); choose another --port"
+            ) from None
+
+
+def scene_choices(count: int = TOY_SCENES) -> list[tuple[str, int]]:
+    """The picker's held-out toy scenes: (seed and prompt, seed)."""
+    from tokentrim.toy import HELD_OUT_SCENES, sample_scene
+
+    return [(f"{s}: {sample_scene(s).prompt}", s) for s in range(HELD_OUT_SCENES, HELD_OUT_SCENES + count)]
+
+
+class Sessions:
+    """Per-browser-session state: an output folder (files for the downloads) and a cancel flag for its run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cancels: dict[str, threading.Event] = {}
+
+    def start(self, session: str) -> tuple[Path, threading.Event]:
+        """A fresh output folder (the previous run's files go) and cancel flag for a new run of `session`."""
+        folder = self.folder(session)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self._cancels[session] = cancel = threading.Event()
+        return folder, cancel
+
+    def folder(self, session: str) -> Path:
+        assert session and "/" not in session and session not in (".", ".."), session
+        return self.root / session
+
+    def cancel(self, session: str) -> None:
+        if session in self._cancels:
+            self._cancels[session].set()
+
+    def end(self, session: str) -> None:
+        """The tab was closed: stop its run and remove its files."""
+        self.cancel(session)
+        self._cancels.pop(session, None)
+        shutil.rmtree(self.folder(session), ignore_errors=True)
+
+
+def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
+    """The Gradio page (not launched). Import gradio only after GRADIO_TEMP_DIR is set (see `cmd_demo`)."""
+    import gradio as gr
+
+    from tokentrim.app.figures import drift_figure
+    from tokentrim.pipelines import pipeline_names
+
+    with gr.Blocks(title="TokenTrim demo", analytics_enabled=False, delete_cache=(600, 3600)) as page:
+        gr.Markdown(ABOUT)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                choices = scene_choices() if runner.toy else [(str(0), 0)]
+                scene = gr.Dropdown(choices, value=choices[0][1], label="Toy scene (its prompt and observed first "
+                                    "block)", visible=runner.toy)  # fmt: skip
+                prompt = gr.Textbox(label="Prompt", lines=2, visible=not runner.toy)
+                names = pipeline_names()
+                pipeline = gr.Dropdown(names, value=names[0], label="Pipeline")
+                latent_frames = gr.Number(frames, label="Latent frames",
+                                          info="a multiple of 3; video frames = 1 + 4 (F - 1) on Wan2.1")  # fmt: skip
+                seed = gr.Number(0, label="Seed")
+                side = gr.Checkbox(False, label="Side by side: baseline and TokenTrim from the same seed")
+                tokentrim = gr.Checkbox(True, label="TokenTrim (single run)")
+                with gr.Row():
+                    p = gr.Number(0.1, label="p", info="fraction of tokens pruned, 0 < p < 1")
+                    lam = gr.Number(2.0, label="λ", info="threshold = mean + λ std")
+                flowmo = gr.Radio(list(FLOWMO_MODES), value="first_block", label="FlowMo")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="demo-generate")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="demo-cancel")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Choose the settings and press **Generate**.", elem_id=STATUS_ID)
+                panels = []
+                with gr.Row():
+                    for i in range(2):
+                        with gr.Column(visible=i == 0) as column:
+                            image = gr.Image(label="live", format="png", interactive=False, height=220,
+                                             elem_classes="pixelated", elem_id=f"demo-live-{i}")  # fmt: skip
+                            video = gr.Video(label="finished mp4", interactive=False, height=220, loop=True,
+                                             autoplay=True, elem_classes="pixelated")  # fmt: skip
+                            with gr.Row():
+                                mp4 = gr.DownloadButton("mp4", visible=False, size="sm")
+                                log = gr.DownloadButton("decision log", visible=False, size="sm")
+                        panels.append((column, image, video, mp4, log))
+                plot = gr.Plot(label="drift severity per block", format="png", elem_id=PLOT_ID)
+        widgets = [status, plot, *(w for panel in panels for w in panel)]
+
+        def render(update: DemoUpdate) -> dict:
+            """One update as component values (gradio applies only the ones returned)."""
+            out = {status: ("**Error:** " if update.state == "error" else "") + update.status}
+            shown = [p for p in update.panels if p.records]
+            if shown:
+                out[plot] = drift_figure([{"blocks": [r.to_dict() for r in p.records]} for p in shown],
+                                         [p.label for p in shown])  # fmt: skip
+            for i, (column, image, video, mp4, log) in enumerate(panels):
+                if i >= len(update.panels):
+                    continue
+                panel = update.panels[i]
+                out[column] = gr.Column(visible=True)
+                pruned = f", pruned: block {', '.join(map(str, panel.pruned))}" if panel.pruned else ""
+                out[image] = gr.Image(
+                    panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}"
+                )
+                if update.state == "done":
+                    out[video] = gr.Video(str(panel.display_video), label=f"{panel.label}: finished mp4")
+                    out[mp4] = gr.DownloadButton(f"{panel.label} mp4", value=str(panel.video), visible=True)
+                    out[log] = gr.DownloadButton(f"{panel.label} decision log", value=str(panel.log),
+                                                 visible=True)  # fmt: skip
+            return out
+
+        def run(scene_, prompt_, pipeline_, frames_, seed_, side_, tokentrim_, p_, lam_, flowmo_,
+                request: gr.Request):  # fmt: skip
+            folder, cancel_flag = sessions.start(request.session_hash)
+            ask = DemoRequest(pipeline=pipeline_, latent_frames=frames_, seed=seed_, tokentrim=tokentrim_, p=p_,
+                              lam=lam_, flowmo=flowmo_, side_by_side=side_, prompt=prompt_, scene=scene_)  # fmt: skip
+            # Clear the previous run's results, and hide the second panel unless it is used.
+            cleared = {image: None, video: None, mp4: gr.DownloadButton(visible=False),
+                       log: gr.DownloadButton(visible=False)}  # fmt: skip
+            yield {plot: None, **{k: v for _, image, video, mp4, log in panels for k, v in cleared.items()},
+                   panels[1][0]: gr.Column(visible=side_), status: "Starting…"}  # fmt: skip
+            for update in runner.stream(ask, folder, cancel_flag):
+                yield render(update)
+
+        def stop(request: gr.Request) -> None:
+            sessions.cancel(request.session_hash)
+
+        # The queue runs one generation at a time (the model is shared); Cancel bypasses it.
+        generate.click(run, [scene, prompt, pipeline, latent_frames, seed, side, tokentrim, p, lam, flowmo],
+                       widgets, concurrency_limit=1, show_progress="minimal")  # fmt: skip
+        cancel.click(stop, None, None, queue=False)
+
+        def leave(request: gr.Request) -> None:
+            sessions.end(request.session_hash)
+
+        page.unload(leave)
+    return page
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tokentrim.app import backends
+    from tokentrim.wan.attention import check_backend
+
+    # 1. Everything checked before weights load
+    preset = args.preset if args.preset or args.model_dir or args.checkpoint else "toy"
+    if preset is None and not (args.model_dir and args.checkpoint):
+        raise UserError("the official weights need both --model-dir and --checkpoint")
+    try:
+        import gradio  # noqa: F401  (only to tell whether it is installed; imported for real below)
+    except ImportError:
+        raise UserError('the demo needs Gradio: pip install "tokentrim[demo]"') from None
+    device = backends.pick_device(args.device)
+    dtype = backends.pick_dtype(args.dtype, device)
+    attention = check_backend(args.attention)
+    backends.model_config(preset, args.model_dir)
+    check_port(args.host, args.port)
+    # 2. The folder the server owns: gradio reads GRADIO_TEMP_DIR when first imported, so set it before
+    root = Path(tempfile.mkdtemp(prefix="tokentrim-demo-"))
+    page = None
+    try:
+        os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        backend = backends.load_backend(preset=preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
+                                        device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
+        backend.model.attention_backend = attention
+        runner = DemoRunner(backend, preset, args.max_latent_frames, root / "embeddings")
+        sessions = Sessions(root / "runs")
+        page = build_page(runner, sessions, DEFAULT_FRAMES.get(preset, 21))
+        page.queue(max_size=32)
+        # 3. Serve until Ctrl-C / SIGTERM (the CLI turns both into exceptions; the folder goes in `finally`)
+        _, url, _ = page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
+                                allowed_paths=[str(sessions.root)], footer_links=[], run_history=False,
+                                theme="default", css=CSS)  # fmt: skip
+        print(f"TokenTrim demo ({backend.name}) at {url}  (Ctrl-C to stop)", flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"note: listening on {args.host}: anyone who can reach it can use the demo", flush=True)
+        while page.is_running:
+            time.sleep(0.2)
+    finally:
+        if page is not None:
+            page.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="serve a browser demo: live rollout, drift plot, side by side",
+                              description="A web page that generates a video block by block with TokenTrim, plots "
+                              'the drift live and compares with the baseline (needs pip install "tokentrim[demo]"). '
+                              "Without a model it serves the toy world model.")  # fmt: skip
+    add_model_args(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network interface)"
+    )
+    p.add_argument("--port", type=port_number, default=7860, help="TCP port, 1 .. 65535")
+    p.add_argument("--max-latent-frames", type=POSITIVE_INT, default=240,
+                   help="the longest rollout a page may ask for, in latent frames")  # fmt: skip
+    p.set_defaults(func=cmd_demo)
