@@ -19,7 +19,7 @@ from tokentrim.app.args import POSITIVE_INT, add_model_args
 from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate
 from tokentrim.errors import UserError
 
-DEFAULT_FRAMES = {"toy": 30, "tiny": 15}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
+DEFAULT_FRAMES = {"toy": 30, "tiny": 9}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
 TOY_SCENES = 8  # held-out scenes offered in the picker
 STATUS_ID, PLOT_ID = "demo-status", "demo-plot"  # element ids the browser test looks for
 CSS = (
@@ -117,14 +117,18 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
                 prompt = gr.Textbox(label="Prompt", lines=2, visible=not runner.toy)
                 names = pipeline_names()
                 pipeline = gr.Dropdown(names, value=names[0], label="Pipeline")
-                latent_frames = gr.Number(frames, label="Latent frames",
+                latent_frames = gr.Number(frames, label="Latent frames", elem_id="demo-frames",
                                           info="a multiple of 3; video frames = 1 + 4 (F - 1) on Wan2.1")  # fmt: skip
                 seed = gr.Number(0, label="Seed")
-                side = gr.Checkbox(False, label="Side by side: baseline and TokenTrim from the same seed")
+                side = gr.Checkbox(
+                    False,
+                    label="Side by side: baseline and TokenTrim from the same seed",
+                    elem_id="demo-side",
+                )
                 tokentrim = gr.Checkbox(True, label="TokenTrim (single run)")
                 with gr.Row():
                     p = gr.Number(0.1, label="p", info="fraction of tokens pruned, 0 < p < 1")
-                    lam = gr.Number(2.0, label="λ", info="threshold = mean + λ std")
+                    lam = gr.Number(2.0, label="λ", info="threshold = mean + λ std", elem_id="demo-lam")
                 flowmo = gr.Radio(list(FLOWMO_MODES), value="first_block", label="FlowMo")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="demo-generate")
@@ -138,10 +142,14 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
                             image = gr.Image(label="live", format="png", interactive=False, height=220,
                                              elem_classes="pixelated", elem_id=f"demo-live-{i}")  # fmt: skip
                             video = gr.Video(label="finished mp4", interactive=False, height=220, loop=True,
-                                             autoplay=True, elem_classes="pixelated")  # fmt: skip
+                                             autoplay=True, elem_classes="pixelated", elem_id=f"demo-video-{i}")  # fmt: skip
                             with gr.Row():
-                                mp4 = gr.DownloadButton("mp4", visible=False, size="sm")
-                                log = gr.DownloadButton("decision log", visible=False, size="sm")
+                                mp4 = gr.DownloadButton(
+                                    "mp4", visible=False, size="sm", elem_id=f"demo-mp4-{i}"
+                                )
+                                log = gr.DownloadButton(
+                                    "decision log", visible=False, size="sm", elem_id=f"demo-log-{i}"
+                                )
                         panels.append((column, image, video, mp4, log))
                 plot = gr.Plot(label="drift severity per block", format="png", elem_id=PLOT_ID)
         widgets = [status, plot, *(w for panel in panels for w in panel)]
@@ -150,7 +158,8 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
             """One update as component values (gradio applies only the ones returned)."""
             out = {status: ("**Error:** " if update.state == "error" else "") + update.status}
             shown = [p for p in update.panels if p.records]
-            if shown:
+            # Side by side, redraw once both runs have reached the same block (a redraw costs ~0.1 s on a CPU).
+            if shown and (update.state != "running" or len({len(p.records) for p in update.panels}) == 1):
                 out[plot] = drift_figure([{"blocks": [r.to_dict() for r in p.records]} for p in shown],
                                          [p.label for p in shown])  # fmt: skip
             for i, (column, image, video, mp4, log) in enumerate(panels):
@@ -203,6 +212,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # 1. Everything checked before weights load
     preset = args.preset if args.preset or args.model_dir or args.checkpoint else "toy"
+    if preset is not None and (args.model_dir or args.checkpoint):
+        raise UserError(f"--preset {preset} uses built-in weights: drop --model-dir / --checkpoint")
     if preset is None and not (args.model_dir and args.checkpoint):
         raise UserError("the official weights need both --model-dir and --checkpoint")
     try:

@@ -173,6 +173,8 @@ def _whole(value: object, label: str, low: int, high: int) -> int:
 
 
 def _real(value: object, label: str, check: Callable[[float], bool], expected: str) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{label} is empty: enter a number {expected}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -301,7 +303,7 @@ class DemoRunner:
             yield DemoUpdate(_snapshot(panels), str(err), "error")
         except Exception as err:  # logged with its traceback; the page gets one line and keeps serving
             logger.exception("demo run failed")
-            yield DemoUpdate(_snapshot(panels), f"Internal error ({type(err).__name__}: {shorten(err, 120)}); "
+            yield DemoUpdate(_snapshot(panels), f"Internal error ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
                              "the server log has the details.", "error")  # fmt: skip
 
     def _generate(
