@@ -18,6 +18,7 @@ from tokentrim.app.demo_run import DISPLAY_SIZE, PRUNE_RED, DemoRequest, DemoRun
 from tokentrim.app.generate import run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
+from tokentrim.pipelines import pipeline_names
 from tokentrim.toy import HELD_OUT_SCENES, observed_start
 
 SCENE = HELD_OUT_SCENES  # a held-out scene; its rollout prunes block 4 at lam = 0.5
@@ -166,7 +167,7 @@ def test_a_dropped_stream_stops_its_run(runner, tmp_path):
         ({"p": 0.0}, "p must be a number with 0 < p < 1, got 0.0"),
         ({"lam": float("nan")}, "λ must be a number >= 0"),
         ({"lam": None}, "λ is empty: enter a number >= 0"),
-        ({"pipeline": "nope"}, "Pipeline must be one of self_forcing, rolling_forcing"),
+        ({"pipeline": "nope"}, f"Pipeline must be one of {', '.join(pipeline_names())}, got 'nope'"),
         ({"flowmo": "always"}, "FlowMo must be one of off, first_block, every_block"),
         ({"scene": None}, "Toy scene is empty"),
     ],

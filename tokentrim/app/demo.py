@@ -7,6 +7,7 @@ temporary folder that the command owns and removes when the server stops.
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import socket
@@ -216,21 +217,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"--preset {preset} uses built-in weights: drop --model-dir / --checkpoint")
     if preset is None and not (args.model_dir and args.checkpoint):
         raise UserError("the official weights need both --model-dir and --checkpoint")
-    try:
-        import gradio  # noqa: F401  (only to tell whether it is installed; imported for real below)
-    except ImportError:
-        raise UserError('the demo needs Gradio: pip install "tokentrim[demo]"') from None
+    if importlib.util.find_spec("gradio") is None:  # not imported yet: see step 2
+        raise UserError('the demo needs Gradio: pip install "tokentrim[demo]"')
     device = backends.pick_device(args.device)
     dtype = backends.pick_dtype(args.dtype, device)
     attention = check_backend(args.attention)
     backends.model_config(preset, args.model_dir)
     check_port(args.host, args.port)
-    # 2. The folder the server owns: gradio reads GRADIO_TEMP_DIR when first imported, so set it before
+    # 2. The folder the server owns, for gradio's files (it reads GRADIO_TEMP_DIR when first imported) and
+    #    torch's compile cache (made in TMPDIR when torch._dynamo is imported, as the model loads; unused here)
     root = Path(tempfile.mkdtemp(prefix="tokentrim-demo-"))
     page = None
     try:
         os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor"))
         backend = backends.load_backend(preset=preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                         device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
         backend.model.attention_backend = attention
