@@ -6,6 +6,7 @@ the command's argument checks."""
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from tokentrim.app import backends
+from tokentrim.app.block_stream import BlockStream
 from tokentrim.app.demo import Sessions, check_port, port_number
 from tokentrim.app.demo_run import DISPLAY_SIZE, PRUNE_RED, DemoRequest, DemoRunner, mark_pruned, upscale
-from tokentrim.app.generate import run_video
+from tokentrim.app.generate import BlockEvent, run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
 from tokentrim.pipelines import pipeline_names
@@ -58,7 +60,7 @@ def direct_run(backend, *, enabled: bool, flowmo: str, frames: int, seed: int, l
 
 
 def demo_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "tokentrim-demo-run"]
+    return [t for t in threading.enumerate() if t.name == "tokentrim-block-stream"]
 
 
 def test_stream_shows_every_block_as_it_is_decoded(runner, toy, tmp_path):
@@ -206,6 +208,37 @@ def test_a_model_that_reads_text_streams_its_vae_frames(tmp_path):
     empty = list(runner.stream(DemoRequest(pipeline="self_forcing", latent_frames=6, seed=0, prompt="  "),
                                tmp_path, threading.Event()))  # fmt: skip
     assert [u.state for u in empty] == ["error"] and "Prompt is empty" in empty[0].status
+
+
+def test_a_block_stream_runs_only_while_it_is_read():
+    ran = []
+
+    def start(on_block):
+        for s in range(3):
+            ran.append(s)
+            on_block(BlockEvent(s, torch.zeros(1), []))
+        return "finished"
+
+    stream = BlockStream(start)
+    time.sleep(0.05)
+    assert ran == []  # nothing before the first read
+    assert stream.next_block().start == 0
+    time.sleep(0.05)
+    assert ran == [0]  # paused at the block boundary
+    stream.close()
+    assert ran == [0] and not demo_threads()
+    whole = BlockStream(start)
+    assert [whole.next_block().start for _ in range(3)] == [0, 1, 2]
+    assert whole.next_block() is None and whole.result == "finished" and whole.next_block() is None
+
+
+def test_a_block_stream_hands_its_error_to_the_reader():
+    def start(on_block):
+        raise ValueError("bad latents")
+
+    with pytest.raises(ValueError, match="bad latents"):
+        BlockStream(start).next_block()
+    assert not demo_threads()
 
 
 def test_upscale_and_mark_pruned_by_hand():

@@ -169,7 +169,7 @@ def test_generate_streams_the_video_and_the_drift_plot(page, downloads, tmp_path
         plot.get_attribute("src").startswith("data:image/png")
         and page.execute_script("return arguments[0].naturalWidth", plot) > 300
     )
-    assert "pruned (block" in status(page) and "pruned: block" in page_text(page)
+    assert "pruned (block" in status(page) and "TokenTrim: live, 30 frames, pruned: block" in page_text(page)
     assert "Error" not in page_text(page) and "Traceback" not in page_text(page)
     # The downloads are the run's files.
     css(page, "#demo-log-1").click()

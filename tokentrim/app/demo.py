@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tokentrim.app.args import POSITIVE_INT, add_model_args
-from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate
+from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate, block_list
 from tokentrim.errors import UserError
 
 DEFAULT_FRAMES = {"toy": 30, "tiny": 9}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
@@ -168,7 +168,7 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
                     continue
                 panel = update.panels[i]
                 out[column] = gr.Column(visible=True)
-                pruned = f", pruned: block {', '.join(map(str, panel.pruned))}" if panel.pruned else ""
+                pruned = f", pruned: {block_list(panel.pruned)}" if panel.pruned else ""
                 out[image] = gr.Image(
                     panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}"
                 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import queue
 import re
 import threading
 import time
@@ -24,6 +23,7 @@ import torch
 
 from tokentrim.app.args import MAX_SEED
 from tokentrim.app.backends import Backend
+from tokentrim.app.block_stream import BlockStream, Cancelled
 from tokentrim.app.generate import BlockEvent, VideoResult, check_request, run_video
 from tokentrim.app.run_config import RunConfig, default_config_path, load_run_config
 from tokentrim.errors import UserError, shorten
@@ -34,19 +34,14 @@ from tokentrim_core.hook import BlockRecord
 
 logger = logging.getLogger(__name__)
 
-DISPLAY_SIZE = (
-    256  # pixels: a video whose short side is smaller is shown upscaled (nearest neighbour) to this
-)
+# Pixels: a video whose short side is smaller is shown upscaled (nearest neighbour) to this size.
+DISPLAY_SIZE = 256
 PRUNE_BORDER = 4  # display pixels of the red frame around the preview of a pruned-and-regenerated block
 PRUNE_RED = (230, 30, 30)
 FLOWMO_MODES = ("off", "first_block", "every_block")
 # Library messages name fields in backticks; the page shows the labels of its inputs instead (cli_message's twin).
 LABELS = {"num_frames": "Latent frames", "pipeline": "Pipeline", "tokentrim.p": "p", "tokentrim.lam": "λ",
           "flowmo.mode": "FlowMo", "seed": "Seed", "prompt": "Prompt", "scene": "Toy scene"}  # fmt: skip
-
-
-class Cancelled(Exception):
-    """Raised from a run's block callback to abort it (the Cancel button)."""
 
 
 def page_message(err: UserError) -> str:
@@ -93,68 +88,6 @@ class DemoUpdate:
     panels: list[Panel]  # snapshots: later updates do not change them
     status: str  # one line for the page
     state: str  # "running" | "done" | "cancelled" | "error"
-
-
-class BlockStream:
-    """`run_video` in a worker thread, read as a sequence of `BlockEvent`s.
-
-    The worker runs only while the reader waits in `next_block()`; it pauses at the end of every block. So two
-    streams alternate block by block on one device, and `close()` stops a run at its next block boundary: the
-    worker's block callback raises `Cancelled`, which unwinds the pipeline like any error."""
-
-    def __init__(self, start: Callable[[Callable[[BlockEvent], None]], VideoResult]):
-        self._start = start
-        self._turn = threading.Semaphore(0)
-        self._events: queue.Queue = queue.Queue()
-        self._stop = False
-        self._done = False
-        self.result: VideoResult | None = None
-        self._thread = threading.Thread(target=self._work, name="tokentrim-demo-run", daemon=True)
-        self._thread.start()
-
-    def _wait_for_turn(self) -> None:
-        self._turn.acquire()
-        if self._stop:
-            raise Cancelled
-
-    def _on_block(self, event: BlockEvent) -> None:
-        # The hook appends to one list as the run goes on: hand over a copy of the decisions so far.
-        self._events.put(("block", BlockEvent(event.start, event.latents, list(event.records))))
-        self._wait_for_turn()
-
-    def _work(self) -> None:
-        try:
-            self._wait_for_turn()
-            self._events.put(("done", self._start(self._on_block)))
-        except Cancelled:
-            self._events.put(("cancelled", None))
-        except BaseException as err:  # the reader re-raises it in its own thread
-            self._events.put(("error", err))
-
-    def next_block(self) -> BlockEvent | None:
-        """The next finished block, or None once the run is complete (`result` is then set); the run's error
-        is raised here."""
-        if self._done:
-            return None
-        self._turn.release()
-        kind, value = self._events.get()
-        if kind == "block":
-            return value
-        self._done = True
-        self._thread.join()
-        if kind == "error":
-            raise value
-        assert kind == "done", "only close() cancels a stream"
-        self.result = value
-        return None
-
-    def close(self) -> None:
-        """Stop the run if it is still going and wait until its worker has unwound."""
-        if self._done:
-            return
-        self._done, self._stop = True, True
-        self._turn.release()
-        self._thread.join()
 
 
 def _whole(value: object, label: str, low: int, high: int) -> int:
@@ -387,12 +320,16 @@ def _progress(panels: list[Panel], latent_frames: int, backend: Backend) -> str:
     return "Generating: " + "; ".join(parts)
 
 
+def block_list(blocks: list[int]) -> str:
+    """ "block 4" or "blocks 3, 4"."""
+    return f"block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))}"
+
+
 def _pruned_text(panel: Panel) -> str:
     if panel.label == "baseline":
         return ""
     pruned = panel.pruned
-    where = f" (block{'s' if len(pruned) > 1 else ''} {', '.join(map(str, pruned))})" if pruned else ""
-    return f", {len(pruned)} pruned{where}"
+    return f", {len(pruned)} pruned" + (f" ({block_list(pruned)})" if pruned else "")
 
 
 def _summary(panels: list[Panel], wall: float) -> str:
