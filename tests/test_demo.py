@@ -241,6 +241,21 @@ def test_a_block_stream_hands_its_error_to_the_reader():
     assert not demo_threads()
 
 
+def test_the_drift_plot_is_redrawn_once_both_runs_reached_a_block(runner, tmp_path):
+    from matplotlib.figure import Figure
+
+    from tokentrim.app.demo import drift_plot
+
+    updates = list(
+        runner.stream(toy_request(latent_frames=6, side_by_side=True), tmp_path, threading.Event())
+    )
+    drawn = [drift_plot(u) is not None for u in updates]
+    assert drawn == [False, True, False, True, True]  # (1, 0), (1, 1), (2, 1), (2, 2) blocks, done
+    figure = drift_plot(updates[-1])
+    assert isinstance(figure, Figure)
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()][1:3] == ["baseline", "TokenTrim"]
+
+
 def test_upscale_and_mark_pruned_by_hand():
     frame = np.array([[[1, 1, 1], [2, 2, 2]], [[3, 3, 3], [4, 4, 4]]], dtype=np.uint8)  # 2x2
     big = upscale(frame, 2)

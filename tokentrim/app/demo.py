@@ -14,10 +14,12 @@ import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokentrim.app.args import POSITIVE_INT, add_model_args
-from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate, block_list
+from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate, Panel, block_list
 from tokentrim.errors import UserError
 
 DEFAULT_FRAMES = {"toy": 30, "tiny": 9}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
@@ -101,108 +103,139 @@ class Sessions:
         shutil.rmtree(self.folder(session), ignore_errors=True)
 
 
+@dataclass
+class PanelWidgets:
+    """The components of one video panel: the live preview, the finished mp4 and its two downloads."""
+
+    column: Any
+    image: Any
+    video: Any
+    mp4: Any
+    log: Any
+
+    @classmethod
+    def make(cls, index: int) -> "PanelWidgets":
+        import gradio as gr
+
+        with gr.Column(visible=index == 0) as column:
+            image = gr.Image(label="live", format="png", interactive=False, height=220, elem_classes="pixelated",
+                             elem_id=f"demo-live-{index}")  # fmt: skip
+            video = gr.Video(label="finished mp4", interactive=False, height=220, loop=True, autoplay=True,
+                             elem_classes="pixelated", elem_id=f"demo-video-{index}")  # fmt: skip
+            with gr.Row():
+                mp4 = gr.DownloadButton("mp4", visible=False, size="sm", elem_id=f"demo-mp4-{index}")
+                log = gr.DownloadButton("decision log", visible=False, size="sm", elem_id=f"demo-log-{index}")
+        return cls(column, image, video, mp4, log)
+
+    def cleared(self, visible: bool) -> dict:
+        """Values that empty the panel before a run (and show it only if the run uses it)."""
+        import gradio as gr
+
+        hidden = gr.DownloadButton(visible=False)
+        return {self.column: gr.Column(visible=visible), self.image: None, self.video: None, self.mp4: hidden,
+                self.log: hidden}  # fmt: skip
+
+    def showing(self, panel: Panel, done: bool) -> dict:
+        """Values that show a panel's newest block, and its files once the run is done."""
+        import gradio as gr
+
+        pruned = f", pruned: {block_list(panel.pruned)}" if panel.pruned else ""
+        out = {self.column: gr.Column(visible=True),
+               self.image: gr.Image(panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}")}  # fmt: skip
+        if done:
+            out[self.video] = gr.Video(str(panel.display_video), label=f"{panel.label}: finished mp4")
+            out[self.mp4] = gr.DownloadButton(f"{panel.label} mp4", value=str(panel.video), visible=True)
+            out[self.log] = gr.DownloadButton(
+                f"{panel.label} decision log", value=str(panel.log), visible=True
+            )
+        return out
+
+
+def drift_plot(update: DemoUpdate):
+    """The drift figure of an update's runs, or None when it need not be redrawn: side by side, it is redrawn
+    once both runs have reached the same block (a redraw costs about 0.1 s on a CPU)."""
+    from tokentrim.app.figures import drift_figure
+
+    shown = [p for p in update.panels if p.records]
+    if not shown or (update.state == "running" and len({len(p.records) for p in update.panels}) > 1):
+        return None
+    return drift_figure(
+        [{"blocks": [r.to_dict() for r in p.records]} for p in shown], [p.label for p in shown]
+    )
+
+
+def settings_inputs(runner: DemoRunner, frames: int) -> dict[str, Any]:
+    """The settings column, as components named by the `DemoRequest` field they fill."""
+    import gradio as gr
+
+    from tokentrim.pipelines import pipeline_names
+
+    choices = scene_choices() if runner.toy else [("0", 0)]
+    names = pipeline_names()
+    inputs = {
+        "scene": gr.Dropdown(choices, value=choices[0][1], label="Toy scene (its prompt and observed first block)",
+                             visible=runner.toy),
+        "prompt": gr.Textbox(label="Prompt", lines=2, visible=not runner.toy),
+        "pipeline": gr.Dropdown(names, value=names[0], label="Pipeline"),
+        "latent_frames": gr.Number(frames, label="Latent frames", elem_id="demo-frames",
+                                   info="a multiple of 3; video frames = 1 + 4 (F - 1) on Wan2.1"),
+        "seed": gr.Number(0, label="Seed"),
+        "side_by_side": gr.Checkbox(False, label="Side by side: baseline and TokenTrim from the same seed",
+                                    elem_id="demo-side"),
+        "tokentrim": gr.Checkbox(True, label="TokenTrim (single run)"),
+    }  # fmt: skip
+    with gr.Row():
+        inputs["p"] = gr.Number(0.1, label="p", info="fraction of tokens pruned, 0 < p < 1")
+        inputs["lam"] = gr.Number(2.0, label="λ", info="threshold = mean + λ std", elem_id="demo-lam")
+    inputs["flowmo"] = gr.Radio(list(FLOWMO_MODES), value="first_block", label="FlowMo")
+    return inputs
+
+
 def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
     """The Gradio page (not launched). Import gradio only after GRADIO_TEMP_DIR is set (see `cmd_demo`)."""
     import gradio as gr
-
-    from tokentrim.app.figures import drift_figure
-    from tokentrim.pipelines import pipeline_names
 
     with gr.Blocks(title="TokenTrim demo", analytics_enabled=False, delete_cache=(600, 3600)) as page:
         gr.Markdown(ABOUT)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                choices = scene_choices() if runner.toy else [(str(0), 0)]
-                scene = gr.Dropdown(choices, value=choices[0][1], label="Toy scene (its prompt and observed first "
-                                    "block)", visible=runner.toy)  # fmt: skip
-                prompt = gr.Textbox(label="Prompt", lines=2, visible=not runner.toy)
-                names = pipeline_names()
-                pipeline = gr.Dropdown(names, value=names[0], label="Pipeline")
-                latent_frames = gr.Number(frames, label="Latent frames", elem_id="demo-frames",
-                                          info="a multiple of 3; video frames = 1 + 4 (F - 1) on Wan2.1")  # fmt: skip
-                seed = gr.Number(0, label="Seed")
-                side = gr.Checkbox(
-                    False,
-                    label="Side by side: baseline and TokenTrim from the same seed",
-                    elem_id="demo-side",
-                )
-                tokentrim = gr.Checkbox(True, label="TokenTrim (single run)")
-                with gr.Row():
-                    p = gr.Number(0.1, label="p", info="fraction of tokens pruned, 0 < p < 1")
-                    lam = gr.Number(2.0, label="λ", info="threshold = mean + λ std", elem_id="demo-lam")
-                flowmo = gr.Radio(list(FLOWMO_MODES), value="first_block", label="FlowMo")
+                inputs = settings_inputs(runner, frames)
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="demo-generate")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="demo-cancel")
             with gr.Column(scale=2):
                 status = gr.Markdown("Choose the settings and press **Generate**.", elem_id=STATUS_ID)
-                panels = []
                 with gr.Row():
-                    for i in range(2):
-                        with gr.Column(visible=i == 0) as column:
-                            image = gr.Image(label="live", format="png", interactive=False, height=220,
-                                             elem_classes="pixelated", elem_id=f"demo-live-{i}")  # fmt: skip
-                            video = gr.Video(label="finished mp4", interactive=False, height=220, loop=True,
-                                             autoplay=True, elem_classes="pixelated", elem_id=f"demo-video-{i}")  # fmt: skip
-                            with gr.Row():
-                                mp4 = gr.DownloadButton(
-                                    "mp4", visible=False, size="sm", elem_id=f"demo-mp4-{i}"
-                                )
-                                log = gr.DownloadButton(
-                                    "decision log", visible=False, size="sm", elem_id=f"demo-log-{i}"
-                                )
-                        panels.append((column, image, video, mp4, log))
+                    panels = [PanelWidgets.make(i) for i in range(2)]
                 plot = gr.Plot(label="drift severity per block", format="png", elem_id=PLOT_ID)
-        widgets = [status, plot, *(w for panel in panels for w in panel)]
 
-        def render(update: DemoUpdate) -> dict:
-            """One update as component values (gradio applies only the ones returned)."""
-            out = {status: ("**Error:** " if update.state == "error" else "") + update.status}
-            shown = [p for p in update.panels if p.records]
-            # Side by side, redraw once both runs have reached the same block (a redraw costs ~0.1 s on a CPU).
-            if shown and (update.state != "running" or len({len(p.records) for p in update.panels}) == 1):
-                out[plot] = drift_figure([{"blocks": [r.to_dict() for r in p.records]} for p in shown],
-                                         [p.label for p in shown])  # fmt: skip
-            for i, (column, image, video, mp4, log) in enumerate(panels):
-                if i >= len(update.panels):
-                    continue
-                panel = update.panels[i]
-                out[column] = gr.Column(visible=True)
-                pruned = f", pruned: {block_list(panel.pruned)}" if panel.pruned else ""
-                out[image] = gr.Image(
-                    panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}"
-                )
-                if update.state == "done":
-                    out[video] = gr.Video(str(panel.display_video), label=f"{panel.label}: finished mp4")
-                    out[mp4] = gr.DownloadButton(f"{panel.label} mp4", value=str(panel.video), visible=True)
-                    out[log] = gr.DownloadButton(f"{panel.label} decision log", value=str(panel.log),
-                                                 visible=True)  # fmt: skip
-            return out
-
-        def run(scene_, prompt_, pipeline_, frames_, seed_, side_, tokentrim_, p_, lam_, flowmo_,
-                request: gr.Request):  # fmt: skip
+        def run(values: dict, request: gr.Request):
+            """One Generate click; `values` maps each input component to its value (inputs given as a set)."""
             folder, cancel_flag = sessions.start(request.session_hash)
-            ask = DemoRequest(pipeline=pipeline_, latent_frames=frames_, seed=seed_, tokentrim=tokentrim_, p=p_,
-                              lam=lam_, flowmo=flowmo_, side_by_side=side_, prompt=prompt_, scene=scene_)  # fmt: skip
-            # Clear the previous run's results, and hide the second panel unless it is used.
-            cleared = {image: None, video: None, mp4: gr.DownloadButton(visible=False),
-                       log: gr.DownloadButton(visible=False)}  # fmt: skip
-            yield {plot: None, **{k: v for _, image, video, mp4, log in panels for k, v in cleared.items()},
-                   panels[1][0]: gr.Column(visible=side_), status: "Starting…"}  # fmt: skip
+            ask = DemoRequest(**{name: values[component] for name, component in inputs.items()})
+            cleared = {plot: None, status: "Starting…"}
+            for i, widgets in enumerate(panels):
+                cleared |= widgets.cleared(visible=i == 0 or ask.side_by_side)
+            yield cleared
             for update in runner.stream(ask, folder, cancel_flag):
-                yield render(update)
+                out = {status: ("**Error:** " if update.state == "error" else "") + update.status}
+                figure = drift_plot(update)
+                if figure is not None:
+                    out[plot] = figure
+                for widgets, panel in zip(panels, update.panels, strict=False):
+                    out |= widgets.showing(panel, done=update.state == "done")
+                yield out
 
         def stop(request: gr.Request) -> None:
             sessions.cancel(request.session_hash)
 
-        # The queue runs one generation at a time (the model is shared); Cancel bypasses it.
-        generate.click(run, [scene, prompt, pipeline, latent_frames, seed, side, tokentrim, p, lam, flowmo],
-                       widgets, concurrency_limit=1, show_progress="minimal")  # fmt: skip
-        cancel.click(stop, None, None, queue=False)
-
         def leave(request: gr.Request) -> None:
             sessions.end(request.session_hash)
 
+        outputs = [status, plot, *(w for p in panels for w in (p.column, p.image, p.video, p.mp4, p.log))]
+        # The queue runs one generation at a time (the model is shared); Cancel bypasses it.
+        generate.click(run, set(inputs.values()), outputs, concurrency_limit=1, show_progress="minimal")
+        cancel.click(stop, None, None, queue=False)
         page.unload(leave)
     return page
 

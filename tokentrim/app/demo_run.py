@@ -173,16 +173,16 @@ class DemoRunner:
             _whole(request.scene, "Toy scene", 0, MAX_SEED)
         elif not (request.prompt or "").strip():
             raise UserError("Prompt is empty: describe the video to generate")
-        treated = {"enabled": True, "p": _real(request.p, "p", lambda x: 0 < x < 1, "with 0 < p < 1"),
-                   "lam": _real(request.lam, "λ", lambda x: x >= 0, ">= 0")}  # fmt: skip
+        trim = {"p": _real(request.p, "p", lambda x: 0 < x < 1, "with 0 < p < 1"),
+                "lam": _real(request.lam, "λ", lambda x: x >= 0, ">= 0")}  # fmt: skip
+        # (panel label, TokenTrim on, FlowMo mode); side by side, the baseline of the paper's comparisons (and
+        # bench's): TokenTrim and FlowMo off
         chosen = [("TokenTrim" if request.tokentrim else "baseline", request.tokentrim, request.flowmo)]
-        if (
-            request.side_by_side
-        ):  # the baseline of the paper's comparisons: TokenTrim and FlowMo off (bench's too)
+        if request.side_by_side:
             chosen = [("baseline", False, "off"), ("TokenTrim", True, request.flowmo)]
         runs = []
         for label, enabled, flowmo in chosen:
-            updates = {"pipeline": request.pipeline, "tokentrim": {**treated, "enabled": enabled},
+            updates = {"pipeline": request.pipeline, "tokentrim": {**trim, "enabled": enabled},
                        "flowmo": {"mode": flowmo}}  # fmt: skip
             run = load_run_config(default_config_path(request.pipeline, self.preset), [], updates)
             observed = self.backend.model.config.frames_per_block if self.toy else 0
@@ -203,9 +203,9 @@ class DemoRunner:
             settings["scene"] = scene
         else:
             prompt = request.prompt.strip()
-        if self.backend.encoder_factory is None:
+        if self.backend.encoder_factory is None or self.backend.decoder is None:
             raise UserError(
-                "this backend has no text encoder; start the demo with a preset or a model folder"
+                "the demo needs a text encoder and a decoder: start it with a preset or a model folder"
             )
         embeds = encode_prompts([prompt], self.backend.encoder_factory, self.embed_cache, offload="cpu")
         return embeds, prefix, {"prompt": prompt, **settings}
@@ -236,12 +236,23 @@ class DemoRunner:
             yield DemoUpdate(_snapshot(panels), str(err), "error")
         except Exception as err:  # logged with its traceback; the page gets one line and keeps serving
             logger.exception("demo run failed")
-            yield DemoUpdate(_snapshot(panels), f"Internal error ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
-                             "the server log has the details.", "error")  # fmt: skip
+            what = f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+            yield DemoUpdate(
+                _snapshot(panels), f"Internal error ({what}); the server log has the details.", "error"
+            )
 
     def _generate(
-        self, request, runs, panels, embeds, prefix, settings, out_dir, cancel
+        self,
+        request: DemoRequest,
+        runs: list[tuple[str, RunConfig]],
+        panels: list[Panel],
+        embeds: torch.Tensor,
+        prefix: torch.Tensor | None,
+        settings: dict,
+        out_dir: Path,
+        cancel: threading.Event,
     ) -> Iterator[DemoUpdate]:
+        """The runs of a request, one block of each in turn, into their panels and files."""
         backend, frames, seed = self.backend, int(request.latent_frames), int(request.seed)
         device = getattr(backend.decoder, "device", torch.device("cpu"))
         start = time.perf_counter()
@@ -321,7 +332,7 @@ def _progress(panels: list[Panel], latent_frames: int, backend: Backend) -> str:
 
 
 def block_list(blocks: list[int]) -> str:
-    """ "block 4" or "blocks 3, 4"."""
+    """Some block numbers in words: block 4, or blocks 3, 4."""
     return f"block{'s' if len(blocks) > 1 else ''} {', '.join(map(str, blocks))}"
 
 
