@@ -4,7 +4,10 @@ dropped, and answers bad input with a message instead of an exception; plus the 
 the command's argument checks."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 
 from tokentrim.app import backends
 from tokentrim.app.block_stream import BlockStream
-from tokentrim.app.demo import Sessions, check_port, port_number
+from tokentrim.app.demo import Sessions, check_port, port_number, remove_stale_folders
 from tokentrim.app.demo_run import DISPLAY_SIZE, PRUNE_RED, DemoRequest, DemoRunner, mark_pruned, upscale
 from tokentrim.app.generate import BlockEvent, run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
@@ -279,6 +282,19 @@ def test_sessions_keep_their_runs_apart(tmp_path):
     sessions.end("alice")
     assert not a.exists() and cancel_again.is_set() and b.is_dir()
     sessions.cancel("nobody")  # a tab that never ran anything
+
+
+def test_folders_of_killed_servers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"tokentrim-demo-{dead.pid}-abc"
+    (stale / "runs").mkdir(parents=True)
+    alive = tmp_path / f"tokentrim-demo-{os.getpid()}-xyz"
+    alive.mkdir()
+    other = tmp_path / "tokentrim-demo-notapid-1"
+    other.mkdir()
+    assert remove_stale_folders(tmp_path) == [stale]
+    assert not stale.exists() and alive.is_dir() and other.is_dir()
 
 
 def test_port_checks():

@@ -24,6 +24,9 @@ from tokentrim.errors import UserError
 
 DEFAULT_FRAMES = {"toy": 30, "tiny": 9}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
 TOY_SCENES = 8  # held-out scenes offered in the picker
+FOLDER_PREFIX = (
+    "tokentrim-demo-"  # the server's folder in the temporary folder: tokentrim-demo-<pid>-<random>
+)
 STATUS_ID, PLOT_ID = "demo-status", "demo-plot"  # element ids the browser test looks for
 CSS = (
     ".pixelated img, .pixelated video { image-rendering: pixelated; }"  # nearest neighbour in the browser too
@@ -64,6 +67,28 @@ def check_port(host: str, port: int) -> None:
             raise UserError(
                 f"cannot listen on {host}:{port} ({err.strerror}); choose another --port"
             ) from None
+
+
+def remove_stale_folders(parent: Path | None = None) -> list[Path]:
+    """Remove the folders of demo servers that were killed outright (SIGKILL: no clean-up ran), named
+    `tokentrim-demo-<pid>-...` in the temporary folder, whose process no longer runs."""
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(FOLDER_PREFIX) :].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def scene_choices(count: int = TOY_SCENES) -> list[tuple[str, int]]:
@@ -259,7 +284,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     # 2. The folder the server owns, for gradio's files (it reads GRADIO_TEMP_DIR when first imported) and
     #    torch's compile cache (made in TMPDIR when torch._dynamo is imported, as the model loads; unused here)
-    root = Path(tempfile.mkdtemp(prefix="tokentrim-demo-"))
+    remove_stale_folders()
+    root = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
     page = None
     try:
         os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
