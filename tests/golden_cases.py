@@ -116,14 +116,18 @@ def run_cases(names=None) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--record", action="store_true")
+    parser.add_argument(
+        "--only", nargs="+", help="re-record just these cases (an intended, explained change)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
-    results = run_cases()
+    results = run_cases(args.only)
     for name, r in results.items():
         pruned = sum(x["action"] == "prune" for x in r["records"])
         print(
             f"{name}: latents {list(r['latents'].shape)}, {pruned} prunes, {len(r['flowmo_losses'])} guided"
         )
     if args.record:
-        torch.save({"platform": platform_key(), "cases": results}, GOLDEN)
+        cases = torch.load(GOLDEN, weights_only=True)["cases"] if args.only else {}
+        torch.save({"platform": platform_key(), "cases": {**cases, **results}}, GOLDEN)
         print(f"recorded {GOLDEN}")

@@ -21,7 +21,6 @@ CASES = [
     (TOY + ["--latent-frames", "10"], "--latent-frames must be a positive multiple of 3"),
     (TOY + ["--latent-frames", "0"], "--latent-frames: the value must be >= 1"),
     (TOY + ["--latent-frames", "abc"], "--latent-frames: the value must be an integer"),
-    (TOY + ["--latent-frames", "1026"], "at most 1023 latent frames"),
     (TOY + ["--pipeline", "rolling_forcing", "--latent-frames", "12"], "at least 15 latent frames"),
     (TOY + ["--seed", str(2**64)], "--seed: the seed must be >= 0 and <= 9223372036854775807"),
     (TOY + ["--seed", "-1"], "--seed: the seed must be >= 0"),
@@ -88,6 +87,33 @@ CASES = [
     (
         ["generate", "--preset", "toy", "--scene", "3", "--prompt", "a red circle"],
         "--scene brings its own prompt",
+    ),
+    # generate: image and video starts
+    (TOY + ["--init-image", "{in}/missing.png"], "--init-image {in}/missing.png not found"),
+    (TOY + ["--init-image", "{in}/text.txt"], "is not an image PIL can read"),
+    (TOY + ["--init-video", "{in}/text.txt"], "cannot read video"),
+    (TOY + ["--init-frames", "9"], "--init-frames / --keep-init go with --init-video"),
+    (TOY + ["--init-image", "{in}/text.txt", "--init-video", "{in}/text.txt"], "not both"),
+    (
+        ["generate", "--preset", "toy", "--scene", "3", "--init-image", "{in}/text.txt"],
+        "--scene brings its own",
+    ),
+    (TOY + ["--init-video", "{in}/a.mp4", "--init-frames", "5"], "must encode to whole 3-frame blocks"),
+    (
+        [
+            "generate",
+            "--preset",
+            "tiny",
+            "--prompt",
+            "a cat",
+            "--pipeline",
+            "causal_forcing_framewise",
+            "--init-video",
+            "{in}/a.mp4",
+            "--init-frames",
+            "2",
+        ],
+        "must encode to whole 1-frame blocks: 1, 5, 9",
     ),
     # generate: outputs
     (TOY + ["--out", "x.avi"], "--out must be an .mp4 file"),

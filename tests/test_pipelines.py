@@ -184,8 +184,6 @@ def test_input_errors(model, embeds):
         SelfForcingPipeline(model)(embeds, 10, seed=0, progress=False)
     with pytest.raises(UserError, match="at least 15 latent frames"):
         RollingForcingPipeline(model)(embeds, 12, seed=0, progress=False)
-    with pytest.raises(UserError, match="at most 1023 latent frames"):
-        SelfForcingPipeline(model)(embeds, 1026, seed=0, progress=False)
     with pytest.raises(UserError, match="global cache"):
         SelfForcingPipeline(model, SelfForcingConfig(rolling=False))(embeds, 24, seed=0, progress=False)
     with pytest.raises(UserError, match="prompt_embeds"):
@@ -268,8 +266,15 @@ def test_self_forcing_observed_block_equal_to_its_own_gives_the_same_video(model
     noise = torch.randn(first.latents.shape, generator=gen)
     for _ in range(len(SF_STEPS) - 1):  # block 0's re-noising draws
         torch.randn(1, 3, *first.latents.shape[2:], generator=gen)
+    # the initial noise covers the generated frames only
     second = pipe(
-        embeds, 24, noise=noise, generator=gen, prefix=first.latents[:, :3], hook=hook(), progress=False
+        embeds,
+        24,
+        noise=noise[:, 3:],
+        generator=gen,
+        prefix=first.latents[:, :3],
+        hook=hook(),
+        progress=False,
     )
     assert torch.equal(second.latents, first.latents)
     actions = [[r.action for r in out.records] for out in (first, second)]
@@ -303,9 +308,9 @@ def test_self_forcing_observed_blocks_are_committed_and_returned(model, embeds, 
     assert torch.equal(out.latents[:, :6], prefix)
     assert calls[:2] == [(0, 3, [0.0] * 3, True), (3, 3, [0.0] * 3, True)]
     assert [c[0] for c in calls[2:]] == [6] * 5 + [9] * 5
-    assert draws == [(1, 12, 16, 8, 12)] + [(1, 3, 16, 8, 12)] * (
+    assert draws == [(1, 6, 16, 8, 12)] + [(1, 3, 16, 8, 12)] * (
         2 * 3
-    )  # noise for all frames, then 2 blocks
+    )  # noise for the generated frames, 2 blocks
 
 
 def test_observed_frames_errors(model, embeds):

@@ -55,13 +55,27 @@ def test_rope_is_relative_in_time():
     assert score(10, 4) != pytest.approx(score(10, 5), abs=1e-6)
 
 
-def test_table_limit_and_dtype():
+def test_table_size_and_dtype():
     c = get_preset("wan2.1-t2v-1.3b")
     table = RopeTable(c)
     assert [p.shape for p in table.parts] == [(1024, 22), (1024, 21), (1024, 21)]
     assert all(p.dtype == torch.complex128 for p in table.parts)
-    with pytest.raises(ValueError, match="RoPE"):
-        table.token_freqs(torch.tensor([1024]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="negative"):
+        table.token_freqs(torch.tensor([-1]), torch.tensor([0]))
+
+
+def test_table_grows_exactly_past_its_precomputed_positions():
+    """Positions past the precomputed table are the closed form, bit for bit what a longer table holds."""
+    small, big = RopeTable(get_preset("tiny").replace(rope_max_seq_len=64)), RopeTable(get_preset("tiny"))
+    assert small.max_frames == 64
+    frames, spatial = torch.tensor([0, 63, 64, 500, 1500]), torch.tensor([0, 5, 7, 23, 1])
+    got = small.token_freqs(frames, spatial)
+    assert small.max_frames >= 1501 and torch.equal(got[:4], big.token_freqs(frames[:4], spatial[:4]))
+    for i, f in enumerate(frames.tolist()):  # against the hand rotation's angles
+        angles = f * 10000 ** (-torch.arange(0, small.dims[0], 2, dtype=torch.float64) / small.dims[0])
+        torch.testing.assert_close(got[i, : small.dims[0] // 2], torch.polar(torch.ones_like(angles), angles))
+    assert torch.equal(small.grid_freqs(3000, 2, 24, "cpu"), RopeTable(get_preset("tiny").replace(
+        rope_max_seq_len=4096)).grid_freqs(3000, 2, 24, "cpu"))  # fmt: skip
 
 
 def test_bf16_input_is_rotated_in_float64_and_cast_back():

@@ -80,9 +80,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--checkpoint", help="self_forcing_dmd.pt / rolling_forcing_dmd.pt (or a DiT .safetensors / "
                    "Diffusers folder); with --model-dir")  # fmt: skip
-    g.add_argument(
-        "--no-ema", action="store_true", help="load the checkpoint's 'generator' instead of 'generator_ema'"
-    )
+    ema = g.add_mutually_exclusive_group()
+    ema.add_argument("--ema", action="store_true",
+                     help="read the checkpoint's 'generator_ema' entry (default: the entry its release says, see "
+                     "docs/models.md; unknown files: 'generator_ema' if present)")  # fmt: skip
+    ema.add_argument("--no-ema", action="store_true", help="read the checkpoint's 'generator' entry")
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--dtype", help="bf16 | fp32 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--attention", default="sdpa", choices=list(BACKENDS),
@@ -131,3 +133,8 @@ def run_config_from_args(args: argparse.Namespace, baseline: bool = False) -> Ru
     return load_run_config(
         args.config or default_config_path(args.pipeline, args.preset), args.overrides, updates
     )
+
+
+def ema_choice(args: argparse.Namespace) -> bool | None:
+    """--ema: True, --no-ema: False, neither: None (the checkpoint's documented entry)."""
+    return True if args.ema else False if args.no_ema else None

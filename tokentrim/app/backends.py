@@ -108,7 +108,7 @@ def load_backend(
     checkpoint: str | None,
     device: torch.device,
     dtype: torch.dtype,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     decoder: bool = True,
     text_encoder: bool = True,
     random_weights: bool = False,
@@ -148,7 +148,9 @@ def load_backend(
                            vae=decoder, require_text_encoder=text_encoder)  # fmt: skip
     model = build_model(comp.dit_config, device="meta")
     model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype)
-    return Backend(backend_name(None, checkpoint), model, comp.text_encoder_factory, comp.vae)
+    return Backend(
+        backend_name(None, checkpoint, use_ema=use_ema), model, comp.text_encoder_factory, comp.vae
+    )
 
 
 def model_config(preset: str | None, model_dir: str | None, random_weights: bool = False) -> WanConfig:
@@ -172,8 +174,24 @@ def model_config(preset: str | None, model_dir: str | None, random_weights: bool
     return WanConfig.from_json(Path(model_dir) / LAYOUTS[detect_layout(model_dir)].config)
 
 
-def backend_name(preset: str | None, checkpoint: str | None, random_weights: bool = False) -> str:
-    """The name a run records for its weights (known before they load: batch resume compares it)."""
+def vae_strides(preset: str | None) -> tuple[int, int]:
+    """(spatial, temporal) stride of the backend's VAE, known without loading it: Wan2.1's (8, 4) (spec §1; the
+    tiny VAE has the same), the toy codec's (its pixel-unshuffle factor, 1)."""
+    if preset == "toy":
+        from tokentrim.toy import CODEC
+
+        return CODEC.factor, 1
+    return 8, 4
+
+
+def backend_name(
+    preset: str | None, checkpoint: str | None, random_weights: bool = False, use_ema: bool | None = None
+) -> str:
+    """The name a run records for its weights (known before they load: batch resume compares it); an explicitly
+    chosen checkpoint entry is part of it."""
     if random_weights:
         return "wan2.1-t2v-1.3b-random"
-    return preset if preset is not None else Path(checkpoint).stem
+    if preset is not None:
+        return preset
+    entry = {True: "[generator_ema]", False: "[generator]", None: ""}[use_ema]
+    return Path(checkpoint).stem + entry

@@ -92,7 +92,7 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.app.args import run_config_from_args
+    from tokentrim.app.args import ema_choice, run_config_from_args
     from tokentrim.app.generate import check_request
     from tokentrim.files import check_output
     from tokentrim.wan.attention import check_backend
@@ -114,7 +114,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         check_output(args.json, "--json")
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                    device=device, dtype=dtype, use_ema=not args.no_ema, decoder=False,
+                                    device=device, dtype=dtype, use_ema=ema_choice(args), decoder=False,
                                     text_encoder=False, random_weights=args.random_weights)  # fmt: skip
     backend.model.attention_backend = attention
     if args.compile:

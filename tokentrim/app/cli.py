@@ -15,7 +15,15 @@ import sys
 import threading
 from pathlib import Path
 
-from tokentrim.app.args import SEED, Parser, add_model_args, add_run_args, run_config_from_args
+from tokentrim.app.args import (
+    POSITIVE_INT,
+    SEED,
+    Parser,
+    add_model_args,
+    add_run_args,
+    ema_choice,
+    run_config_from_args,
+)
 from tokentrim.errors import UserError
 
 logger = logging.getLogger("tokentrim")
@@ -26,10 +34,11 @@ DESCRIPTION = (
 # Library messages name arguments and config fields in backticks; on the command line they are these options.
 FLAGS = {"num_frames": "--latent-frames", "model_dir": "--model-dir", "checkpoint": "--checkpoint",
          "device": "--device", "dtype": "--dtype", "preset": "--preset", "pipeline": "--pipeline",
-         "use_ema=True": "without --no-ema", "use_ema=False": "--no-ema", "random_weights": "--random-weights",
+         "use_ema=True": "--ema", "use_ema=False": "--no-ema", "random_weights": "--random-weights",
          "tokentrim.p": "--p", "tokentrim.lam": "--lam", "tokentrim.warmup": "--warmup",
          "tokentrim.max_regen": "--max-regen", "flowmo.mode": "--flowmo", "out_dir": "--out-dir",
-         "overwrite": "--overwrite"}  # fmt: skip
+         "overwrite": "--overwrite", "init_image": "--init-image", "init_video": "--init-video",
+         "init_frames": "--init-frames", "init_resize": "--init-resize"}  # fmt: skip
 
 
 def cli_message(err: UserError) -> str:
@@ -73,7 +82,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
         raise UserError("the official weights need both --model-dir and --checkpoint")
     config = backends.model_config(args.preset, args.model_dir)
-    gen.check_request(config, run, args.latent_frames, 0 if prefix is None else prefix.shape[1])
+    observation = observe(args, config, gen.request_pipeline(config, run).frames_per_block)
+    observed = observation.latent_frames if observation else 0 if prefix is None else prefix.shape[1]
+    gen.check_request(config, run, args.latent_frames, observed)
     # 2. Where it goes: every output writable, batch outputs made with the same settings or not at all
     if args.prompt is not None:
         out = Path(args.out or Path("outputs") / f"{gen.slugify(args.prompt)}.mp4")
@@ -93,12 +104,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output(log, "--log")
         if args.png_frames:
             check_output(video.with_suffix(""), "the --png-frames folder", folder=True)
-    name = backends.backend_name(args.preset, args.checkpoint)
+    name = backends.backend_name(args.preset, args.checkpoint, use_ema=ema_choice(args))
 
     def settings_of(index, prompt, seed):
-        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=0 if prefix is
-                                  None else prefix.shape[1], backend=name, dtype=dtype, attention=attention,
-                                  prompt=prompt, index=index, **scene)  # fmt: skip
+        init = {} if observation is None else {"init": observation.settings}
+        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=observed,
+                                  backend=name, dtype=dtype, attention=attention, prompt=prompt, index=index,
+                                  **scene, **init)  # fmt: skip
 
     # A single --prompt overwrites. A batch resumes: a prompt whose outputs exist with the same settings is done;
     # outputs made with other settings are never mixed in silently.
@@ -110,12 +122,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     # 3. Load, encode, run, write
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                    device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
+                                    device=device, dtype=dtype, use_ema=ema_choice(args))  # fmt: skip
     backend.model.attention_backend = attention
     embeds = gen.encode(backend, [job[1] for job in todo], args.offload)
     for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=True):
         result = gen.run_video(backend, run, emb[None], latent_frames=args.latent_frames, seed=seed, prefix=prefix,
-                               settings={"prompt": prompt, "index": index, **scene})  # fmt: skip
+                               observation=observation, settings={"prompt": prompt, "index": index, **scene})  # fmt: skip
         assert result.settings == settings_of(index, prompt, seed), (
             "recorded settings must be known in advance"
         )
@@ -127,6 +139,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
         where = video if decoded else "(no decoder)"
         print(f"wrote {where} and {log}  [{len(result.records)} blocks, {pruned} pruned]")
     return 0
+
+
+def observe(args: argparse.Namespace, config, block: int):
+    """The --init-image / --init-video observation (read and checked before any weights load), or None."""
+    from tokentrim.app import backends
+    from tokentrim.app.inputs import image_start, video_start
+
+    if args.init_image is None and args.init_video is None:
+        if args.init_frames is not None or args.keep_init:
+            raise UserError("--init-frames / --keep-init go with --init-video")
+        return None
+    if args.init_image is not None and args.init_video is not None:
+        raise UserError("give --init-image or --init-video, not both")
+    if args.scene is not None:
+        raise UserError("--scene brings its own observed start: drop --init-image / --init-video")
+    spatial, temporal = backends.vae_strides(args.preset)
+    size = (config.latent_height * spatial, config.latent_width * spatial)
+    if args.init_image is not None:
+        if args.init_frames is not None or args.keep_init:
+            raise UserError("--init-frames / --keep-init go with --init-video")
+        return image_start(args.init_image, size, block, temporal, args.init_resize)
+    return video_start(
+        args.init_video, size, block, temporal, args.init_frames, args.init_resize, args.keep_init
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--scene", type=SEED, help="toy world only: start from scene SEED's observed first block and "
                    "its prompt; the model generates the rest")  # fmt: skip
+    g.add_argument("--init-image", help="start from this image (PNG/JPEG): it becomes the first block, then "
+                   "generation continues (docs/models.md, 'Image and video start')")  # fmt: skip
+    g.add_argument(
+        "--init-video", help="extend this video: its last --init-frames frames become the first blocks"
+    )
+    g.add_argument("--init-frames", type=POSITIVE_INT, help="frames taken from the end of --init-video, encoding to "
+                   "whole blocks: 9, 21, 33, ... for 3-frame blocks (default: one block, 9; frame-wise: 1)")  # fmt: skip
+    g.add_argument("--init-resize", default="stretch", choices=["stretch", "crop"],
+                   help="fit the image / video to the model's frame size: bilinear stretch (the reference's "
+                   "image-to-video), or scale to cover and crop the centre")  # fmt: skip
+    g.add_argument(
+        "--keep-init", action="store_true", help="write the given video before the generated frames"
+    )
     g.add_argument("--out", help="output .mp4 for --prompt (default: outputs/<prompt>.mp4; overwritten)")
     g.add_argument("--out-dir", help="output folder for --prompts (NNNN_<prompt>.mp4 + .json per prompt)")
     g.add_argument("--overwrite", action="store_true",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tokentrim.app.backends import Backend
+from tokentrim.app.inputs import Observation
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
 from tokentrim.files import atomic_dir, atomic_path, write_json
@@ -51,17 +52,26 @@ class VideoResult:
     decoder: object | None = None
     fps: int = 16
     frames_per_block: int = 3
+    drop: tuple[int, int] = (0, 0)  # decoded frames [a, b) not shown (an image start's repeats, a given clip)
+    lead: np.ndarray | None = None  # uint8 frames shown before the decoded ones (--keep-init)
 
     def frames(self, sample: int = 0) -> Iterator[np.ndarray]:
-        """Decoded uint8 frames `[t, H, W, 3]` of one sample, block by block (a streaming decode, equal to
-        decoding all latents at once)."""
+        """The video's uint8 frames `[t, H, W, 3]` of one sample: `lead`, then the latents decoded block by block
+        (a streaming decode, equal to decoding all latents at once) without the `drop` range."""
         if self.decoder is None:
             raise UserError("this backend has no decoder: only latents and the decision log can be written")
+        if self.lead is not None:
+            yield self.lead
         stream = self.decoder.streaming()
         device = getattr(self.decoder, "device", torch.device("cpu"))
         latents = self.latents[sample : sample + 1]
+        first = 0  # index of the chunk's first decoded frame
         for s in range(0, latents.shape[1], self.frames_per_block):
-            yield stream.decode(latents[:, s : s + self.frames_per_block].to(device))[0].cpu().numpy()
+            chunk = stream.decode(latents[:, s : s + self.frames_per_block].to(device))[0].cpu().numpy()
+            keep = [i for i in range(len(chunk)) if not self.drop[0] <= first + i < self.drop[1]]
+            first += len(chunk)
+            if keep:
+                yield chunk if len(keep) == len(chunk) else chunk[keep]
 
     def log(self) -> dict:
         """The decision log document: {"config", "blocks", "flowmo_losses", "timings"}."""
@@ -73,10 +83,14 @@ def make_pipeline(backend: Backend, run: RunConfig) -> BlockPipeline:
     return run.entry.pipeline(backend.model, run.sampler)
 
 
+def request_pipeline(config: WanConfig, run: RunConfig) -> BlockPipeline:
+    """The run's pipeline on a meta-device model (no weights): its checks and block size before anything loads."""
+    return run.entry.pipeline(build_model(config, device="meta"), run.sampler)
+
+
 def check_request(config: WanConfig, run: RunConfig, latent_frames: int, observed_frames: int = 0) -> None:
-    """The frame counts against the model and the pipeline's limits, before any weights load (the pipeline is
-    built on the meta device)."""
-    pipe = run.entry.pipeline(build_model(config, device="meta"), run.sampler)
+    """The frame counts against the model and the pipeline's limits, before any weights load."""
+    pipe = request_pipeline(config, run)
     pipe.check_num_frames(latent_frames)
     if observed_frames and latent_frames - observed_frames < pipe.min_frames:
         raise UserError(
@@ -123,18 +137,27 @@ def run_video(
     latent_frames: int,
     seed: int,
     prefix: torch.Tensor | None = None,
+    observation: Observation | None = None,
     on_block: Callable[[BlockEvent], None] | None = None,
     progress: bool = True,
     settings: dict | None = None,
 ) -> VideoResult:
     """One video in memory: the pipeline of `run` with the TokenTrim hook (and FlowMo) of `run`.
 
-    prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines);
+    prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines), or an
+    `observation` (image / video start, `tokentrim.app.inputs`) that the backend's VAE encodes into them;
     on_block: called as frames become final; settings: extra entries for the record of what produced it."""
+    if observation is not None:
+        if prefix is not None or backend.decoder is None:
+            raise UserError("give either latents (`prefix`) or an observation, with a backend that has a VAE")
+        prefix = backend.decoder.encode(torch.from_numpy(observation.frames)[None])
+        assert prefix.shape[1] == observation.latent_frames
+        settings = {**(settings or {}), "init": observation.settings}
     hook = TokenTrim(run.tokentrim, backend.model.config.patch_size[1:])
     callback = None if on_block is None else (lambda s, x0: on_block(BlockEvent(s, x0, hook.records)))
+    pipe = make_pipeline(backend, run)
     start = time.perf_counter()
-    out = make_pipeline(backend, run)(
+    out = pipe(
         prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise,
         on_block=callback, progress=progress, prefix=prefix,
     )  # fmt: skip
@@ -143,8 +166,9 @@ def run_video(
     config = video_settings(run, seed=seed, latent_frames=latent_frames, observed_frames=0 if prefix is None else
                             prefix.shape[1], backend=backend.name, dtype=model.patch_embedding.weight.dtype,
                             attention=model.attention_backend, **(settings or {}))  # fmt: skip
+    shown = {} if observation is None else {"drop": observation.drop, "lead": observation.lead}
     return VideoResult(out.latents.cpu(), out.records, out.flowmo_losses, config, {"wall_s": wall}, backend.decoder,
-                       backend.fps, backend.model.config.frames_per_block)  # fmt: skip
+                       backend.fps, pipe.frames_per_block, **shown)  # fmt: skip
 
 
 def write_outputs(

@@ -1,5 +1,6 @@
 """The autoregressive sampling loops, each with a TokenTrim hook point, and the registry that names them."""
 
+from tokentrim.pipelines.causal_forcing import CausalForcingFramewiseConfig, CausalForcingFramewisePipeline
 from tokentrim.pipelines.common import BlockPipeline, CachePolicy, GenerationOutput, Rollout
 from tokentrim.pipelines.registry import (
     REGISTRY,
@@ -13,7 +14,7 @@ from tokentrim.pipelines.rolling_forcing import RollingForcingConfig, RollingFor
 from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
 
 __all__ = [
-    "REGISTRY", "BlockPipeline", "CachePolicy", "GenerationOutput", "PipelineEntry", "Rollout",
+    "REGISTRY", "BlockPipeline", "CausalForcingFramewiseConfig", "CausalForcingFramewisePipeline", "CachePolicy", "GenerationOutput", "PipelineEntry", "Rollout",
     "RollingForcingConfig", "RollingForcingPipeline", "SelfForcingConfig", "SelfForcingPipeline", "get_pipeline",
     "pipeline_names", "register", "unregister",
 ]  # fmt: skip

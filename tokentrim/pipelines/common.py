@@ -33,7 +33,7 @@ BlockCallback = Callable[[int, torch.Tensor], None]
 
 @dataclass
 class GenerationOutput:
-    latents: torch.Tensor  # [B, F, C, H, W], the model dtype
+    latents: torch.Tensor  # [B, F, C, H, W], the model dtype, on the CPU
     frames: torch.Tensor | None = None  # uint8 [B, T, H, W, 3] when a decoder was given
     records: list[BlockRecord] = field(default_factory=list)  # one TokenTrim decision per judged block
     flowmo_losses: list[list[float]] = field(default_factory=list)  # per guided step: loss per iteration
@@ -107,20 +107,19 @@ class Rollout:
     context: ContextCache
     cache: CachePolicy
     generator: torch.Generator
-    noise: torch.Tensor  # the initial noise of every frame
-    output: torch.Tensor  # final latents, filled as blocks finish
+    noise: (
+        torch.Tensor
+    )  # the initial noise, by absolute frame (the observed frames' rows are zeros, never read)
+    output: torch.Tensor  # final latents on the CPU, filled as blocks finish
     hook: BlockHook
     flowmo: FlowMoConfig
     context_noise: float  # the clean pass's timestep
+    block: int  # latent frames per block (the pipeline's)
     observed: int  # observed (prefix) blocks, committed before the loop
     regen_noise: str = "same"
     on_block: BlockCallback | None = None
     progress: bool = True
     losses: list[list[float]] = field(default_factory=list)
-
-    @property
-    def block(self) -> int:
-        return self.model.config.frames_per_block
 
     @property
     def num_blocks(self) -> int:
@@ -143,14 +142,24 @@ class Rollout:
         self.model(x0, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start)
 
     def guide(
-        self, x: torch.Tensor, t: torch.Tensor, start: int, blocks: Sequence[range] | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        start: int,
+        blocks: Sequence[range] | None = None,
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """FlowMo on the rows `blocks` of x (one range per guided block; default: all of x, one block), the rest
         held fixed, in place of the step's regular DiT call: returns (the guided x, its x0), the x0 being that
         call's output for the guided x (no second evaluation). `flowmo.scope` "window" optimises every guided
         block in one call, scored on all of x's x0; "block" optimises them one after the other, each scored
-        on its own rows. The losses of each guidance call are appended to `losses`."""
+        on its own rows. The losses of each guidance call are appended to `losses`.
+
+        `context`: final x0 frames just before x, held fixed and scored together with x's x0 (a 1-frame block's
+        own x0 has too few frames for FlowMo's loss, which needs 3); only with `blocks` None."""
         cfg, every = self.model.config, list(range(x.shape[1]))
+        assert context is None or blocks is None, "context frames go with guiding the whole of x"
+        lead = 0 if context is None else context.shape[1]
         blocks = [every] if blocks is None else [list(rows) for rows in blocks]
         if self.flowmo.scope == "window":  # guidance calls as (rows optimised, rows scored)
             calls = [([f for rows in blocks for f in rows], every)]
@@ -159,7 +168,8 @@ class Rollout:
 
         def x0_of(z: torch.Tensor, grad: bool) -> torch.Tensor:
             # Differentiable calls write nothing into the cache (a graph through the buffer would outlive them).
-            return self.predict_x0(z, t, start, write=not grad)
+            x0 = self.predict_x0(z, t, start, write=not grad)
+            return x0 if context is None else torch.cat([context.to(x0.device, x0.dtype), x0], dim=1)
 
         before = self.model.gradient_checkpointing
         self.model.gradient_checkpointing = flowmo_checkpointing(self.flowmo, cfg)
@@ -168,7 +178,7 @@ class Rollout:
                 guided = flowmo_guidance(x, x0_of, self.flowmo, cfg.patch_size[1:],
                                          None if frames == every else frames,
                                          None if scored == every else scored)  # fmt: skip
-                x, x0 = guided.latent, guided.x0
+                x, x0 = guided.latent, guided.x0[:, lead:]
                 self.losses.append(guided.losses)
         finally:
             self.model.gradient_checkpointing = before
@@ -233,9 +243,14 @@ class BlockPipeline:
 
     # Per loop -----------------------------------------------------------------------------------------------
     @property
+    def frames_per_block(self) -> int:
+        """Latent frames per block (`num_frame_per_block`): the model config's, unless the loop sets its own."""
+        return self.model.config.frames_per_block
+
+    @property
     def min_frames(self) -> int:
         """Latent frames a call must generate at least (after any observed ones)."""
-        return self.model.config.frames_per_block
+        return self.frames_per_block
 
     def check_cache(self, num_frames: int) -> None:
         """Loop-specific limits of the cache settings for `num_frames` frames (raise UserError)."""
@@ -250,7 +265,7 @@ class BlockPipeline:
     # Shared -------------------------------------------------------------------------------------------------
     def check_num_frames(self, num_frames: int) -> None:
         """The frame count against the model and this sampler's cache (no prompt needed: callable early)."""
-        check_frames(self.model, num_frames, self.min_frames, self.title)
+        check_frames(num_frames, self.frames_per_block, self.min_frames, self.title)
         self.check_cache(num_frames)
 
     def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
@@ -275,27 +290,34 @@ class BlockPipeline:
     ) -> GenerationOutput:
         """Generate `num_frames` latent frames for `prompt_embeds [B, <= text_len, text_dim]`.
 
-        seed, or noise `[B, F, C, H, W]` with a generator for the in-loop draws. prefix (optional): observed
-        first frames, clean latents `[B, P, C, H, W]` (P a multiple of the block); their blocks are committed
-        to the cache as they are (no denoising, no draws) and returned unchanged, the last of them is shown to
-        the hook as its first block, and generation continues after them. The initial noise is drawn for all
-        frames either way. regen_noise: "same" (regenerate a pruned block from its first attempt's noise) or,
-        where the loop supports it, "fresh"."""
+        seed, or noise `[B, F - P, C, H, W]` with a generator for the in-loop draws. prefix (optional): P observed
+        first frames, clean latents `[B, P, C, H, W]` (P a multiple of the block); their blocks are committed to
+        the cache as they are (no denoising, no draws) and returned unchanged, the last of them is shown to the
+        hook as its first block, and generation continues after them. The initial noise covers the frames to
+        generate only, as the references draw it for an image start (`[B, F - 1, ...]` after one image frame,
+        more-pipelines.md §A.5). regen_noise: "same" (regenerate a pruned block from its first attempt's
+        noise) or, where the loop supports it, "fresh"."""
         self.check_inputs(prompt_embeds, num_frames)
         if regen_noise not in self.regen_noise_modes:
             raise UserError(
                 f"regen_noise={regen_noise!r} is not available for {self.title}; use one of {self.regen_noise_modes}"
             )
-        model = self.model
+        model, block = self.model, self.frames_per_block
         device, dtype = model_device_dtype(model)
         batch = prompt_embeds.shape[0]
-        observed = check_prefix(model, prefix, batch, num_frames, self.min_frames, self.title)
-        # 1. initial noise first, then the text context and an empty cache
-        noise, generator = prepare_noise(model, batch, num_frames, seed, noise, generator)
+        observed = check_prefix(model, prefix, batch, num_frames, block, self.min_frames, self.title)
+        # 1. initial noise first (the frames to generate), then the text context and an empty cache
+        drawn, generator = prepare_noise(model, batch, num_frames - observed * block, seed, noise, generator)
+        noise = (
+            torch.cat([drawn.new_zeros(batch, observed * block, *drawn.shape[2:]), drawn], 1)
+            if observed
+            else drawn
+        )
         context = model.encode_context(prompt_embeds.to(device))
+        output = torch.empty(noise.shape, dtype=dtype, device="cpu")  # kept off the device: any length fits
         r = Rollout(model, self.schedule, self.timesteps.to(device), context, self.make_cache(batch, device, dtype),
-                    generator, noise, torch.empty_like(noise), hook or NoHook(), flowmo, self.config.context_noise,
-                    observed, regen_noise, on_block, progress)  # fmt: skip
+                    generator, noise, output, hook or NoHook(), flowmo, self.config.context_noise, block, observed,
+                    regen_noise, on_block, progress)  # fmt: skip
         # 2. observed blocks, then the loop
         r.commit_observed(prefix)
         self.generate(r)
@@ -303,10 +325,9 @@ class BlockPipeline:
         return GenerationOutput(r.output, frames, list(r.hook.records), r.losses)
 
 
-def check_frames(model: CausalWanModel, num_frames: int, minimum: int, pipeline: str) -> None:
-    """Latent-frame count checks common to every loop (spec §10 length limits)."""
-    block = model.config.frames_per_block
-    limit = model.config.rope_max_seq_len // block * block
+def check_frames(num_frames: int, block: int, minimum: int, pipeline: str) -> None:
+    """Latent-frame count checks common to every loop. There is no upper limit: RoPE positions past the
+    precomputed table are computed exactly (`tokentrim.wan.rope.RopeTable`)."""
     if (
         isinstance(num_frames, bool)
         or not isinstance(num_frames, int)
@@ -322,10 +343,6 @@ def check_frames(model: CausalWanModel, num_frames: int, minimum: int, pipeline:
             f"{pipeline} needs at least {minimum} latent frames (one full window), got {num_frames}; "
             f"use `num_frames` {minimum} or more",
             field="num_frames",
-        )
-    if num_frames > limit:
-        raise UserError(
-            f"at most {limit} latent frames fit the RoPE table, got {num_frames}", field="num_frames"
         )
 
 
@@ -357,6 +374,7 @@ def check_prefix(
     prefix: torch.Tensor | None,
     batch: int,
     num_frames: int,
+    block: int,
     minimum: int,
     pipeline: str,
 ) -> int:
@@ -365,7 +383,7 @@ def check_prefix(
     At least `minimum` frames must be left to generate (one block; Rolling Forcing: one full window)."""
     if prefix is None:
         return 0
-    cfg, block = model.config, model.config.frames_per_block
+    cfg = model.config
     shape = (batch, cfg.in_dim, cfg.latent_height, cfg.latent_width)
     if prefix.dim() != 5 or (prefix.shape[0], *prefix.shape[2:]) != shape or prefix.shape[1] % block:
         raise UserError(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokentrim.errors import UserError
+from tokentrim.pipelines.causal_forcing import CausalForcingFramewiseConfig, CausalForcingFramewisePipeline
 from tokentrim.pipelines.common import BlockPipeline
 from tokentrim.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
 from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
@@ -64,3 +65,5 @@ def pipeline_names(paper_only: bool = False) -> list[str]:
 
 register("self_forcing", SelfForcingPipeline, SelfForcingConfig, "self_forcing.yaml", paper=True)
 register("rolling_forcing", RollingForcingPipeline, RollingForcingConfig, "rolling_forcing.yaml", paper=True)
+register("causal_forcing_framewise", CausalForcingFramewisePipeline, CausalForcingFramewiseConfig,
+         "causal_forcing/framewise.yaml")  # fmt: skip

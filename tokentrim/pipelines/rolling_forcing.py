@@ -58,8 +58,8 @@ class AnchorCachePolicy(CachePolicy):
         """The pinned raw frames rotated to start at absolute frame `offset`."""
         anchor = self.cache.pinned
         rows = [f.rows for f in anchor]
-        if offset < 0 or offset + len(anchor) > self.rope.max_frames:
-            raise ValueError(f"anchor offset {offset} is outside the RoPE table")
+        assert offset >= 0, f"anchor offset {offset} is negative"
+        self.rope.ensure(offset + len(anchor))  # host-side: the device frame indices below are in range
         device = self.cache.k.device
         key = tuple(rows)
         if self._anchor_spatial is None or self._anchor_spatial[0] != key:
@@ -115,10 +115,10 @@ class RollingForcingPipeline(BlockPipeline):
     @property
     def min_frames(self) -> int:
         """One full window."""
-        return self.window_blocks * self.model.config.frames_per_block
+        return self.window_blocks * self.frames_per_block
 
     def check_cache(self, num_frames: int) -> None:
-        block, window = self.model.config.frames_per_block, self.min_frames
+        block, window = self.frames_per_block, self.min_frames
         if self.config.attention_frames < window + block:
             raise UserError(
                 f"rolling_forcing.attention_frames ({self.config.attention_frames}) must hold the anchor block "
@@ -127,7 +127,7 @@ class RollingForcingPipeline(BlockPipeline):
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> AnchorCachePolicy:
         cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
-        return AnchorCachePolicy(cache, self.model.rope, self.model.config.frames_per_block,
+        return AnchorCachePolicy(cache, self.model.rope, self.frames_per_block,
                                  self.config.attention_frames)  # fmt: skip
 
     def generate(self, r: Rollout) -> None:

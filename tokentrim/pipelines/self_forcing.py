@@ -69,7 +69,7 @@ class SelfForcingPipeline(BlockPipeline):
     regen_noise_modes = ("same", "fresh")
 
     def check_cache(self, num_frames: int) -> None:
-        block, c = self.model.config.frames_per_block, self.config
+        block, c = self.frames_per_block, self.config
         if c.cache_frames < c.sink_frames + block:
             raise UserError(
                 f"self_forcing.cache_frames ({c.cache_frames}) must hold the sink ({c.sink_frames}) and one block"
@@ -84,25 +84,40 @@ class SelfForcingPipeline(BlockPipeline):
         cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
         return SinkCachePolicy(cache, self.config.sink_frames)
 
+    # What a block is denoised with (a loop built on this one, e.g. Causal Forcing frame-wise, may change them)
+    def block_steps(self, r: Rollout, j: int) -> torch.Tensor:
+        """The timesteps of block j."""
+        return r.steps
+
+    def guided(self, r: Rollout, j: int) -> bool:
+        """Whether FlowMo guides block j."""
+        return applies(r.flowmo, j)
+
+    def guide(
+        self, r: Rollout, x: torch.Tensor, t: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FlowMo at one step of a block: (the guided latent, its x0)."""
+        return r.guide(x, t, start)
+
     def generate(self, r: Rollout) -> None:
         block = r.block
-        for j in r.progress_bar(range(r.observed, r.num_blocks), "Self Forcing blocks"):
+        for j in r.progress_bar(range(r.observed, r.num_blocks), f"{self.title} blocks"):
             s = j * block
             r.cache.make_room(block)  # 1. evict before the block's first step
             x_init = r.noise[:, s : s + block]
-            guided = applies(r.flowmo, j)
+            steps, guided = self.block_steps(r, j), self.guided(r, j)
             # 2. the candidate block, from its noise; the re-noising draws are kept for a regeneration
-            x0, draws = self._denoise_block(r, x_init, s, None, guided)
+            x0, draws = self._denoise_block(r, x_init, s, steps, None, guided)
 
-            def regenerate(x_init=x_init, s=s, draws=draws, guided=guided) -> torch.Tensor:
+            def regenerate(x_init=x_init, s=s, steps=steps, draws=draws, guided=guided) -> torch.Tensor:
                 """The block again on the pruned cache, by the candidate's procedure (FlowMo included): from
                 the same noise and draws, or from fresh noise."""
                 if r.regen_noise == "fresh":
                     x = torch.randn(
                         x_init.shape, generator=r.generator, device=x_init.device, dtype=x_init.dtype
                     )
-                    return self._denoise_block(r, x, s, None, guided)[0]
-                return self._denoise_block(r, x_init, s, draws, guided)[0]
+                    return self._denoise_block(r, x, s, steps, None, guided)[0]
+                return self._denoise_block(r, x_init, s, steps, draws, guided)[0]
 
             # 3. TokenTrim: accept, or prune the cache and regenerate
             x0 = r.judge(j, x0, regenerate)
@@ -111,24 +126,30 @@ class SelfForcingPipeline(BlockPipeline):
             r.finished(s, x0)
 
     def _denoise_block(
-        self, r: Rollout, x: torch.Tensor, start: int, draws: list[torch.Tensor] | None, guided: bool
+        self,
+        r: Rollout,
+        x: torch.Tensor,
+        start: int,
+        steps: torch.Tensor,
+        draws: list[torch.Tensor] | None,
+        guided: bool,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the step list on one block: x0 = G(x, t_i); x = add_noise(x0, eps_i, t_{i+1}).
 
         `draws` replays earlier re-noising draws (same-noise regeneration); otherwise they are drawn, in the
-        reference order: one `[B, 3, C, H, W]` standard-normal draw per step but the last.
+        reference order: one `[B, block, C, H, W]` standard-normal draw per step but the last.
         """
         used = []
         shape = x.shape[:2]
-        for i, step in enumerate(r.steps):
+        for i, step in enumerate(steps):
             t = step.expand(shape).to(torch.float32)
             if guided and i in r.flowmo.steps:  # FlowMo, whose last evaluation is this step's DiT call
-                x, x0 = r.guide(x, t, start)
+                x, x0 = self.guide(r, x, t, start)
             else:
                 x0 = r.predict_x0(x, t, start)
-            if i + 1 < len(r.steps):
+            if i + 1 < len(steps):
                 eps = draws[i] if draws is not None else torch.randn(
                     x0.shape, generator=r.generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
                 used.append(eps)
-                x = r.schedule.add_noise(x0, eps, r.steps[i + 1].expand(shape))
+                x = r.schedule.add_noise(x0, eps, steps[i + 1].expand(shape))
         return x0, used

@@ -40,9 +40,18 @@ class ToyCodec:
     def latent_size(self) -> int:
         return self.frame_size // self.factor
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return self.factor
+
     def num_frames(self, latent_frames: int) -> int:
         """Video frames decoded from `latent_frames` latent frames (no temporal compression)."""
         return latent_frames
+
+    def num_latent_frames(self, video_frames: int) -> int | None:
+        """Latent frames encoded from `video_frames` frames (one each)."""
+        return video_frames if video_frames >= 1 else None
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std per latent channel `[C, 1, 1]` (each colour repeated f^2 times), float32."""

@@ -33,7 +33,9 @@ class WanConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     qk_norm: bool = True
     cross_attn_norm: bool = True
-    rope_max_seq_len: int = 1024  # RoPE table positions per axis (spec §2.4)
+    rope_max_seq_len: int = (
+        1024  # RoPE positions precomputed per axis (spec §2.4); later frames extend it exactly
+    )
     # Latent grid the model is run on (480x832 video -> 60x104 latents, VAE stride 8).
     latent_height: int = 60
     latent_width: int = 104

@@ -6,6 +6,7 @@ All three end as a flat dict with the original Wan names (spec §2.2) that is lo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 from torch import nn
 
 from tokentrim.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 # Diffusers WanTransformer3DModel name -> original Wan name (the inverse of diffusers' converter, ecosystem §1.3).
 _DIFFUSERS_TO_WAN = [
@@ -133,26 +136,68 @@ def read_torch_file(path: str | os.PathLike) -> object:
         ) from err
 
 
-def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
-    """Self Forcing / Rolling Forcing `.pt`: {"generator_ema" | "generator": wrapper state dict}."""
+# The state-dict entry each released training checkpoint is meant to be read from (more-pipelines.md §A.1, §B.2;
+# the READMEs' --use_ema flags), by the file's last two path components as the download commands lay them out.
+CHECKPOINT_KEYS = {
+    "checkpoints/self_forcing_dmd.pt": "generator_ema",
+    "checkpoints/rolling_forcing_dmd.pt": "generator_ema",
+    "chunkwise/causal_forcing.pt": "generator",
+    "framewise/causal_forcing.pt": "generator_ema",
+    "causal-forcing++/framewise-2step.pt": "generator_ema",
+    "causal-forcing++/framewise-1step.pt": "generator_ema",
+    "chunkwise/longvideo.pt": "generator_ema",
+    "models/longlive_base.pt": "generator",
+}
+
+
+def known_checkpoint_key(path: str | os.PathLike) -> str | None:
+    """The entry a known released file is read from: by its folder and name, or by its name alone where that is
+    unambiguous (`causal_forcing.pt` is both the chunk-wise and the frame-wise file). None for an unknown file."""
+    path = Path(path)
+    if f"{path.parent.name}/{path.name}" in CHECKPOINT_KEYS:
+        return CHECKPOINT_KEYS[f"{path.parent.name}/{path.name}"]
+    keys = {key for name, key in CHECKPOINT_KEYS.items() if name.rpartition("/")[2] == path.name}
+    return keys.pop() if len(keys) == 1 else None
+
+
+def _read_training_checkpoint(path: Path, use_ema: bool | None) -> dict[str, torch.Tensor]:
+    """A training checkpoint `.pt`: {"generator_ema" | "generator": wrapper state dict} (or a bare state dict).
+
+    use_ema: True reads `generator_ema` (falling back to `generator` when the file has no EMA), False reads
+    `generator`, None (auto) reads the entry the release says for a known file (`CHECKPOINT_KEYS`), else
+    `generator_ema` when present, else `generator`."""
     raw = read_torch_file(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path} holds a {type(raw).__name__}, not a state dict")
-    order = ["generator_ema", "generator"] if use_ema else ["generator"]
-    for name in order:
-        if name in raw and isinstance(raw[name], dict):
-            sd = raw[name]
-            break
-    else:
-        if all(isinstance(v, torch.Tensor) for v in raw.values()):
-            sd = raw  # a bare state dict
-        else:
-            wanted = " or ".join(repr(n) for n in order)
+    entries = [k for k in ("generator_ema", "generator") if isinstance(raw.get(k), dict)]
+    if not entries and all(isinstance(v, torch.Tensor) for v in raw.values()):
+        return raw  # a bare state dict
+    if use_ema is None:
+        known = known_checkpoint_key(path)
+        if known is not None and known not in entries:
             raise UserError(
-                f"{path} has no {wanted} entry (it has {sorted(raw)[:6]}). "
-                + ("" if use_ema else "Load with `use_ema=True` to use 'generator_ema'. ")
-                + "Is this a Self Forcing / Rolling Forcing checkpoint?"
+                f"{path} is read from its {known!r} entry (as its release says), but it holds {sorted(raw)[:6]}; "
+                "choose the entry explicitly with `use_ema=True` or `use_ema=False`"
             )
+        order = [known] if known else ["generator_ema", "generator"]
+    else:
+        order = ["generator_ema", "generator"] if use_ema else ["generator"]
+    for name in order:
+        if name in entries:
+            if use_ema and name != "generator_ema":
+                logger.warning("%s has no 'generator_ema' entry; loading 'generator'", path)
+            logger.info("loading the %r entry of %s", name, path)
+            return raw[name]
+    wanted = " or ".join(repr(n) for n in order)
+    raise UserError(
+        f"{path} has no {wanted} entry (it has {sorted(raw)[:6]}). "
+        + ("Load with `use_ema=True` to use 'generator_ema'. " if "generator_ema" in entries else "")
+        + "Is this a Self Forcing / Rolling Forcing / Causal Forcing / LongLive checkpoint?"
+    )
+
+
+def _strip_wrapper(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """FSDP's `_fsdp_wrapped_module.` anywhere in a name and the wrapper's leading `model.` (spec §5)."""
     out = {}
     for key, value in sd.items():
         key = key.replace("_fsdp_wrapped_module.", "")
@@ -160,7 +205,7 @@ def _read_training_checkpoint(path: Path, use_ema: bool) -> dict[str, torch.Tens
     return out
 
 
-def read_dit_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, torch.Tensor]:
+def read_dit_state_dict(path: str | os.PathLike, use_ema: bool | None = None) -> dict[str, torch.Tensor]:
     """Read any supported DiT checkpoint into original Wan key names."""
     path = Path(path)
     check_checkpoint_file(path)
@@ -170,7 +215,7 @@ def read_dit_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[s
     elif path.suffix == ".safetensors":
         sd = _read_safetensors(path)
     else:
-        sd = _read_training_checkpoint(path, use_ema)
+        sd = _strip_wrapper(_read_training_checkpoint(path, use_ema))
     # ComfyUI's "model.diffusion_model." and the training wrapper's "model." (no Wan key starts with "model.")
     sd = {k.removeprefix("model.diffusion_model.").removeprefix("model."): v for k, v in sd.items()}
     if any(k.startswith("condition_embedder.") or ".attn1." in k for k in sd):
@@ -221,7 +266,7 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
 def load_dit_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:

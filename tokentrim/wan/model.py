@@ -188,8 +188,6 @@ class CausalWanModel(nn.Module):
             raise ValueError(
                 f"latents are {h}x{w}, the model config expects {cfg.latent_height}x{cfg.latent_width}"
             )
-        if start_frame + f > cfg.rope_max_seq_len:
-            raise ValueError(f"frames up to {start_frame + f} exceed the RoPE table ({cfg.rope_max_seq_len})")
         dtype = self.patch_embedding.weight.dtype
         # 1. patch embedding: (B, F, C, H, W) -> (B, C, F, H, W) -> (B, F*T, dim), frame-major then row, column
         tokens = self.patch_embedding(x.to(dtype).transpose(1, 2)).flatten(2).transpose(1, 2)

@@ -1,4 +1,5 @@
-"""Wan2.1 VAE decoding through diffusers' `AutoencoderKLWan`: one-shot and block-by-block streaming.
+"""Wan2.1 VAE through diffusers' `AutoencoderKLWan`: encoding (image and video start), one-shot and block-by-block
+streaming decoding.
 
 Latents cross in as `[B, F, C, H, W]` and leave as uint8 video `[B, T, 8H, 8W, 3]` with `T = 1 + 4 (F - 1)`.
 The streaming decoder runs the same per-latent-frame decoder loop as `AutoencoderKLWan._decode`, but keeps the
@@ -47,6 +48,15 @@ def denormalize_latents(latents: torch.Tensor) -> torch.Tensor:
     return latents / inv_std[:, None, None] + mean[:, None, None]
 
 
+def normalize_latents(mu: torch.Tensor) -> torch.Tensor:
+    """`(mu - mean) * (1/std)` in mu's dtype, the reciprocal taken after casting std (spec §3.4 `encode_to_latent`,
+    the inverse of `denormalize_latents`). mu: `[B, F, C, H, W]`."""
+    dtype, device = mu.dtype, mu.device
+    mean = torch.tensor(LATENTS_MEAN, dtype=torch.float32).to(device=device, dtype=dtype)
+    inv_std = 1.0 / torch.tensor(LATENTS_STD, dtype=torch.float32).to(device=device, dtype=dtype)
+    return (mu - mean[:, None, None]) * inv_std[:, None, None]
+
+
 def to_uint8(video: torch.Tensor) -> torch.Tensor:
     """Decoder output in [-1, 1] -> uint8: `x * 0.5 + 0.5`, clamp to [0, 1], `* 255`, rounded to nearest."""
     pixels = (video.float() * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0
@@ -71,9 +81,38 @@ class WanVAE:
     def z_dim(self) -> int:
         return self.model.config.z_dim
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell along each side (8)."""
+        return self.model.config.scale_factor_spatial
+
     def num_frames(self, latent_frames: int) -> int:
         """Video frames decoded from `latent_frames` latent frames: 1 + 4 (F - 1)."""
         return 1 + self.model.config.scale_factor_temporal * (latent_frames - 1)
+
+    def num_latent_frames(self, video_frames: int) -> int | None:
+        """Latent frames the causal encoder makes of `video_frames` frames (1 + 4 k -> 1 + k); None otherwise."""
+        stride = self.model.config.scale_factor_temporal
+        return (
+            1 + (video_frames - 1) // stride
+            if video_frames >= 1 and (video_frames - 1) % stride == 0
+            else None
+        )
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 video `[B, T, H, W, 3]` (T = 1 + 4 k) -> normalised latents `[B, 1 + k, C, H/8, W/8]` in the VAE's
+        dtype: pixels to [-1, 1] as the reference's ToTensor + Normalize(0.5, 0.5) (float32, then the VAE dtype),
+        the encoder's mean (no sampling), then `(mu - mean) / std` (spec §3.4, more-pipelines.md §A.5)."""
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+            raise UserError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        if self.num_latent_frames(frames.shape[1]) is None:
+            raise UserError(f"the causal VAE encodes 1 + 4k frames, got {frames.shape[1]}")
+        x = (frames.to(self.device).float() / 255.0 - 0.5) / 0.5
+        x = x.permute(0, 4, 1, 2, 3).to(self.dtype)  # (B, 3, T, H, W)
+        mu = self.model.encode(x).latent_dist.mean  # (B, C, F, h, w)
+        return normalize_latents(mu.permute(0, 2, 1, 3, 4))
 
     def prepare(self, latents: torch.Tensor) -> torch.Tensor:
         """`[B, F, C, H, W]` latents -> de-normalised decoder input `[B, C, F, H, W]` in the VAE's dtype."""

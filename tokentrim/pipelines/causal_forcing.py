@@ -1,0 +1,85 @@
+"""Causal Forcing frame-wise inference (more-pipelines.md §A.4): the Self Forcing block loop with blocks of one
+latent frame, a step list for every block but the first generated one, which takes its own (the reference's
+`denoising_step_list_first_chunk`, the "first-frame 4-step" of the 2- and 1-step models), and a clean pass per
+frame. Causal Forcing chunk-wise is the Self Forcing loop itself and its long-video model the Rolling Forcing loop
+with a 4-level window (§A.3, §A.6): they are run configs of those pipelines (`configs/causal_forcing/`).
+
+Up to `cache_frames` (21) frames the cache is the reference's global cache; beyond, as for Self Forcing, the
+oldest frames after `sink_frames` pinned ones are evicted (the reference stops at 21 frames).
+TokenTrim judges each frame (its summary is that one frame). FlowMo's loss needs three frames, so a guided frame
+is scored together with the two final frames before it (held fixed); frames with fewer than two predecessors are
+not guided. `first_block` guides the frames of the first three-frame chunk that can be scored (frame 2 from text;
+frames 1-2 after an image), `every_block` every frame from there on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokentrim.pipelines.common import Rollout
+from tokentrim.pipelines.self_forcing import SelfForcingPipeline
+from tokentrim.wan.scheduler import check_sampler_steps
+
+FLOWMO_FRAMES = 3  # motion_variance needs two frame differences (tokentrim_core.flowmo)
+
+
+@dataclass(frozen=True)
+class CausalForcingFramewiseConfig:
+    """Sampler settings (`configs/causal_forcing_dmd_framewise*.yaml` of the reference, plus the rolling cache).
+
+    first_block_steps: the first generated frame's step list (empty: `denoising_steps`), warped the same way.
+    cache_frames / sink_frames / rolling: as in `SelfForcingConfig`.
+    """
+
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
+    first_block_steps: tuple[float, ...] = ()
+    warp_denoising_step: bool = True
+    timestep_shift: float = 5.0
+    context_noise: float = 0.0
+    cache_frames: int = 21
+    sink_frames: int = 3
+    rolling: bool = True
+
+    def __post_init__(self) -> None:
+        check_sampler_steps(self.denoising_steps, self.timestep_shift)
+        if self.first_block_steps:
+            check_sampler_steps(self.first_block_steps, self.timestep_shift)
+        if self.cache_frames <= 0:
+            raise ValueError(f"cache_frames must be positive, got {self.cache_frames}")
+        if not 0 <= self.sink_frames < self.cache_frames:
+            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
+
+
+class CausalForcingFramewisePipeline(SelfForcingPipeline):
+    title = "Causal Forcing frame-wise"
+    config_class = CausalForcingFramewiseConfig
+
+    def __init__(self, model, config=None, vae=None):
+        super().__init__(model, config, vae)
+        first = self.config.first_block_steps
+        self.first_timesteps = self._warp(first) if first else self.timesteps
+
+    def _warp(self, steps) -> torch.Tensor:
+        return self.schedule.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps).float()
+
+    @property
+    def frames_per_block(self) -> int:
+        return 1
+
+    def block_steps(self, r: Rollout, j: int) -> torch.Tensor:
+        """The first generated frame (after any observed ones) takes the first-block list (§A.4, §A.5)."""
+        return self.first_timesteps.to(r.steps.device) if j == r.observed else r.steps
+
+    def guided(self, r: Rollout, j: int) -> bool:
+        if j < FLOWMO_FRAMES - 1 or r.flowmo.mode == "off":
+            return False
+        return r.flowmo.mode == "every_block" or j < FLOWMO_FRAMES  # first_block: the first 3-frame chunk
+
+    def guide(
+        self, r: Rollout, x: torch.Tensor, t: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FlowMo on this frame, scored with the two final frames before it."""
+        context = r.output[:, start - (FLOWMO_FRAMES - 1) : start]
+        return r.guide(x, t, start, context=context)
