@@ -135,7 +135,7 @@ class TwoStepPipeline(BlockPipeline):
                 x = r.schedule.add_noise(x0, r.noise[:, s : s + r.block], r.steps[1].expand(x.shape[:2]))
                 return r.predict_x0(x, r.steps[1].expand(x.shape[:2]), s)
 
-            x0 = r.judge(j, denoise(), denoise)
+            x0, _ = r.judge(j, denoise(), denoise)
             r.commit(x0, s)
             r.finished(s, x0)
 

@@ -232,6 +232,27 @@ def test_records_are_typed_and_serialise_to_the_log_keys():
         "tokens_removed",
         "regenerated_severity",
         "regenerations",
+        "kept",
         "score_ms",
     ]
     assert row["action"] == "prune" and row["frames"] == [12, 15] and row["pruned_positions"] == [2, 3]
+
+
+def test_accept_lower_keeps_the_attempt_with_the_lowest_severity():
+    """accept="lower": block 4's candidate (D = 6) is regenerated twice, D* = 6 then 7 (worse): the lowest is the
+    candidate's (a tie with the first regeneration goes to the later attempt, 1); statistics and Z_prev follow."""
+    A4W = [1.75, 1.0, 2.0, 1.25]  # d = [0, 0, 8, 5] -> D* = 6.5
+    cfg = TokenTrimConfig(p=0.5, lam=2.0, warmup=2, max_regen=2, accept="lower")
+    tt = TokenTrim(cfg, PATCH)
+    verdicts = run(tt, [A0, A1, A2, A3, A4], {4: [A4, A4W]})
+    assert [v.prune for v in verdicts[4:7]] == [True, True, False]
+    r4 = recs(tt)[4]
+    assert r4["kept"] == 1 and verdicts[6].keep == 1 and r4["regenerated_severity"] == pytest.approx(6.5)
+    assert tt.stats.values[-1] == pytest.approx(6.0)  # the kept attempt's D
+    tt.propose(5, range(15, 18), block(A4))  # the same latents as the kept attempt: no drift
+    assert recs(tt)[5]["severity"] == pytest.approx(0.0)
+    default = TokenTrim(TokenTrimConfig(p=0.5, max_regen=2), PATCH)
+    verdicts = run(default, [A0, A1, A2, A3, A4], {4: [A4, A4W]})
+    assert recs(default)[4]["kept"] == 2 and verdicts[6].keep == 2  # the paper's rule: the last regeneration
+    with pytest.raises(ValueError, match="accept must be one of"):
+        TokenTrimConfig(accept="best")

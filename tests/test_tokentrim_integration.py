@@ -87,3 +87,32 @@ def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, ti
     for frame in range(3, 12):
         assert cache.positions(frame).tolist() == [n for n in full if n not in CORRUPTED]
     assert cache.positions(12).tolist() == full
+
+
+class KeepCandidate:
+    """Prunes block 2 once, then asks the pipeline to commit the candidate (attempt 0) instead of the regeneration."""
+
+    records = []
+
+    def __init__(self):
+        self.candidate = self.regenerated_x0 = None
+
+    def propose(self, block, frames, x0):
+        if block == 2:
+            self.candidate = x0.clone()
+            return Verdict(True, torch.tensor([0, 1]))
+        return Verdict(False)
+
+    def regenerated(self, block, x0, tokens_removed, regenerations):
+        self.regenerated_x0 = x0.clone()
+        return Verdict(False, keep=0)
+
+
+@pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
+def test_a_kept_candidate_is_what_is_committed(model, embeds, pipeline):
+    hook = KeepCandidate()
+    out = pipeline(model)(embeds, 15, seed=3, hook=hook, progress=False)
+    assert not torch.equal(hook.candidate, hook.regenerated_x0)  # the pruned cache changed the regeneration
+    assert torch.equal(out.latents[:, 6:9], hook.candidate)
+    plain = pipeline(model)(embeds, 15, seed=3, progress=False)
+    assert torch.equal(out.latents[:, :9], plain.latents[:, :9])  # up to block 2 nothing else differs

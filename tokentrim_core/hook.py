@@ -21,10 +21,13 @@ class Verdict:
 
     prune: remove `positions` from the temporal KV cache and regenerate the block.
     positions: long [k], sorted spatial token indices to remove, or None when prune is False.
+    keep: after regenerations, which attempt to commit (0 = the candidate, i = the i-th regeneration);
+    None = the latest one.
     """
 
     prune: bool
     positions: torch.Tensor | None = None
+    keep: int | None = None
 
 
 @dataclass
@@ -35,7 +38,8 @@ class BlockRecord:
     severity: D_t of the candidate (None for the first block: nothing to compare with); mean / std / threshold:
     the statistics it was judged against (threshold None while not armed); triggered: D_t > threshold.
     pruned_positions: the spatial positions removed from the cache (union over regenerations);
-    tokens_removed: cache tokens removed per layer; regenerated_severity: D of the last regeneration.
+    tokens_removed: cache tokens removed per layer; regenerated_severity: D of the last regeneration;
+    kept: which attempt was committed.
     """
 
     block: int
@@ -50,6 +54,7 @@ class BlockRecord:
     tokens_removed: int = 0
     regenerated_severity: float | None = None
     regenerations: int = 0
+    kept: int = 0  # the attempt committed: 0 = the candidate, i = the i-th regeneration
     score_ms: float = 0.0
 
     def to_dict(self) -> dict:

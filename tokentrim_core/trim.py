@@ -10,6 +10,10 @@ Decision rule, block by block (block = one AR chunk; indices count from 0):
    max_regen > 1 it is pruned again (with its own unstable set) while D* is still above the threshold. The
    accepted block becomes Z_prev, and the statistics receive D* ("regenerated"), D_t ("candidate") or
    nothing ("skip"), per `stats_after_regen`.
+5. Which attempt is accepted: the last regeneration (`accept="regenerated"`, the paper's rule), or, an addition of
+   this project, whichever of the candidate and its regenerations has the lowest severity (`accept="lower"`; ties
+   go to the later attempt). The verdict says which (`Verdict.keep`), the record too (`kept`, 0 = candidate); the
+   pruned positions stay removed either way. "regenerated" statistics then take the kept attempt's severity.
 With enabled=False every block is scored and recorded with action "off" and nothing is pruned; the statistics
 still accumulate every severity, so a baseline log shows where the threshold would have been.
 With max_regen = 0 nothing is regenerated: a block above the threshold is accepted (detection only) with
@@ -30,6 +34,7 @@ from .stats import RunningStats
 
 STATS_AFTER_REGEN = ("regenerated", "candidate", "skip")
 REGEN_NOISE = ("same", "fresh")
+ACCEPT = ("regenerated", "lower")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class TokenTrimConfig:
     stats_after_regen: str = "regenerated"
     regen_noise: str = "same"
     min_std: float = 0.0
+    accept: str = "regenerated"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -70,6 +76,8 @@ class TokenTrimConfig:
             )
         if self.regen_noise not in REGEN_NOISE:
             raise ValueError(f"regen_noise must be one of {REGEN_NOISE}, got {self.regen_noise!r}")
+        if self.accept not in ACCEPT:
+            raise ValueError(f"accept must be one of {ACCEPT}, got {self.accept!r}")
         if (
             isinstance(self.min_std, bool)
             or not isinstance(self.min_std, int | float)
@@ -85,6 +93,7 @@ class _Pending:
     record: BlockRecord
     severity: float
     threshold: float
+    attempts: list[tuple[float, torch.Tensor]]  # (severity, summary) of the candidate and each regeneration
 
 
 class TokenTrim:
@@ -158,7 +167,7 @@ class TokenTrim:
             if record.triggered and cfg.max_regen > 0:
                 record.action = "prune"
                 record.pruned_positions = positions.tolist()
-                self._pending = _Pending(record=record, severity=severity, threshold=threshold)
+                self._pending = _Pending(record, severity, threshold, [(severity, z)])
                 return Verdict(prune=True, positions=positions)
             record.action = "accept"
             self.stats.update(severity)
@@ -184,15 +193,20 @@ class TokenTrim:
         record.tokens_removed += int(tokens_removed)
         record.regenerations = regenerations
         record.regenerated_severity = severity
+        pending.attempts.append((severity, z))
         if severity > pending.threshold and regenerations < self.config.max_regen:
             record.pruned_positions = sorted(set(record.pruned_positions) | set(positions.tolist()))
             return Verdict(prune=True, positions=positions)
+        kept = regenerations
+        if self.config.accept == "lower":  # the lowest severity; the later attempt on a tie
+            kept = min(range(len(pending.attempts)), key=lambda i: (pending.attempts[i][0], -i))
+        record.kept = kept
         mode = self.config.stats_after_regen
         if mode == "regenerated":
-            self.stats.update(severity)
+            self.stats.update(pending.attempts[kept][0])
         elif mode == "candidate":
             self.stats.update(pending.severity)
         self._drift_blocks += 1
-        self._z_prev = z
+        self._z_prev = pending.attempts[kept][1]
         self._pending = None
-        return Verdict(prune=False)
+        return Verdict(prune=False, keep=kept)

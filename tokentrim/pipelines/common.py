@@ -185,17 +185,20 @@ class Rollout:
         return x, x0
 
     # Blocks -------------------------------------------------------------------------------------------------
-    def judge(self, block: int, x0: torch.Tensor, regenerate: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Ask the hook about a candidate block; while it says prune, prune the cache and regenerate."""
+    def judge(
+        self, block: int, x0: torch.Tensor, regenerate: Callable[[], torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """Ask the hook about a candidate block; while it says prune, prune the cache and regenerate. Returns the
+        attempt the hook keeps and its index (0 = the candidate, i = the i-th regeneration)."""
         s = block * self.block
         verdict = self.hook.propose(block, range(s, s + self.block), x0)
-        regenerations = 0
+        attempts = [x0]
         while verdict.prune:
             removed = self.cache.prune(verdict.positions)
-            x0 = regenerate()
-            regenerations += 1
-            verdict = self.hook.regenerated(block, x0, removed, regenerations)
-        return x0
+            attempts.append(regenerate())
+            verdict = self.hook.regenerated(block, attempts[-1], removed, len(attempts) - 1)
+        kept = len(attempts) - 1 if verdict.keep is None else verdict.keep
+        return attempts[kept], kept
 
     def finished(self, start: int, x0: torch.Tensor) -> None:
         """Frames [start, start + F) are final: into the output, then to the caller's callback."""

@@ -165,11 +165,16 @@ class RollingForcingPipeline(BlockPipeline):
             # 3. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
             if final:
 
-                def regenerate(x0=x0, x=x, t=t, s=s) -> torch.Tensor:
+                replaced = []  # the window's x0 of each attempt a regeneration replaces
+
+                def regenerate(x0=x0, x=x, t=t, s=s, replaced=replaced) -> torch.Tensor:
+                    replaced.append(x0.clone())
                     x0.copy_(r.predict_x0(x, t, s))
                     return x0[:, :block]
 
-                r.judge(first, x0[:, :block], regenerate)
+                _, kept = r.judge(first, x0[:, :block], regenerate)
+                if kept < len(replaced):  # an earlier attempt is kept: the whole window takes it back
+                    x0.copy_(replaced[kept])
             # 4. re-noise every unfinished block to its next level; one full-window draw per block
             for b in range(first, last + 1):
                 level = w - (b - observed)

@@ -120,7 +120,7 @@ class SelfForcingPipeline(BlockPipeline):
                 return self._denoise_block(r, x_init, s, steps, draws, guided)[0]
 
             # 3. TokenTrim: accept, or prune the cache and regenerate
-            x0 = r.judge(j, x0, regenerate)
+            x0, _ = r.judge(j, x0, regenerate)
             # 4. clean pass: the accepted block enters the cache
             r.commit(x0, s)
             r.finished(s, x0)
