@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PRESET ?= toy
 OUT ?= outputs
-# A held-out toy scene: its prompt and observed first block start the demo rollout.
+# A held-out toy scene: its prompt and observed first block start the demo rollouts.
 DEMO_SCENE ?= 20000000
 
 .PHONY: install test lint demo reproduce figures clean
@@ -28,10 +28,11 @@ lint: install
 	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts
 
 demo: install
-	$(BIN)/tokentrim generate --preset toy --pipeline self_forcing --scene $(DEMO_SCENE) \
-		--latent-frames 120 --seed 0 --out $(OUT)/demo.mp4 --save-latents
-	$(BIN)/tokentrim figure drift $(OUT)/demo.json -o $(OUT)/demo_drift.png
-	@echo "demo video: $(OUT)/demo.mp4   drift figure: $(OUT)/demo_drift.png   decision log: $(OUT)/demo.json"
+	$(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 \
+		--fault blob --fault-block 6 --out $(OUT)/demo
+	$(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 --out $(OUT)/demo_clean
+	@echo "baseline | TokenTrim, same seed, a fault injected at block 6: $(OUT)/demo/compare.mp4 (drift.png, heatmap.png)"
+	@echo "the same without a fault: $(OUT)/demo_clean/compare.mp4"
 
 # `make reproduce` (toy, CPU), `make reproduce PRESET=tiny` (a small CPU smoke grid, run by CI), or the real
 # weights on a GPU: `make reproduce MODEL_DIR=wan_models/Wan2.1-T2V-1.3B CKPT_SF=... CKPT_RF=...`.

@@ -166,7 +166,7 @@ def observe(args: argparse.Namespace, config, block: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokentrim.app import bench, demo, figures, reproduce
+    from tokentrim.app import bench, compare, demo, figures, reproduce, stress
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     demo.register(sub)
     reproduce.register(sub)
+    stress.register(sub)
+    compare.register(sub)
     return parser
 
 

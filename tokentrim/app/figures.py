@@ -120,10 +120,14 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
                     ms=7,
                     label="regenerated (D*)" if i == j == 0 else None,
                 )
+    faults = sorted({lg["config"]["fault"]["block"] for lg in logs
+                     if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)})  # fmt: skip
+    for i, b in enumerate(faults):  # an injected fault (tokentrim compare / stress): its block
+        ax.axvline(b, color="purple", lw=1.2, ls="--", label="injected fault" if i == 0 else None)
     ax.set_xlabel("block")
     ax.set_ylabel("drift severity D_t")
     ax.set_title("TokenTrim drift severity (top-p mean token drift)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no marker
     ax.grid(alpha=0.3)
     FigureCanvasAgg(fig)
     return fig

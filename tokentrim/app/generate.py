@@ -23,6 +23,7 @@ from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
 from tokentrim.files import atomic_dir, atomic_path, write_json
 from tokentrim.pipelines import BlockPipeline
+from tokentrim.pipelines.common import BlockTransform
 from tokentrim.video import VideoWriter, write_png_frames
 from tokentrim.wan import WanConfig, build_model
 from tokentrim_core.hook import BlockRecord
@@ -141,12 +142,14 @@ def run_video(
     on_block: Callable[[BlockEvent], None] | None = None,
     progress: bool = True,
     settings: dict | None = None,
+    alter: BlockTransform | None = None,
 ) -> VideoResult:
     """One video in memory: the pipeline of `run` with the TokenTrim hook (and FlowMo) of `run`.
 
     prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines), or an
     `observation` (image / video start, `tokentrim.app.inputs`) that the backend's VAE encodes into them;
-    on_block: called as frames become final; settings: extra entries for the record of what produced it."""
+    on_block: called as frames become final; settings: extra entries for the record of what produced it;
+    alter: changes accepted blocks before they are committed (`tokentrim.app.faults`)."""
     if observation is not None:
         if prefix is not None or backend.decoder is None:
             raise UserError("give either latents (`prefix`) or an observation, with a backend that has a VAE")
@@ -159,7 +162,7 @@ def run_video(
     start = time.perf_counter()
     out = pipe(
         prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise,
-        on_block=callback, progress=progress, prefix=prefix,
+        on_block=callback, progress=progress, prefix=prefix, alter=alter,
     )  # fmt: skip
     wall = time.perf_counter() - start
     model = backend.model

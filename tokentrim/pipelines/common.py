@@ -29,6 +29,9 @@ from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 
 # Called with (first latent frame, x0 [B, F, C, H, W]) whenever frames become final, in time order.
 BlockCallback = Callable[[int, torch.Tensor], None]
+# Called with (first latent frame, x0) of each generated block once it is accepted, before its clean pass; returns
+# the latents committed to the cache and output instead (an experiment's change: `tokentrim stress` faults).
+BlockTransform = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Rollout:
     regen_noise: str = "same"
     on_block: BlockCallback | None = None
     progress: bool = True
+    alter: BlockTransform | None = None
     losses: list[list[float]] = field(default_factory=list)
 
     @property
@@ -199,6 +203,10 @@ class Rollout:
             verdict = self.hook.regenerated(block, attempts[-1], removed, len(attempts) - 1)
         kept = len(attempts) - 1 if verdict.keep is None else verdict.keep
         return attempts[kept], kept
+
+    def accepted(self, start: int, x0: torch.Tensor) -> torch.Tensor:
+        """A generated block was accepted: the latents to commit and output (unchanged unless `alter` is set)."""
+        return x0 if self.alter is None else self.alter(start, x0)
 
     def finished(self, start: int, x0: torch.Tensor) -> None:
         """Frames [start, start + F) are final: into the output, then to the caller's callback."""
@@ -290,6 +298,7 @@ class BlockPipeline:
         regen_noise: str = "same",
         on_block: BlockCallback | None = None,
         progress: bool = True,
+        alter: BlockTransform | None = None,
     ) -> GenerationOutput:
         """Generate `num_frames` latent frames for `prompt_embeds [B, <= text_len, text_dim]`.
 
@@ -299,7 +308,7 @@ class BlockPipeline:
         hook as its first block, and generation continues after them. The initial noise covers the frames to
         generate only, as the references draw it for an image start (`[B, F - 1, ...]` after one image frame,
         more-pipelines.md §A.5). regen_noise: "same" (regenerate a pruned block from its first attempt's
-        noise) or, where the loop supports it, "fresh"."""
+        noise) or, where the loop supports it, "fresh". alter: see `BlockTransform` (generated blocks only)."""
         self.check_inputs(prompt_embeds, num_frames)
         if regen_noise not in self.regen_noise_modes:
             raise UserError(
@@ -320,7 +329,7 @@ class BlockPipeline:
         output = torch.empty(noise.shape, dtype=dtype, device="cpu")  # kept off the device: any length fits
         r = Rollout(model, self.schedule, self.timesteps.to(device), context, self.make_cache(batch, device, dtype),
                     generator, noise, output, hook or NoHook(), flowmo, self.config.context_noise, block, observed,
-                    regen_noise, on_block, progress)  # fmt: skip
+                    regen_noise, on_block, progress, alter)  # fmt: skip
         # 2. observed blocks, then the loop
         r.commit_observed(prefix)
         self.generate(r)

@@ -175,6 +175,7 @@ class RollingForcingPipeline(BlockPipeline):
                 _, kept = r.judge(first, x0[:, :block], regenerate)
                 if kept < len(replaced):  # an earlier attempt is kept: the whole window takes it back
                     x0.copy_(replaced[kept])
+                x0[:, :block] = r.accepted(s, x0[:, :block])
             # 4. re-noise every unfinished block to its next level; one full-window draw per block
             for b in range(first, last + 1):
                 level = w - (b - observed)

@@ -121,6 +121,7 @@ class SelfForcingPipeline(BlockPipeline):
 
             # 3. TokenTrim: accept, or prune the cache and regenerate
             x0, _ = r.judge(j, x0, regenerate)
+            x0 = r.accepted(s, x0)
             # 4. clean pass: the accepted block enters the cache
             r.commit(x0, s)
             r.finished(s, x0)

@@ -1,0 +1,99 @@
+"""Injected faults: a few spatial tokens of one accepted block corrupted before its clean pass, so the corruption
+enters the KV cache (and the video) the way an unstable region would, and the rollout continues from there.
+
+A fault is a compact region of K tokens on the DiT patch grid (a rectangle as square as K allows, placed by a
+seeded generator), applied to every latent frame of block J. Kinds, in latent space (per-channel statistics of the
+block itself, so they scale with any VAE; with the toy codec the channels are colour planes):
+- `blob`: a saturated patch — every channel set to its block mean + 3 std;
+- `foreign`: the same region copied from another rollout (another scene) at the same frames;
+- `noise`: a noise burst — Gaussian noise of twice the block's std added;
+- `cast`: a local colour cast — the first third of the channels (the toy codec's red plane) shifted by 2 std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokentrim.errors import UserError
+
+KINDS = ("blob", "foreign", "noise", "cast")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    block: int  # the block whose accepted latents are corrupted
+    tokens: tuple[int, ...]  # spatial token indices n = h * grid_w + w
+    seed: int  # for the noise burst
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
+
+
+def region(grid: tuple[int, int], k: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """K tokens forming a compact rectangle (rows x cols as square as possible, cut to K) at a random place."""
+    gh, gw = grid
+    if not 1 <= k <= gh * gw:
+        raise UserError(f"`tokens` must be in 1 .. {gh * gw} (the tokens of a frame), got {k}")
+    rows = min(gh, max(1, math.isqrt(k)))
+    cols = min(gw, math.ceil(k / rows))
+    rows = math.ceil(k / cols)
+    top, left = int(rng.integers(0, gh - rows + 1)), int(rng.integers(0, gw - cols + 1))
+    cells = [(top + r) * gw + left + c for r in range(rows) for c in range(cols)]
+    return tuple(sorted(cells[:k]))
+
+
+def token_mask(tokens: tuple[int, ...], grid: tuple[int, int], patch: tuple[int, int]) -> torch.Tensor:
+    """Boolean latent-pixel mask `[H, W]` of the tokens' patches."""
+    (gh, gw), (ph, pw) = grid, patch
+    mask = torch.zeros(gh, gw, dtype=torch.bool)
+    for n in tokens:
+        mask[n // gw, n % gw] = True
+    return mask.repeat_interleave(ph, 0).repeat_interleave(pw, 1)
+
+
+def corrupt(
+    fault: Fault, x0: torch.Tensor, mask: torch.Tensor, foreign: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The block `x0 [B, f, C, H, W]` with the fault applied inside `mask [H, W]` (a new tensor)."""
+    out = x0.clone()
+    m = mask.to(x0.device)
+    mean = x0.float().mean(dim=(1, 3, 4), keepdim=True)  # (B, 1, C, 1, 1): the block's own statistics
+    std = x0.float().std(dim=(1, 3, 4), keepdim=True)
+    if fault.kind == "blob":
+        new = (mean + 3 * std).expand_as(x0)
+    elif fault.kind == "foreign":
+        if foreign is None or foreign.shape != x0.shape:
+            raise UserError("a `foreign` fault needs the other rollout's latents of the same block")
+        new = foreign.to(x0.device, x0.dtype)
+    elif fault.kind == "noise":
+        gen = torch.Generator().manual_seed(fault.seed)
+        burst = torch.randn(x0.shape, generator=gen).to(x0.device)
+        new = x0.float() + 2 * std * burst
+    else:  # cast
+        shift = torch.zeros_like(std)
+        shift[:, :, : x0.shape[2] // 3] = 2 * std[:, :, : x0.shape[2] // 3]
+        new = (x0.float() + shift).expand_as(x0)
+    out[..., m] = new.to(x0.dtype)[..., m]
+    return out
+
+
+def injector(fault: Fault, frames_per_block: int, mask: torch.Tensor, foreign: torch.Tensor | None = None):
+    """A pipeline `alter` callback that corrupts block `fault.block` (only it) and records what it did."""
+    start = fault.block * frames_per_block
+    applied: list[torch.Tensor] = []
+
+    def alter(s: int, x0: torch.Tensor) -> torch.Tensor:
+        if s != start:
+            return x0
+        bad = corrupt(fault, x0, mask, None if foreign is None else foreign[:, s : s + x0.shape[1]])
+        applied.append((bad - x0).float().pow(2).sum().cpu())
+        return bad
+
+    alter.applied = applied  # the injected error energy, once the block has passed
+    return alter

@@ -1,0 +1,244 @@
+"""`tokentrim stress`: does TokenTrim find a fault that enters the KV cache, and does pruning stop it spreading?
+
+Per seed, four rollouts from the same seed (and, on the toy, the same held-out scene's observed first block):
+clean and faulted, each with TokenTrim off (the baseline) and on. The fault (`tokentrim.app.faults`) corrupts K
+tokens of block J's accepted latents before its clean pass. Measured:
+- detection, in the faulted TokenTrim run: the first prune after block J within the horizon; its latency in
+  blocks, and precision / recall of its pruned positions against the corrupted tokens (undetected: recall 0);
+- persistence: the squared error inside the fault's region over blocks J+1 .. J+H against the clean run of the
+  same method, divided by the injected error energy; `persistence_ratio` = TokenTrim's mean / the baseline's;
+- cost on clean runs: TokenTrim's trigger rate on armed blocks (`false_trigger_rate`, no fault to find) and the
+  drift measures of `tokentrim eval` with and without TokenTrim;
+- wall time of every rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from tokentrim.errors import UserError
+
+HELD_OUT_OTHER = 1000  # the foreign patch comes from scene seed + this (another held-out scene)
+
+
+def _spread(values: list[float]) -> dict:
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return {"n": 0, "mean": None, "se": None, "median": None, "q25": None, "q75": None}
+    q = np.quantile(xs, [0.25, 0.5, 0.75])
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+    return {"n": len(xs), "mean": statistics.fmean(xs), "se": se, "median": float(q[1]), "q25": float(q[0]),
+            "q75": float(q[2])}  # fmt: skip
+
+
+def region_energy(
+    latents: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, block: int, fpb: int
+) -> float:
+    """Squared difference inside the mask over one block's frames. latents [B, F, C, H, W]."""
+    s = slice(block * fpb, (block + 1) * fpb)
+    diff = (latents[:, s].float() - reference[:, s].float())[..., mask]
+    return float(diff.pow(2).sum())
+
+
+def _detection(records, fault, horizon: int) -> dict:
+    after = [r for r in records if fault.block < r.block <= fault.block + horizon and r.action == "prune"]
+    if not after:
+        return {"detected": False, "latency_blocks": None, "precision": None, "recall": 0.0}
+    first, bad = after[0], set(fault.tokens)
+    hit = len(bad & set(first.pruned_positions))
+    return {"detected": True, "latency_blocks": first.block - fault.block, "block": first.block,
+            "precision": hit / len(first.pruned_positions), "recall": hit / len(bad)}  # fmt: skip
+
+
+def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: int, horizon: int,
+             latent_frames: int, start) -> dict:  # fmt: skip
+    """The four rollouts of one seed and their measures. start(seed) -> (prompt embeds, prefix or None)."""
+    from tokentrim.app.faults import Fault, injector, region, token_mask
+    from tokentrim.app.generate import run_video
+    from tokentrim.eval import evaluate_frames
+    from tokentrim.eval.summary import summary_row
+
+    cfg = backend.model.config
+    grid, patch = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:]
+    fault = Fault(kind, at_block, region(grid, tokens, np.random.default_rng(seed)), seed)
+    mask = token_mask(fault.tokens, grid, patch)
+    embeds, prefix = start(seed)
+    foreign = None
+    if kind == "foreign":
+        other_embeds, other_prefix = start(seed + HELD_OUT_OTHER)
+        foreign = run_video(backend, runs["baseline"], other_embeds, latent_frames=latent_frames, seed=seed,
+                            prefix=other_prefix, progress=False).latents  # fmt: skip
+    out, walls = {}, {}
+    for method, run in runs.items():
+        for faulted in (False, True):
+            alter = injector(fault, backend.model.config.frames_per_block, mask, foreign) if faulted else None
+            t0 = time.perf_counter()
+            result = run_video(backend, run, embeds, latent_frames=latent_frames, seed=seed, prefix=prefix,
+                               progress=False, alter=alter)  # fmt: skip
+            walls[f"{method}{'_fault' if faulted else ''}"] = time.perf_counter() - t0
+            out[(method, faulted)] = (result, alter)
+    fpb = backend.model.config.frames_per_block
+    row = {"seed": seed, "tokens": list(fault.tokens), "wall_s": walls}
+    persistence = {}
+    for method in runs:
+        (clean, _), (bad, alter) = out[(method, False)], out[(method, True)]
+        injected = float(alter.applied[0]) if alter.applied else float("nan")
+        curve = [region_energy(bad.latents, clean.latents, mask, b, fpb) / injected
+                 for b in range(at_block + 1, min(at_block + horizon, bad.latents.shape[1] // fpb - 1) + 1)]  # fmt: skip
+        persistence[method] = {"persistence": float(sum(curve)), "curve": curve, "injected": injected}
+    row["persistence"] = persistence
+    row["detection"] = _detection(out[("tokentrim", True)][0].records, fault, horizon)
+    clean_tt = out[("tokentrim", False)][0].records
+    armed = [r for r in clean_tt if r.action in ("accept", "prune")]
+    row["clean_trigger_rate"] = sum(r.action == "prune" for r in armed) / max(1, len(armed))
+    if backend.decoder is not None:
+        row["clean_drift"] = {}
+        for method in runs:
+            video = np.concatenate(list(out[(method, False)][0].frames()))
+            report = evaluate_frames(video, backend.fps, max(2 / backend.fps, len(video) / backend.fps / 4))
+            row["clean_drift"][method] = summary_row(report)
+    return row
+
+
+def aggregate(rows: list[dict]) -> dict:
+    detections = [r["detection"] for r in rows]
+    base = [r["persistence"]["baseline"]["persistence"] for r in rows]
+    trim = [r["persistence"]["tokentrim"]["persistence"] for r in rows]
+    ratios = [t / b for t, b in zip(trim, base, strict=True) if b > 0]
+    mean_base = statistics.fmean(base) if base else float("nan")
+    summary = {
+        "recall": statistics.fmean(d["recall"] for d in detections),
+        "precision": _spread([d["precision"] for d in detections if d["detected"]])["mean"],
+        "detection_rate": statistics.fmean(d["detected"] for d in detections),
+        "persistence_ratio": statistics.fmean(trim) / mean_base if mean_base > 0 else None,
+        "false_trigger_rate": statistics.fmean(r["clean_trigger_rate"] for r in rows),
+        "spreads": {
+            "recall": _spread([d["recall"] for d in detections]),
+            "precision": _spread([d["precision"] for d in detections if d["detected"]]),
+            "latency_blocks": _spread([d["latency_blocks"] for d in detections if d["detected"]]),
+            "persistence_baseline": _spread(base),
+            "persistence_tokentrim": _spread(trim),
+            "persistence_ratio_per_seed": _spread(ratios),
+            "false_trigger_rate": _spread([r["clean_trigger_rate"] for r in rows]),
+            "wall_s": {k: _spread([r["wall_s"][k] for r in rows]) for k in rows[0]["wall_s"]},
+        },
+    }
+    if "clean_drift" in rows[0]:
+        summary["clean_drift"] = {
+            method: {m: _spread([r["clean_drift"][method][m] for r in rows]) for m in rows[0]["clean_drift"][method]}
+            for method in rows[0]["clean_drift"]
+        }  # fmt: skip
+    return summary
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    from tokentrim.app import backends
+    from tokentrim.app import generate as gen
+    from tokentrim.app.faults import KINDS
+    from tokentrim.app.run_config import default_config_path, load_run_config
+    from tokentrim.files import check_output, write_json
+
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    if args.json:
+        check_output(args.json, "--json")
+    path = args.config or default_config_path(args.pipeline, args.preset)
+    flowmo_off = {
+        "flowmo": {"mode": "off"}
+    }  # FlowMo guides block 0, which the toy observes: nothing to guide
+    runs = {"baseline": load_run_config(path, [], {"pipeline": args.pipeline, "tokentrim": {"enabled": False},
+                                                   **flowmo_off}),
+            "tokentrim": load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo_off})}  # fmt: skip
+    config = backends.model_config(args.preset, None)
+    pipe = gen.request_pipeline(config, runs["tokentrim"])
+    block = pipe.frames_per_block
+    observed = 1 if args.preset == "toy" else 0
+    frames = args.latent_frames or block * (args.at_block + args.horizon + 2)
+    gen.check_request(config, runs["tokentrim"], frames, observed * block)
+    armed = observed + runs["tokentrim"].tokentrim.warmup + 1  # the first block that can trigger
+    if args.at_block < armed - 1:
+        raise UserError(f"--at-block must be >= {armed - 1}: block {armed} is the first TokenTrim can prune after "
+                        f"the warm-up (the fault at block J shows in block J + 1), got {args.at_block}")  # fmt: skip
+    if (args.at_block + 2) * block > frames:
+        raise UserError(f"--latent-frames {frames} leaves no block after --at-block {args.at_block}")
+    backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
+                                    device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
+    start = _starts(backend, args.preset)
+    report = {"settings": {"preset": args.preset, "pipeline": args.pipeline, "seeds": args.seeds, "kinds": kinds,
+                           "tokens": args.tokens, "at_block": args.at_block, "horizon": args.horizon,
+                           "latent_frames": frames, "tokentrim": runs["tokentrim"].to_dict()["tokentrim"]},
+              "by_kind": {}}  # fmt: skip
+    all_rows = []
+    for kind in kinds:
+        rows = []
+        for seed in range(args.seeds):
+            rows.append(
+                run_seed(backend, runs, seed, kind, args.tokens, args.at_block, args.horizon, frames, start)
+            )
+            d = rows[-1]["detection"]
+            print(f"{kind} seed {seed}: detected {d['detected']} recall {d['recall']:.2f}  persistence "
+                  f"baseline {rows[-1]['persistence']['baseline']['persistence']:.3f} tokentrim "
+                  f"{rows[-1]['persistence']['tokentrim']['persistence']:.3f}", flush=True)  # fmt: skip
+        report["by_kind"][kind] = {**aggregate(rows), "per_seed": rows}
+        all_rows += rows
+    report.update({k: v for k, v in aggregate(all_rows).items() if k != "spreads"})
+    report["spreads"] = aggregate(all_rows)["spreads"]
+    text = (f"recall {report['recall']:.3f}  precision {report['precision'] or float('nan'):.3f}  detection rate "
+            f"{report['detection_rate']:.3f}  persistence ratio (TokenTrim / baseline) "
+            f"{report['persistence_ratio'] or float('nan'):.3f}  false trigger rate {report['false_trigger_rate']:.3f}")  # fmt: skip
+    print(text)
+    if args.json:
+        print(f"wrote {write_json(args.json, report)}")
+    return 0
+
+
+def _starts(backend, preset: str):
+    """seed -> (prompt embeddings, observed first block or None): a held-out toy scene, or a fixed prompt."""
+    from tokentrim.app.generate import encode
+
+    if preset == "toy":
+        from tokentrim.toy import HELD_OUT_SCENES, observed_start
+
+        def toy_start(seed: int):
+            prompt, prefix = observed_start(HELD_OUT_SCENES + seed)
+            return encode(backend, [prompt], "none")[:1], prefix
+
+        return toy_start
+    embeds = encode(backend, ["a cat walks on the street"], "none")[:1]
+    return lambda seed: (embeds, None)
+
+
+def register(subparsers) -> None:
+    from tokentrim.app.args import NONNEG_INT, POSITIVE_INT
+    from tokentrim.app.backends import PRESETS
+    from tokentrim.app.faults import KINDS
+    from tokentrim.pipelines import pipeline_names
+
+    p = subparsers.add_parser("stress", help="inject cache-borne faults: does TokenTrim find them and stop them?",
+                              description="Corrupt a few tokens of one block before they enter the KV cache and "
+                              "measure detection, persistence and the cost on clean runs, with and without "
+                              "TokenTrim, over many seeds (docs/toy.md).")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS), default="toy", help="built-in model")
+    p.add_argument("--pipeline", choices=pipeline_names(), default="self_forcing", help="sampling loop")
+    p.add_argument("--config", help="run config YAML (default: the pipeline's, configs/toy/ for the toy)")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=32, help="seeds 0 .. N-1 (toy: held-out scenes)")
+    p.add_argument("--kind", choices=[*KINDS, "all"], default="blob", help="fault kind, or all four")
+    p.add_argument("--tokens", type=POSITIVE_INT, default=6, help="corrupted tokens K, a compact region")
+    p.add_argument(
+        "--at-block", type=NONNEG_INT, default=4, help="block J whose accepted latents are corrupted"
+    )
+    p.add_argument("--horizon", type=POSITIVE_INT, default=8, help="blocks after J that are measured")
+    p.add_argument(
+        "--latent-frames", type=POSITIVE_INT, help="rollout length (default: J + horizon + 2 blocks)"
+    )
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument(
+        "overrides", nargs="*", help="TokenTrim run's config overrides KEY=VALUE (e.g. tokentrim.lam=1)"
+    )
+    p.set_defaults(func=cmd_stress)
