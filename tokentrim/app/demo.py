@@ -184,9 +184,10 @@ def drift_plot(update: DemoUpdate):
     shown = [p for p in update.panels if p.records]
     if not shown or (update.state == "running" and len({len(p.records) for p in update.panels}) > 1):
         return None
-    return drift_figure(
-        [{"blocks": [r.to_dict() for r in p.records]} for p in shown], [p.label for p in shown]
-    )
+    logs = [{"blocks": [r.to_dict() for r in p.records]} for p in shown]
+    figure = drift_figure(logs, [p.label for p in shown])
+    figure.tight_layout()  # gradio saves the figure as it is laid out: make room for the legend beside the axes
+    return figure
 
 
 def settings_inputs(runner: DemoRunner, frames: int) -> dict[str, Any]:
