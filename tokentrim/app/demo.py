@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokentrim.app.args import POSITIVE_INT, add_model_args
+from tokentrim.app.args import POSITIVE_INT, add_model_args, ema_choice
 from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate, Panel, block_list
 from tokentrim.errors import UserError
 
@@ -293,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor"))
         backend = backends.load_backend(preset=preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                        device=device, dtype=dtype, use_ema=not args.no_ema)  # fmt: skip
+                                        device=device, dtype=dtype, use_ema=ema_choice(args))  # fmt: skip
         backend.model.attention_backend = attention
         runner = DemoRunner(backend, preset, args.max_latent_frames, root / "embeddings")
         sessions = Sessions(root / "runs")
