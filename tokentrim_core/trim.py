@@ -86,6 +86,45 @@ class TokenTrimConfig:
             raise ValueError(f"min_std must be a finite number >= 0, got {self.min_std!r}")
 
 
+def _decision_to_host(severity: torch.Tensor, indices: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """D_t (float32 0-dim) and the unstable set (long [k]) in one device-to-host copy, packed as float64 [1 + k]:
+    float64 holds every float32 and every index below 2^53 exactly, so the values equal two separate reads.
+    Returns (D_t as a Python float, the indices as a host long [k])."""
+    packed = torch.cat([severity.reshape(1).double(), indices.double()]).cpu()
+    return float(packed[0]), packed[1:].long()
+
+
+class _ScoreTimer:
+    """Scoring time of one candidate. On the CPU: the host clock. On CUDA: device events around the scoring
+    kernels plus the host time after the decision's copy; the events are read only once that copy has
+    synchronised (they have completed by then, so reading them waits for nothing). Without a copy (block 0: no
+    previous block) only the host time is counted."""
+
+    def __init__(self, device: torch.device):
+        self._start = time.perf_counter()
+        self._copied: float | None = None
+        self._events = None
+        if device.type == "cuda":
+            self._stream = torch.cuda.current_stream(device)
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record(self._stream)
+
+    def queued(self) -> None:
+        """The scoring kernels are queued; the decision's copy comes next."""
+        if self._events is not None:
+            self._events[1].record(self._stream)
+
+    def copied(self) -> None:
+        """The decision's copy has returned (the stream has run everything queued before it)."""
+        self._copied = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        now = time.perf_counter()
+        if self._events is None or self._copied is None:
+            return (now - self._start) * 1e3
+        return self._events[0].elapsed_time(self._events[1]) + (now - self._copied) * 1e3
+
+
 @dataclass
 class _Pending:
     """A pruned block waiting for its regeneration."""
@@ -123,19 +162,27 @@ class TokenTrim:
         return list(self._records)
 
     def _score(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float | None, float]:
-        """Summary, unstable set and severity of a candidate (Eq. 3–7), and the time it took in ms."""
-        start = time.perf_counter()
+        """Summary, unstable set (host long [k]) and severity of a candidate (Eq. 3–7), and the scoring time in ms.
+
+        Everything is computed on x0's device; then one device-to-host copy brings D_t and the unstable set
+        (`_decision_to_host`): the one host synchronisation a block's decision needs. On CUDA the time is the
+        device time of the scoring kernels (events around them, read once that copy has synchronised) plus the
+        host time after the copy; a host clock alone would also count the DiT work still queued before them.
+        """
+        timer = _ScoreTimer(x0.device)
         z = latent_summary(x0, self.patch)
         positions, severity = None, None
         if self._z_prev is not None:
-            positions, d_t = unstable_set(token_drift(z, self._z_prev), self.config.p)
-            severity = d_t.item()  # the one host sync the decision needs
+            indices, d_t = unstable_set(token_drift(z, self._z_prev), self.config.p)
+            timer.queued()
+            severity, positions = _decision_to_host(d_t, indices)
+            timer.copied()
             if not math.isfinite(severity):
                 raise FloatingPointError(
                     f"the candidate latents are not finite (drift severity {severity}): the model diverged. "
                     "Check the checkpoint, or run in another dtype (bf16 / fp32)"
                 )
-        return z, positions, severity, (time.perf_counter() - start) * 1e3
+        return z, positions, severity, timer.elapsed_ms()
 
     def _stats_snapshot(self) -> tuple[float | None, float | None]:
         if self.stats.count == 0:

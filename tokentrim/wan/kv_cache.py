@@ -28,6 +28,15 @@ from tokentrim.wan.config import WanConfig
 from tokentrim.wan.rope import apply_rope
 
 
+def _to_device(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host index tensor on `device`. On CUDA the copy goes through page-locked memory with `non_blocking`, so
+    it does not synchronise the stream (a plain copy from pageable memory does); the caching host allocator keeps
+    the page-locked block until the copy has run."""
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
+
+
 @dataclass
 class CachedFrame:
     index: int  # absolute latent frame index
@@ -169,7 +178,9 @@ class KVCache:
         """Remove the tokens at spatial `positions` from the cached `frames` (absolute indices; default every
         cached frame), in every layer and head. Pinned frames are skipped unless `include_pinned`.
 
-        Returns the number of tokens removed per layer. The kept rows stay in time order and are compacted.
+        Returns the number of tokens removed per layer. The kept rows stay in time order and are compacted in
+        place, in the preallocated buffers (`_compact`). `positions` is best a host tensor (TokenTrim's verdict
+        is one): a device tensor costs one device-to-host copy here.
         """
         drop = torch.zeros(self.tokens_per_frame, dtype=torch.bool)
         drop[positions.detach().to("cpu", torch.long)] = True
@@ -187,11 +198,30 @@ class KVCache:
             f.spatial = f.spatial[mask]
         if removed == 0:
             return 0
-        index = torch.cat(keep_rows).to(self.k.device)
-        n = index.numel()
-        self.k[:, :, :n] = self.k.index_select(2, index)
-        self.v[:, :, :n] = self.v.index_select(2, index)
+        self._compact(torch.cat(keep_rows))
         return removed
+
+    def _compact(self, index: torch.Tensor) -> None:
+        """Move the kept rows `index` (host long `[n]`, ascending) to rows `[0, n)` of both buffers, in place.
+
+        Row i receives row index[i] >= i. Destination rows are written in ascending chunks of one frame's rows,
+        each gathered into a temporary first: a chunk's sources all lie at or after its own rows, and every later
+        chunk reads rows past them, so nothing a later chunk reads is overwritten. The temporary is one frame per
+        layer (1/capacity of the cache) where a single gather would copy the whole cache. Rows before the first
+        removed one stay where they are; rows from n on keep their stale contents. The result equals
+        `buf[:, :, :n] = buf.index_select(2, index)` bit for bit.
+        """
+        n = index.numel()
+        moved = index != torch.arange(n)
+        if not bool(moved.any()):  # host tensors: no device synchronisation
+            return
+        first = int(moved.int().argmax())
+        rows = _to_device(index[first:], self.k.device)
+        chunk = self.tokens_per_frame
+        for buf in (self.k, self.v):
+            for start in range(first, n, chunk):
+                stop = min(start + chunk, n)
+                buf[:, :, start:stop] = buf.index_select(2, rows[start - first : stop - first])
 
     # Per-layer application ----------------------------------------------------------------------------------
     def layer_kv(
