@@ -14,6 +14,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -57,6 +58,55 @@ def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.
     regens = sum(r.action == "prune" for r in out.records)
     return {"wall_s": wall, "block_s": blocks, "score_s": score_s, "regenerations": regens,
             "blocks": len(out.records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+
+
+def measure(
+    backend,
+    configs: dict,
+    embeds: torch.Tensor,
+    latent_frames: int,
+    seed: int,
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup_runs: int = 1,
+    warmup_frames: int | None = None,
+    on_run: Callable[[str, dict], None] | None = None,
+) -> tuple[dict[str, list[dict]], list[float]]:
+    """Run each config (name -> RunConfig) `warmup_runs` times unmeasured, on `warmup_frames` latent frames
+    (default: the measured length; fewer is enough to load the kernels), then `repeats` rounds alternating the
+    configs, so drifting clocks or thermals affect all alike. `on_run(name, run)` sees each measured run as it
+    ends. Returns the measured runs by name (`run_once` dicts) and the warm-up wall times."""
+    warmup, frames = [], warmup_frames or latent_frames
+    for _ in range(warmup_runs):
+        for run in configs.values():
+            warmup.append(run_once(backend, run, embeds, frames, seed, device)["wall_s"])
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, run in configs.items():
+            results[name].append(run_once(backend, run, embeds, latent_frames, seed, device))
+            if on_run is not None:
+                on_run(name, results[name][-1])
+    return results, warmup
+
+
+def check_compile_backend(backend: str) -> str:
+    """A torch.compile backend name (`inductor`; `eager` only traces, a quick check on a CPU)."""
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(
+            f"--compile-backend {backend!r} is unknown; use inductor (the default) or eager (trace only)"
+        )
+    return backend
+
+
+def compile_blocks(model, backend: str = "inductor") -> None:
+    """torch.compile each DiT block, dynamic in its shapes: the key length changes as the cache fills, rolls and
+    loses pruned tokens."""
+    for block in model.blocks:
+        block.compile(dynamic=True, backend=check_compile_backend(backend))
 
 
 def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
@@ -108,29 +158,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if not args.random_weights and args.preset is None and not (args.model_dir and args.checkpoint):
         raise UserError("give --preset tiny|toy, --random-weights, or both --model-dir and --checkpoint")
-    check_request(
-        backends.model_config(args.preset, args.model_dir, args.random_weights), treated, args.latent_frames
-    )
+    model_config = backends.model_config(args.preset, args.model_dir, args.random_weights)
+    check_request(model_config, treated, args.latent_frames)
+    if args.warmup_frames:
+        try:
+            check_request(model_config, treated, args.warmup_frames)
+        except UserError as err:  # the same limits, named by this option
+            raise UserError(str(err).replace("`num_frames`", "--warmup-frames")) from None
     if args.json:
         check_output(args.json, "--json")
+    if args.compile:
+        check_compile_backend(args.compile_backend)
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=ema_choice(args), decoder=False,
                                     text_encoder=False, random_weights=args.random_weights)  # fmt: skip
     backend.model.attention_backend = attention
     if args.compile:
-        for block in backend.model.blocks:
-            block.compile(dynamic=True)
+        compile_blocks(backend.model, args.compile_backend)
     cfg = backend.model.config
     gen_ = torch.Generator().manual_seed(args.seed)
     embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
     configs = {"tokentrim": treated, "baseline": baseline} if args.compare else {"run": treated}
-    for _ in range(args.warmup_runs):
-        for run in configs.values():
-            run_once(backend, run, embeds, args.latent_frames, args.seed, device)
-    results: dict[str, list[dict]] = {name: [] for name in configs}
-    for _ in range(args.repeats):  # alternate, so drifting clocks or thermals affect both alike
-        for name, run in configs.items():
-            results[name].append(run_once(backend, run, embeds, args.latent_frames, args.seed, device))
+    warmup_frames = args.warmup_frames or args.latent_frames
+    results, warmup = measure(backend, configs, embeds, args.latent_frames, args.seed, device,
+                              repeats=args.repeats, warmup_runs=args.warmup_runs,
+                              warmup_frames=warmup_frames)  # fmt: skip
     scale = 1 if backend.name == "toy" else 4
     report = {
         "pipeline": args.pipeline,
@@ -143,13 +195,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "attention": args.attention,
         "compile": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
         "torch": torch.__version__,
         "tokentrim_config": treated.to_dict()["tokentrim"],
         "flowmo_config": treated.to_dict()["flowmo"],
         "kv_cache_mb": kv_cache_mb(backend, treated, dtype),
         "dit_weights_mb": sum(p.numel() * p.element_size() for p in backend.model.parameters()) / 2**20,
+        "warmup_frames": warmup_frames,
+        "warmup_wall_s": warmup,  # with --compile: compilation included
         **{name: summarise(runs, args.latent_frames, scale) for name, runs in results.items()},
     }
+    if args.compile:
+        from torch._dynamo.utils import counters
+
+        report["compiled_graphs"] = counters["stats"]["unique_graphs"]  # > 1: recompilations
     if args.compare:
         report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
     if args.json:
@@ -174,5 +233,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="measured runs per configuration, >= 1")
     p.add_argument("--warmup-runs", type=NONNEG_INT, default=1, help="unmeasured runs first, >= 0")
+    p.add_argument("--warmup-frames", type=POSITIVE_INT,
+                   help="latent frames of each warm-up run (default: --latent-frames)")  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend for --compile (eager: trace only, a quick check)")  # fmt: skip
     p.set_defaults(func=cmd_bench)
