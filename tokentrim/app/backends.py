@@ -112,6 +112,8 @@ def load_backend(
     decoder: bool = True,
     text_encoder: bool = True,
     random_weights: bool = False,
+    lora: str | None = None,
+    lora_alpha: float | None = None,
 ) -> Backend:
     """A preset (built in), or `model_dir` + `checkpoint` (the official files). Every file is checked before the
     first one loads; `text_encoder=False` (benchmarks: random embeddings) does not require the encoder's files.
@@ -134,7 +136,15 @@ def load_backend(
             )
         if preset not in PRESETS:
             raise UserError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}", field="preset")
-        return PRESETS[preset].load(device, dtype, decoder)
+        backend = PRESETS[preset].load(device, dtype, decoder)
+        if lora is not None:  # adapters on the built-in weights (tests, small experiments)
+            from tokentrim.wan.loading import read_lora
+            from tokentrim.wan.lora import merge_lora
+
+            state = merge_lora(backend.model.state_dict(), read_lora(lora), lora_alpha)
+            backend.model.load_state_dict(state, strict=True)
+            backend.name = backend_name(preset, None, lora=lora)
+        return backend
     if not model_dir or not checkpoint:
         raise UserError(
             "give a `preset` (tiny, toy), or both `model_dir` (the Wan2.1-T2V-1.3B folder) and `checkpoint`"
@@ -147,10 +157,10 @@ def load_backend(
     comp = load_components(model_dir, device=device, dtype=dtype, dit_weights=False, text_encoder=False,
                            vae=decoder, require_text_encoder=text_encoder)  # fmt: skip
     model = build_model(comp.dit_config, device="meta")
-    model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype)
-    return Backend(
-        backend_name(None, checkpoint, use_ema=use_ema), model, comp.text_encoder_factory, comp.vae
-    )
+    model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype, lora=lora,
+                                lora_alpha=lora_alpha)  # fmt: skip
+    name = backend_name(None, checkpoint, use_ema=use_ema, lora=lora)
+    return Backend(name, model, comp.text_encoder_factory, comp.vae)
 
 
 def model_config(preset: str | None, model_dir: str | None, random_weights: bool = False) -> WanConfig:
@@ -185,13 +195,18 @@ def vae_strides(preset: str | None) -> tuple[int, int]:
 
 
 def backend_name(
-    preset: str | None, checkpoint: str | None, random_weights: bool = False, use_ema: bool | None = None
+    preset: str | None,
+    checkpoint: str | None,
+    random_weights: bool = False,
+    use_ema: bool | None = None,
+    lora: str | None = None,
 ) -> str:
     """The name a run records for its weights (known before they load: batch resume compares it); an explicitly
-    chosen checkpoint entry is part of it."""
+    chosen checkpoint entry and a merged LoRA are part of it."""
     if random_weights:
         return "wan2.1-t2v-1.3b-random"
+    adapters = "" if lora is None else f"+{Path(lora).stem}"
     if preset is not None:
-        return preset
+        return preset + adapters
     entry = {True: "[generator_ema]", False: "[generator]", None: ""}[use_ema]
-    return Path(checkpoint).stem + entry
+    return Path(checkpoint).stem + entry + adapters

@@ -171,7 +171,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_compile_backend(args.compile_backend)
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=ema_choice(args), decoder=False,
-                                    text_encoder=False, random_weights=args.random_weights)  # fmt: skip
+                                    text_encoder=False, random_weights=args.random_weights, lora=args.lora,
+                                    lora_alpha=args.lora_alpha)  # fmt: skip
     backend.model.attention_backend = attention
     if args.compile:
         compile_blocks(backend.model, args.compile_backend)

@@ -104,7 +104,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output(log, "--log")
         if args.png_frames:
             check_output(video.with_suffix(""), "the --png-frames folder", folder=True)
-    name = backends.backend_name(args.preset, args.checkpoint, use_ema=ema_choice(args))
+    if args.lora is not None and not Path(args.lora).is_file():
+        raise UserError(f"--lora {args.lora} not found")
+    name = backends.backend_name(args.preset, args.checkpoint, use_ema=ema_choice(args), lora=args.lora)
 
     def settings_of(index, prompt, seed):
         init = {} if observation is None else {"init": observation.settings}
@@ -122,7 +124,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     # 3. Load, encode, run, write
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                    device=device, dtype=dtype, use_ema=ema_choice(args))  # fmt: skip
+                                    device=device, dtype=dtype, use_ema=ema_choice(args), lora=args.lora,
+                                    lora_alpha=args.lora_alpha)  # fmt: skip
     backend.model.attention_backend = attention
     embeds = gen.encode(backend, [job[1] for job in todo], args.offload)
     for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=True):

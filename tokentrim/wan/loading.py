@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tokentrim.errors import UserError
+from tokentrim.wan.lora import adapters_of, merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,15 @@ def read_torch_file(path: str | os.PathLike) -> object:
             f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]}. "
             "The file is corrupted or not a PyTorch checkpoint; download it again."
         ) from err
+
+
+def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The generator's PEFT adapters of a LoRA file (`.pt` as LongLive saves it, or `.safetensors`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LoRA file {path} not found; give the adapters' .pt or .safetensors file")
+    raw = _read_safetensors(path) if path.suffix == ".safetensors" else read_torch_file(path)
+    return adapters_of(raw, path)
 
 
 # The state-dict entry each released training checkpoint is meant to be read from (more-pipelines.md §A.1, §B.2;
@@ -269,13 +279,18 @@ def load_dit_checkpoint(
     use_ema: bool | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    lora: str | os.PathLike | None = None,
+    lora_alpha: float | None = None,
 ) -> nn.Module:
     """Load a checkpoint strictly into `model` (built on the meta device or materialised).
 
     As in the reference (spec §5): the weights are loaded in the checkpoint's precision (fp32 for the released
-    files), then the model is cast to `dtype` (round-to-nearest-even) and moved to `device`.
+    files), then the model is cast to `dtype` (round-to-nearest-even) and moved to `device`. `lora`: a PEFT LoRA
+    file merged into the weights first (`tokentrim.wan.lora`; LongLive's base + lora.pt).
     """
     sd = read_dit_state_dict(path, use_ema=use_ema)
+    if lora is not None:
+        sd = merge_lora(sd, read_lora(lora), lora_alpha)
     check_state_dict(model, sd, str(path))
     on_meta = any(p.is_meta for p in model.parameters())
     model.load_state_dict(sd, strict=True, assign=on_meta)
