@@ -234,6 +234,7 @@ def test_records_are_typed_and_serialise_to_the_log_keys():
         "regenerations",
         "kept",
         "score_ms",
+        "prompt_switch",
     ]
     assert row["action"] == "prune" and row["frames"] == [12, 15] and row["pruned_positions"] == [2, 3]
 

@@ -34,7 +34,8 @@ class Verdict:
 class BlockRecord:
     """One block's TokenTrim decision (the rows of a decision log).
 
-    action: "off" (TokenTrim disabled: scored only), "warmup", "accept" or "prune" (then regenerated).
+    action: "off" (TokenTrim disabled: scored only), "warmup", "accept", "prune" (then regenerated) or "switch"
+    (the first block after a prompt switch, taken as the new reference).
     severity: D_t of the candidate (None for the first block: nothing to compare with); mean / std / threshold:
     the statistics it was judged against (threshold None while not armed); triggered: D_t > threshold.
     pruned_positions: the spatial positions removed from the cache (union over regenerations);
@@ -56,6 +57,7 @@ class BlockRecord:
     regenerations: int = 0
     kept: int = 0  # the attempt committed: 0 = the candidate, i = the i-th regeneration
     score_ms: float = 0.0
+    prompt_switch: bool = False  # the prompt changed before this block
 
     def to_dict(self) -> dict:
         """JSON-ready dict (frames as a [start, stop] list)."""
@@ -82,6 +84,10 @@ class BlockHook(Protocol):
         regenerations: regenerations done for this block so far, this one included (1 for the first).
         Returns prune=True only to prune and regenerate again, which needs regenerations < max_regen.
         """
+        ...
+
+    def switched(self, block: int) -> None:
+        """The prompt changes before `block` (pipelines with prompt switching call it, then re-cache)."""
         ...
 
     @property

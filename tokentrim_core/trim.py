@@ -43,6 +43,12 @@ class TokenTrimConfig:
 
     regen_noise is read by the pipelines: "same" regenerates a pruned block from the noise of its first
     attempt, "fresh" draws new noise. The controller itself does not use it.
+
+    At a prompt switch (an addition of this project; docs/longlive.md): switch_exempt makes the first block after
+    the switch a new reference (action "switch": scored, never pruned, not in the statistics); switch_stats
+    "reset" starts the statistics and the warm-up again, "keep" keeps them; switch_pruning is read by the
+    pipelines: "keep" re-applies the removed positions to the rows a re-cache rebuilds (and masks them inside
+    it), "reset" lets the re-cache rebuild whole frames.
     """
 
     enabled: bool = True
@@ -54,6 +60,9 @@ class TokenTrimConfig:
     regen_noise: str = "same"
     min_std: float = 0.0
     accept: str = "regenerated"
+    switch_exempt: bool = True
+    switch_stats: str = "reset"
+    switch_pruning: str = "keep"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -78,6 +87,11 @@ class TokenTrimConfig:
             raise ValueError(f"regen_noise must be one of {REGEN_NOISE}, got {self.regen_noise!r}")
         if self.accept not in ACCEPT:
             raise ValueError(f"accept must be one of {ACCEPT}, got {self.accept!r}")
+        if not isinstance(self.switch_exempt, bool):
+            raise ValueError(f"switch_exempt must be a bool, got {self.switch_exempt!r}")
+        for name in ("switch_stats", "switch_pruning"):
+            if getattr(self, name) not in ("keep", "reset"):
+                raise ValueError(f"{name} must be 'keep' or 'reset', got {getattr(self, name)!r}")
         if (
             isinstance(self.min_std, bool)
             or not isinstance(self.min_std, int | float)
@@ -156,6 +170,7 @@ class TokenTrim:
         self._drift_blocks = 0  # blocks seen that had a drift value
         self._pending: _Pending | None = None
         self._records: list[BlockRecord] = []
+        self._switched = False  # a prompt switch happened before the next block
 
     @property
     def records(self) -> list[BlockRecord]:
@@ -198,10 +213,13 @@ class TokenTrim:
         z, positions, severity, ms = self._score(x0)
         mean, std = self._stats_snapshot()
         record = BlockRecord(int(block), (frames.start, frames.stop), severity=severity, mean=mean, std=std,
-                             score_ms=ms)  # fmt: skip
+                             score_ms=ms, prompt_switch=self._switched)  # fmt: skip
         self._records.append(record)
+        switch, self._switched = self._switched, False
         if severity is None:  # block 0: nothing to compare with
             record.action = "off" if not cfg.enabled else "warmup"
+        elif switch and cfg.switch_exempt and cfg.enabled:  # a legitimate change: the new reference
+            record.action = "switch"
         elif not cfg.enabled:
             self.stats.update(severity)
         elif self._drift_blocks < cfg.warmup or self.stats.count == 0:
@@ -218,10 +236,18 @@ class TokenTrim:
                 return Verdict(prune=True, positions=positions)
             record.action = "accept"
             self.stats.update(severity)
-        if severity is not None:
+        if severity is not None and record.action != "switch":
             self._drift_blocks += 1
         self._z_prev = z
         return Verdict(prune=False)
+
+    def switched(self, block: int) -> None:
+        """The prompt changes before `block` (the pipeline re-caches under the new prompt)."""
+        assert self._pending is None, "a prompt switch while a block is pending"
+        self._switched = True
+        if self.config.switch_stats == "reset":
+            self.stats.reset()
+            self._drift_blocks = 0
 
     def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
         """Judge the regenerated block against the same Z_prev; accept it unless another round is allowed."""

@@ -30,7 +30,7 @@ class CausalForcingFramewiseConfig:
     """Sampler settings (`configs/causal_forcing_dmd_framewise*.yaml` of the reference, plus the rolling cache).
 
     first_block_steps: the first generated frame's step list (empty: `denoising_steps`), warped the same way.
-    cache_frames / sink_frames / rolling: as in `SelfForcingConfig`.
+    cache_frames / sink_frames / rolling / global_sink: as in `SelfForcingConfig`.
     """
 
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
@@ -41,6 +41,7 @@ class CausalForcingFramewiseConfig:
     cache_frames: int = 21
     sink_frames: int = 3
     rolling: bool = True
+    global_sink: bool = True
 
     def __post_init__(self) -> None:
         check_sampler_steps(self.denoising_steps, self.timestep_shift)

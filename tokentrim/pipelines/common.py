@@ -55,6 +55,9 @@ class NoHook:
     def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
         return Verdict(False)
 
+    def switched(self, block: int) -> None:
+        pass
+
 
 class CachePolicy:
     """A loop's use of its `KVCache`: `plan` describes what one model call attends to and writes.
@@ -77,6 +80,10 @@ class CachePolicy:
     def prune(self, positions: torch.Tensor) -> int:
         """TokenTrim's removal: `positions` leave every unpinned cached frame (pinned: sink / anchor)."""
         return self.cache.remove_positions(positions)
+
+    def recache_plan(self, s: int, keep_pruning: bool) -> tuple[int, CallPlan, dict[int, torch.Tensor]]:
+        """The re-cache call after a prompt switch before frame s (see `SinkCachePolicy.recache_plan`)."""
+        raise NotImplementedError
 
 
 # FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) keeps about 45 GB of them for one
@@ -123,6 +130,8 @@ class Rollout:
     on_block: BlockCallback | None = None
     progress: bool = True
     alter: BlockTransform | None = None
+    switches: list[tuple[int, ContextCache]] = field(default_factory=list)  # (first frame, its prompt's context)
+    switch_pruning: str = "keep"  # at a re-cache: "keep" the removed positions, or "reset" (rebuild whole frames)
     losses: list[list[float]] = field(default_factory=list)
 
     @property
@@ -204,6 +213,27 @@ class Rollout:
         kept = len(attempts) - 1 if verdict.keep is None else verdict.keep
         return attempts[kept], kept
 
+    def switch(self, start: int) -> None:
+        """At a block boundary: a prompt switch due by `start` takes effect — the new text context (the
+        cross-attention cache is rebuilt), the hook is told, then the KV re-cache under the new prompt (the
+        segment is advanced before the re-cache: the reference's bug fixed by its commit 1f88860, §D). The
+        re-cache draws no random numbers, so a switch does not shift the noise stream."""
+        due = False
+        while self.switches and self.switches[0][0] <= start:
+            self.context, due = self.switches.pop(0)[1], True
+        if not due:
+            return
+        self.hook.switched(start // self.block)
+        if start == 0:
+            return
+        rs, plan, kept = self.cache.recache_plan(start, self.switch_pruning == "keep")
+        x0 = self.output[:, rs:start].to(self.noise.device)
+        t = torch.full(x0.shape[:2], self.context_noise, device=x0.device, dtype=torch.float32)
+        self.model(x0, t, self.context, cache=self.cache.cache, plan=plan, start_frame=rs)
+        every = torch.arange(self.cache.cache.tokens_per_frame)
+        for frame, positions in kept.items():  # the removed positions leave the rebuilt rows again
+            self.cache.cache.remove_positions(every[~torch.isin(every, positions)], frames=[frame])
+
     def accepted(self, start: int, x0: torch.Tensor) -> torch.Tensor:
         """A generated block was accepted: the latents to commit and output (unchanged unless `alter` is set)."""
         return x0 if self.alter is None else self.alter(start, x0)
@@ -241,6 +271,7 @@ class BlockPipeline:
     title: ClassVar[str] = "pipeline"  # in messages and progress bars
     config_class: ClassVar[type] = object
     regen_noise_modes: ClassVar[tuple[str, ...]] = ("same",)  # how a pruned block may be regenerated
+    switching: ClassVar[bool] = False  # whether the loop switches prompts (its policy can re-cache)
 
     def __init__(self, model: CausalWanModel, config: Any = None, vae=None):
         self.model = model
@@ -299,6 +330,8 @@ class BlockPipeline:
         on_block: BlockCallback | None = None,
         progress: bool = True,
         alter: BlockTransform | None = None,
+        switches: Sequence[tuple[int, torch.Tensor]] = (),
+        switch_pruning: str = "keep",
     ) -> GenerationOutput:
         """Generate `num_frames` latent frames for `prompt_embeds [B, <= text_len, text_dim]`.
 
@@ -308,7 +341,9 @@ class BlockPipeline:
         hook as its first block, and generation continues after them. The initial noise covers the frames to
         generate only, as the references draw it for an image start (`[B, F - 1, ...]` after one image frame,
         more-pipelines.md §A.5). regen_noise: "same" (regenerate a pruned block from its first attempt's
-        noise) or, where the loop supports it, "fresh". alter: see `BlockTransform` (generated blocks only)."""
+        noise) or, where the loop supports it, "fresh". alter: see `BlockTransform` (generated blocks only).
+        switches: prompt switches `(first latent frame, prompt_embeds)` in time order, each frame a block
+        boundary after the observed frames; switch_pruning: "keep" or "reset" (`Rollout.switch`)."""
         self.check_inputs(prompt_embeds, num_frames)
         if regen_noise not in self.regen_noise_modes:
             raise UserError(
@@ -318,6 +353,7 @@ class BlockPipeline:
         device, dtype = model_device_dtype(model)
         batch = prompt_embeds.shape[0]
         observed = check_prefix(model, prefix, batch, num_frames, block, self.min_frames, self.title)
+        check_switches(self, switches, num_frames, observed * block, prompt_embeds)
         # 1. initial noise first (the frames to generate), then the text context and an empty cache
         drawn, generator = prepare_noise(model, batch, num_frames - observed * block, seed, noise, generator)
         noise = (
@@ -326,15 +362,31 @@ class BlockPipeline:
             else drawn
         )
         context = model.encode_context(prompt_embeds.to(device))
+        contexts = [(f, model.encode_context(e.to(device))) for f, e in switches]
         output = torch.empty(noise.shape, dtype=dtype, device="cpu")  # kept off the device: any length fits
         r = Rollout(model, self.schedule, self.timesteps.to(device), context, self.make_cache(batch, device, dtype),
                     generator, noise, output, hook or NoHook(), flowmo, self.config.context_noise, block, observed,
-                    regen_noise, on_block, progress, alter)  # fmt: skip
+                    regen_noise, on_block, progress, alter, contexts, switch_pruning)  # fmt: skip
         # 2. observed blocks, then the loop
         r.commit_observed(prefix)
         self.generate(r)
         frames = self.vae.decode(r.output) if self.vae is not None else None
         return GenerationOutput(r.output, frames, list(r.hook.records), r.losses)
+
+
+def check_switches(pipe: BlockPipeline, switches, num_frames: int, observed: int, prompt_embeds) -> None:
+    if not switches:
+        return
+    if not pipe.switching:
+        raise UserError(f"prompt switching is not available for {pipe.title} (its loop cannot re-cache)")
+    frames = [f for f, _ in switches]
+    block = pipe.frames_per_block
+    if any(f % block or not observed < f < num_frames for f in frames) or frames != sorted(set(frames)):
+        raise UserError(f"prompt switches must be increasing block boundaries (multiples of {block}) after the "
+                        f"observed frames and before {num_frames}, got {frames}")  # fmt: skip
+    for _, embeds in switches:
+        if embeds.shape[0] != prompt_embeds.shape[0] or embeds.shape[2:] != prompt_embeds.shape[2:]:
+            raise UserError(f"a switch's prompt_embeds must be like the first prompt's, got {list(embeds.shape)}")
 
 
 def check_frames(num_frames: int, block: int, minimum: int, pipeline: str) -> None:

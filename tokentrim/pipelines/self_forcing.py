@@ -23,6 +23,8 @@ class SelfForcingConfig:
     videos of up to 21 frames is exactly the reference's global cache.
     sink_frames: frames at the start kept forever once the cache rolls (`sink_size`); 3 = the first block.
     rolling: evict the oldest non-sink frames when full; False reproduces the reference's hard 21-frame limit.
+    global_sink: at a prompt switch the re-cache keeps the first prompt's sink (LongLive's default), or
+    re-anchors it on the rebuilt frames (`SinkCachePolicy.recache_plan`).
     """
 
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
@@ -32,6 +34,7 @@ class SelfForcingConfig:
     cache_frames: int = 21
     sink_frames: int = 3
     rolling: bool = True
+    global_sink: bool = True
 
     def __post_init__(self) -> None:
         check_sampler_steps(self.denoising_steps, self.timestep_shift)
@@ -47,9 +50,10 @@ class SinkCachePolicy(CachePolicy):
     token plus its own. A writing call puts its rows where the block lives (overwritten by later steps and
     by the clean pass) and attends to one contiguous slice."""
 
-    def __init__(self, cache: KVCache, sink_frames: int):
+    def __init__(self, cache: KVCache, sink_frames: int, global_sink: bool = True):
         super().__init__(cache)
         self.sink_frames = sink_frames
+        self.global_sink = global_sink  # a re-cache keeps the first prompt's sink (LongLive's `global_sink`)
 
     def plan(
         self, start_frame: int, num_frames: int, *, commit: bool = False, write: bool = True
@@ -62,11 +66,43 @@ class SinkCachePolicy(CachePolicy):
         pin = max(0, min(num_frames, self.sink_frames - len(self.cache.pinned))) if commit else 0
         return CallPlan(start_frame, num_frames, (Segment(0, end),), False, row, commit=commit, pin=pin)
 
+    def recache_plan(self, s: int, keep_pruning: bool) -> tuple[int, CallPlan, dict[int, torch.Tensor]]:
+        """LongLive's KV re-cache after a prompt switch before frame s (more-pipelines.md §B.6): the newest
+        n = min(capacity, s) frames [rs, s) are encoded again at t = context_noise under the new prompt, all of
+        them attending to each other (no mask). Which rows are rebuilt:
+        - s <= capacity (rs = 0): all n frames from row 0; the sink is re-encoded under the new prompt;
+        - s > capacity, global sink: the sink stays (the first prompt's); frames rs + sink .. s - 1 are rebuilt
+          after it and attend to it; frames rs .. rs + sink - 1 are queries only (their rows would fall on the
+          protected sink, so the reference drops them);
+        - s > capacity, no global sink: all n frames from row 0, the first `sink_frames` the new pinned sink
+          (written: the reference's zero-sink bug, §D, is not reproduced).
+        With `keep_pruning`, the positions TokenTrim removed from the rebuilt frames are masked inside the
+        re-cache (attended keys) and returned, to be removed from the rebuilt rows again. Frames the cache had
+        evicted come back whole. Updates the bookkeeping; returns (rs, the call's plan, {frame: kept positions})."""
+        cache, T = self.cache, self.cache.tokens_per_frame
+        n = min(cache.capacity_frames, s)
+        rs = s - n
+        kept = {f.index: f.spatial for f in cache.frames if f.rows < T} if keep_pruning else {}
+        sink = cache.pinned if rs > 0 and self.global_sink else []
+        cache.frames = list(sink)  # everything after the sink is rebuilt
+        base = sum(f.rows for f in sink)
+        built = range(rs + len(sink), s)
+        index = None
+        if any(f in kept for f in built):  # the keep-mask as a key mask inside the re-cache
+            rows = [torch.arange(base)] + [base + i * T + (kept[f] if f in kept else torch.arange(T))
+                                           for i, f in enumerate(built)]  # fmt: skip
+            index = torch.cat(rows).to(cache.k.device)
+        reads = (Segment(0, base + len(built) * T, index=index),)
+        pin = 0 if sink else min(self.sink_frames, n)
+        plan = CallPlan(rs, n, reads, False, base, commit=True, pin=pin, skip_frames=len(sink))
+        return rs, plan, {f: kept[f] for f in built if f in kept}
+
 
 class SelfForcingPipeline(BlockPipeline):
     title = "Self Forcing"
     config_class = SelfForcingConfig
     regen_noise_modes = ("same", "fresh")
+    switching = True  # prompt switches, with the re-cache of `SinkCachePolicy.recache_plan`
 
     def check_cache(self, num_frames: int) -> None:
         block, c = self.frames_per_block, self.config
@@ -82,7 +118,7 @@ class SelfForcingPipeline(BlockPipeline):
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> SinkCachePolicy:
         cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
-        return SinkCachePolicy(cache, self.config.sink_frames)
+        return SinkCachePolicy(cache, self.config.sink_frames, self.config.global_sink)
 
     # What a block is denoised with (a loop built on this one, e.g. Causal Forcing frame-wise, may change them)
     def block_steps(self, r: Rollout, j: int) -> torch.Tensor:
@@ -103,6 +139,7 @@ class SelfForcingPipeline(BlockPipeline):
         block = r.block
         for j in r.progress_bar(range(r.observed, r.num_blocks), f"{self.title} blocks"):
             s = j * block
+            r.switch(s)  # 0. a prompt switch at this block boundary: the new prompt, then the re-cache
             r.cache.make_room(block)  # 1. evict before the block's first step
             x_init = r.noise[:, s : s + block]
             steps, guided = self.block_steps(r, j), self.guided(r, j)

@@ -54,6 +54,7 @@ class Segment:
     start: int  # buffer rows [start, end)
     end: int
     rope_freqs: torch.Tensor | None = None  # rotate the stored (raw) keys by these factors when read
+    index: torch.Tensor | None = None  # long [L] on the device: gather these rows instead of [start, end)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ class CallPlan:
     reads: cached row segments attended to, in order; then the call's own keys/values if `append_current`.
     write_row: where the call's keys/values are written (None: nothing is written; a differentiable call).
     write_raw: write keys before RoPE. commit: the written rows become cached frames after the call, the first
-    `pin` of them pinned.
+    `pin` of them pinned. skip_frames: the call's first frames are queries only (their keys/values are neither
+    written nor attended: LongLive's re-cache under a global sink). rope_frame: the temporal RoPE position of the
+    call's first frame (None: start_frame; LongLive's "infinite" mode rotates by buffer slot).
     """
 
     start_frame: int
@@ -74,10 +77,13 @@ class CallPlan:
     write_raw: bool = False
     commit: bool = False
     pin: int = 0
+    skip_frames: int = 0
+    rope_frame: int | None = None
 
     def __post_init__(self) -> None:
         assert self.commit <= (self.write_row is not None), "a committing call must write its rows"
-        assert 0 <= self.pin <= self.num_frames * self.commit
+        assert 0 <= self.skip_frames < self.num_frames
+        assert 0 <= self.pin <= (self.num_frames - self.skip_frames) * self.commit
 
 
 class KVCache:
@@ -228,15 +234,21 @@ class KVCache:
         self, layer: int, plan: CallPlan, k: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the call's keys/values as planned and return the keys/values to attend to `[B, Lk, H, D]`."""
+        if plan.skip_frames:  # queries only for the first frames
+            skip = plan.skip_frames * self.tokens_per_frame
+            k, k_raw, v = k[:, skip:], k_raw[:, skip:], v[:, skip:]
         if plan.write_row is not None:
             rows = slice(plan.write_row, plan.write_row + k.shape[1])
             self.k[layer, :, rows] = k_raw if plan.write_raw else k
             self.v[layer, :, rows] = v
         keys, values = [], []
         for seg in plan.reads:
-            kk = self.k[layer, :, seg.start : seg.end]
+            if seg.index is None:
+                kk, vv = self.k[layer, :, seg.start : seg.end], self.v[layer, :, seg.start : seg.end]
+            else:
+                kk, vv = self.k[layer].index_select(1, seg.index), self.v[layer].index_select(1, seg.index)
             keys.append(kk if seg.rope_freqs is None else apply_rope(kk, seg.rope_freqs))
-            values.append(self.v[layer, :, seg.start : seg.end])
+            values.append(vv)
         if plan.append_current:
             keys.append(k)
             values.append(v)
@@ -246,8 +258,9 @@ class KVCache:
 
     def finish(self, plan: CallPlan) -> None:
         """After all layers ran: record the committed frames (rows rewritten in place are already recorded)."""
-        if not plan.commit or self.slot_of(plan.start_frame) is not None:
+        first = plan.start_frame + plan.skip_frames
+        if not plan.commit or self.slot_of(first) is not None:
             return
         full = torch.arange(self.tokens_per_frame)
-        for i in range(plan.num_frames):
-            self.frames.append(CachedFrame(plan.start_frame + i, full.clone(), plan.write_raw, i < plan.pin))
+        for i in range(plan.num_frames - plan.skip_frames):
+            self.frames.append(CachedFrame(first + i, full.clone(), plan.write_raw, i < plan.pin))

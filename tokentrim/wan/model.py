@@ -195,7 +195,8 @@ class CausalWanModel(nn.Module):
         e = self.time_embedding(sinusoid(t.flatten(), cfg.freq_dim).to(dtype))  # (B*F, dim)
         e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # (B, F, 6, dim)
         # 3. RoPE factors for the call's frames at their absolute index
-        freqs = self.rope.grid_freqs(start_frame, f, cfg.tokens_per_frame, x.device)
+        rope_frame = start_frame if plan is None or plan.rope_frame is None else plan.rope_frame
+        freqs = self.rope.grid_freqs(rope_frame, f, cfg.tokens_per_frame, x.device)
         # 4. transformer blocks
         for i, block in enumerate(self.blocks):
             args = (tokens, e0, freqs, context.keys[i], context.values[i], i, cache, plan, attn_mask,
