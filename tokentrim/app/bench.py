@@ -117,6 +117,13 @@ def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
     return 2 * cache.k.numel() * cache.k.element_size() / 2**20
 
 
+def summaries(backend, results: dict[str, list[dict]], latent_frames: int) -> dict[str, dict]:
+    """`summarise` for each config's runs; video frames counted as the backend's decoder makes them."""
+    # The toy codec makes 1 frame per latent frame; the Wan VAE 1 + 4 (F - 1) from F.
+    scale = 1 if backend.name == "toy" else 4
+    return {name: summarise(runs, latent_frames, scale) for name, runs in results.items() if runs}
+
+
 def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict:
     walls = [r["wall_s"] for r in runs]
     blocks = [b for r in runs for b in r["block_s"]]
@@ -184,7 +191,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results, warmup = measure(backend, configs, embeds, args.latent_frames, args.seed, device,
                               repeats=args.repeats, warmup_runs=args.warmup_runs,
                               warmup_frames=warmup_frames)  # fmt: skip
-    scale = 1 if backend.name == "toy" else 4
     report = {
         "pipeline": args.pipeline,
         "backend": backend.name,
@@ -204,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "dit_weights_mb": sum(p.numel() * p.element_size() for p in backend.model.parameters()) / 2**20,
         "warmup_frames": warmup_frames,
         "warmup_wall_s": warmup,  # with --compile: compilation included
-        **{name: summarise(runs, args.latent_frames, scale) for name, runs in results.items()},
+        **summaries(backend, results, args.latent_frames),
     }
     if args.compile:
         from torch._dynamo.utils import counters

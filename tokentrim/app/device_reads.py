@@ -34,12 +34,12 @@ def zeros(site: str, t: torch.Tensor) -> torch.Tensor:
     return torch.zeros(t.shape, dtype=t.dtype)
 
 
-def _site() -> str:
-    """`module:function` of the innermost caller outside this module and outside torch."""
+def caller_site(*skip: str) -> str:
+    """`module:function` of the innermost caller outside torch, this module and the files in `skip`."""
     frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
-        if name != __file__ and not name.startswith(_TORCH_DIR):
+        if name != __file__ and name not in skip and not name.startswith(_TORCH_DIR):
             return f"{frame.f_globals.get('__name__', name)}:{frame.f_code.co_name}"
         frame = frame.f_back
     return "?"
@@ -64,7 +64,7 @@ class DeviceReads:
         return Counter(self.reads)
 
     def _stand_in(self, t: torch.Tensor) -> torch.Tensor:
-        site = _site()
+        site = caller_site()
         self.reads.append(site)
         value = self.answer(site, t)
         assert value.device.type == "cpu" and value.shape == t.shape, f"bad stand-in for {site}"

@@ -1,0 +1,459 @@
+"""`python -m tokentrim.app.gpu_check [--dry-run] OUTDIR`: the prepared GPU check.
+
+Run it through `scripts/gpu_check.sh` (its header says how on a GPU machine). Writes `OUTDIR/gpu_check.json` and
+`OUTDIR/gpu_check.md`, rewritten after every step (`tokentrim.app.check_report`). The steps, the most important
+first, so that a short slot still measures the main figures:
+
+1. environment: GPU, torch / CUDA versions, flash-attn importable or not;
+2. correctness: the tiny preset in fp32 on the device vs on the CPU, both pipelines, TokenTrim pruning every
+   block it may (lam = 0), with and without FlowMo, the same noise (drawn on the CPU) for both; bf16 finite;
+3. host_syncs: CUDA's synchronising calls per video of the tiny preset, by the function that made them;
+4. model: the full-size Wan2.1 DiT with random weights (the dry run: the tiny preset);
+5. speed_<pipeline>: baseline, TokenTrim (FlowMo off) and TokenTrim + FlowMo on block 0, alternating in one
+   process (`tokentrim.app.bench.measure`): fps, per-block latency, overhead ratios, scoring share;
+6. memory: peak memory of a 30 s Rolling Forcing video (the larger cache) with TokenTrim + FlowMo, every block
+   decoded as it finishes by the Wan VAE (its architecture, random weights); no text encoder on the device;
+7. attention_flash: the baselines again with flash-attn's kernels, if flash-attn imports;
+8. compile: `tokentrim bench --compile` in its own process (compilation is process-wide and may hang) against
+   the same run in eager mode;
+9. flowmo: FlowMo off / first block / every block, TokenTrim off, on a shorter video (what time is left).
+
+`--dry-run` runs the same steps on the CPU with the tiny preset and short videos, in about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from tokentrim.app.backends import Backend, load_backend
+from tokentrim.app.bench import kv_cache_mb, measure, summaries
+from tokentrim.app.check_report import Figure, Report, Skip, StepTimeout
+from tokentrim.app.generate import make_pipeline, run_video
+from tokentrim.app.host_syncs import cuda_syncs
+from tokentrim.app.run_config import RunConfig, default_config_path, load_run_config
+from tokentrim.errors import UserError
+from tokentrim.files import check_output
+from tokentrim.wan import build_model
+from tokentrim_core.trim import TokenTrim
+
+PIPELINES = ("self_forcing", "rolling_forcing")
+GIB = 2**30
+TOLERANCE = 1e-4  # max |latent difference|, fp32 device vs CPU
+GOAL_GIB = 24  # a 30 s video on a 24 GB GPU
+PRUNING = ["tokentrim.lam=0", "tokentrim.warmup=1"]  # threshold = the running mean: prunes most blocks
+DEPENDENCIES = ("numpy", "diffusers", "transformers", "tokenizers", "safetensors", "omegaconf", "imageio",
+                "imageio-ffmpeg", "opencv-python-headless", "matplotlib", "ftfy", "tqdm", "flash-attn", "triton")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the check runs, on the GPU or in the dry run."""
+
+    dry_run: bool
+    device: str
+    dtype: torch.dtype  # of the speed and memory runs
+    preset: str | None  # None: the full-size Wan2.1 DiT with random weights
+    speed_frames: int  # latent frames of the speed and memory runs
+    warmup_frames: dict[str, int]  # warm-up run length per pipeline (loads the kernels)
+    short_frames: int  # compile and FlowMo runs
+    check_frames: int  # correctness and host-sync runs (tiny preset)
+    compile_backend: str
+    total_s: float  # the whole check; each step also has its own budget, cut to what is left
+    budgets: dict[str, float]
+
+
+# Budgets in seconds per step on one H100 / H200; scripts/gpu_check.sh lists them with the expected times.
+GPU = Plan(
+    dry_run=False, device="cuda", dtype=torch.bfloat16, preset=None, speed_frames=120,
+    warmup_frames={"self_forcing": 9, "rolling_forcing": 15}, short_frames=30, check_frames=24,
+    compile_backend="inductor", total_s=450.0,
+    budgets={"environment": 15, "correctness": 60, "host_syncs": 45, "model": 45, "speed_self_forcing": 100,
+             "speed_rolling_forcing": 120, "memory": 90, "attention_flash": 70, "compile": 150, "flowmo": 100},
+)  # fmt: skip
+# The same steps on the CPU: the tiny preset, the shortest videos each pipeline allows, compilation traced only.
+DRY = replace(GPU, dry_run=True, device="cpu", dtype=torch.float32, preset="tiny", speed_frames=15,
+              short_frames=15, check_frames=15, compile_backend="eager", total_s=600.0,
+              budgets=dict.fromkeys(GPU.budgets, 120.0))  # fmt: skip
+
+FIGURES = (
+    Figure("Self Forcing baseline, video fps (H100-class)", ("speed_self_forcing", "baseline_fps"), "", ">=", 25),
+    Figure("Rolling Forcing baseline, video fps", ("speed_rolling_forcing", "baseline_fps")),
+    Figure("Self Forcing baseline, block latency", ("speed_self_forcing", "baseline_block_latency_ms"), " ms"),
+    Figure("Rolling Forcing baseline, block latency", ("speed_rolling_forcing", "baseline_block_latency_ms"), " ms"),
+    Figure("TokenTrim overhead, Self Forcing", ("speed_self_forcing", "tokentrim_overhead"), "", "<=", 1.03),
+    Figure("TokenTrim overhead, Rolling Forcing", ("speed_rolling_forcing", "tokentrim_overhead"), "", "<=", 1.03),
+    Figure("TokenTrim + FlowMo block 0 overhead, Self Forcing", ("speed_self_forcing", "tokentrim_flowmo_overhead")),
+    Figure("TokenTrim + FlowMo block 0 overhead, Rolling Forcing",
+           ("speed_rolling_forcing", "tokentrim_flowmo_overhead")),
+    Figure("scoring share of the run, Self Forcing", ("speed_self_forcing", "scoring_share"), "", "<", 0.01),
+    Figure("scoring share of the run, Rolling Forcing", ("speed_rolling_forcing", "scoring_share"), "", "<", 0.01),
+    Figure("peak allocated, 30 s video + VAE decode", ("memory", "peak_allocated_gib"), " GiB", "<=", GOAL_GIB),
+    Figure("fp32 device vs CPU, Self Forcing", ("correctness", "self_forcing", "max_abs_diff"), "", "<=", TOLERANCE),
+    Figure("fp32 device vs CPU, Rolling Forcing", ("correctness", "rolling_forcing", "max_abs_diff"), "", "<=",
+           TOLERANCE),
+    Figure("undocumented host syncs after block 0, Self Forcing",
+           ("host_syncs", "self_forcing", "other_after_first_block"), "", "<=", 0),
+    Figure("undocumented host syncs after block 0, Rolling Forcing",
+           ("host_syncs", "rolling_forcing", "other_after_first_block"), "", "<=", 0),
+    Figure("flash-attn baseline fps, Self Forcing", ("attention_flash", "self_forcing", "baseline_fps")),
+    Figure("flash-attn baseline fps, Rolling Forcing", ("attention_flash", "rolling_forcing", "baseline_fps")),
+    Figure("torch.compile speed-up, Self Forcing baseline", ("compile", "speedup")),
+    Figure("FlowMo every block / off, Self Forcing", ("flowmo", "self_forcing", "every_block_ratio")),
+    Figure("FlowMo every block / off, Rolling Forcing", ("flowmo", "rolling_forcing", "every_block_ratio")),
+)  # fmt: skip
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def draws_on_cpu():
+    """In-loop noise drawn from a CPU generator and copied to the device, so CPU and GPU runs get the same numbers
+    (a CUDA generator draws other numbers from the same seed)."""
+    original = torch.randn
+
+    def randn(*size, generator=None, device=None, **kwargs):
+        if generator is not None and generator.device.type == "cpu" and device is not None:
+            return original(*size, generator=generator, **kwargs).to(device)
+        return original(*size, generator=generator, device=device, **kwargs)
+
+    torch.randn = randn
+    try:
+        yield
+    finally:
+        torch.randn = original
+
+
+@contextlib.contextmanager
+def highest_fp32_precision():
+    """fp32 matmuls and convolutions without TF32 (cuDNN allows TF32 by default: 1e-3 errors)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def tiny_backend(device: torch.device, dtype: torch.dtype) -> Backend:
+    """The tiny preset's DiT, the same seeded weights on every device."""
+    return Backend("tiny", build_model("tiny", device=device, dtype=dtype, seed=0), None, None)
+
+
+class Check:
+    """The steps; each fills its figures dict (and may `save` progress)."""
+
+    def __init__(self, plan: Plan, out_dir: Path):
+        self.plan, self.out_dir = plan, out_dir
+        self.device = torch.device(plan.device)
+        summary = ("CPU, tiny preset, short videos: checks that every step runs; its numbers say nothing about a GPU"
+                   if plan.dry_run else "full-size Wan2.1 DiT with random weights, bf16, 480x832")  # fmt: skip
+        header = {"check": "tokentrim GPU check", "dry_run": plan.dry_run, "summary": summary,
+                  "plan": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in vars(plan).items()}}  # fmt: skip
+        self.report = Report(out_dir, header, FIGURES, plan.total_s)
+        self.backend: Backend | None = None
+        self.embeds: torch.Tensor | None = None
+
+    # Helpers -------------------------------------------------------------------------------------------------
+    def run_config(
+        self, pipeline: str, overrides=(), baseline: bool = False, preset: str | None = ""
+    ) -> RunConfig:
+        """The shipped run config of `pipeline` (for `preset`, default the plan's), with overrides; `baseline`:
+        TokenTrim off (blocks still scored and logged, nothing pruned) and FlowMo off, as `bench --no-tokentrim`."""
+        updates = {"tokentrim": {"enabled": False}, "flowmo": {"mode": "off"}} if baseline else None
+        preset = self.plan.preset if preset == "" else preset
+        return load_run_config(default_config_path(pipeline, preset), list(overrides), updates)
+
+    def tiny_rollout(self, pipeline: str, device: torch.device, dtype: torch.dtype, overrides) -> tuple:
+        """The tiny preset on `device`: (latents on the CPU, decisions). Same weights, embeddings and noise
+        (all drawn on the CPU) whatever the device."""
+        run = self.run_config(pipeline, overrides, preset="tiny")
+        backend = tiny_backend(device, dtype)
+        cfg = backend.model.config
+        gen = torch.Generator().manual_seed(0)
+        embeds = torch.randn(1, 16, cfg.text_dim, generator=gen)
+        frames = self.plan.check_frames
+        noise = torch.randn(1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, generator=gen)
+        hook = TokenTrim(run.tokentrim, cfg.patch_size[1:])
+        with draws_on_cpu():
+            out = make_pipeline(backend, run)(
+                embeds.to(device), frames, noise=noise.to(device, dtype), generator=torch.Generator().manual_seed(1),
+                hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise, progress=False,
+            )  # fmt: skip
+        decisions = [(r.action, r.pruned_positions) for r in out.records]
+        return out.latents.float().cpu(), decisions
+
+    def _need_model(self) -> Backend:
+        if self.backend is None:
+            raise Skip("the model step did not finish")
+        return self.backend
+
+    def _measure(
+        self, fig: dict, configs: dict, frames: int, warmup_runs: int, warmup_frames: int | None = None
+    ):
+        """Alternating runs (`bench.measure`, one round); the summaries in `fig["configs"]` after every run."""
+        backend, runs = self._need_model(), {name: [] for name in configs}
+
+        def on_run(name: str, run: dict) -> None:
+            runs[name].append(run)
+            fig["configs"] = summaries(backend, runs, frames)
+            self.report.save()
+
+        measure(backend, configs, self.embeds, frames, 0, self.device, repeats=1, warmup_runs=warmup_runs,
+                warmup_frames=warmup_frames, on_run=on_run)  # fmt: skip
+        return fig["configs"]
+
+    # Steps ---------------------------------------------------------------------------------------------------
+    def environment(self, fig: dict) -> None:
+        from tokentrim.wan.attention import flash_available
+
+        fig.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                   cpu_count=os.cpu_count(), cuda_available=torch.cuda.is_available(),
+                   flash_attn_importable=importlib.util.find_spec("flash_attn") is not None,
+                   versions={d: _version(d) for d in DEPENDENCIES})  # fmt: skip
+        if self.device.type == "cuda":
+            props = torch.cuda.get_device_properties(self.device)
+            fig.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / GIB, 2),
+                       capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
+                       flash_attention_usable=flash_available())  # fmt: skip
+
+    def correctness(self, fig: dict) -> None:
+        fig.update(compared=f"tiny preset, fp32, {self.plan.check_frames} latent frames: {self.device} vs cpu",
+                   tolerance=TOLERANCE, overrides=PRUNING)  # fmt: skip
+        with highest_fp32_precision():
+            for pipeline in PIPELINES:
+                row = fig[pipeline] = {}
+                for label, flowmo in (("", "flowmo.mode=off"), ("_flowmo", "flowmo.mode=first_block")):
+                    overrides = [*PRUNING, flowmo]
+                    ref, ref_decisions = self.tiny_rollout(
+                        pipeline, torch.device("cpu"), torch.float32, overrides
+                    )
+                    got, decisions = self.tiny_rollout(pipeline, self.device, torch.float32, overrides)
+                    row[f"max_abs_diff{label}"] = (got - ref).abs().max().item()
+                    row[f"decisions_equal{label}"] = decisions == ref_decisions
+                    row[f"prunes{label}"] = sum(action == "prune" for action, _ in decisions)
+                    self.report.save()
+        for pipeline in PIPELINES:
+            latents, _ = self.tiny_rollout(pipeline, self.device, torch.bfloat16, PRUNING)
+            fig[pipeline]["bf16_finite"] = bool(torch.isfinite(latents).all())
+        fig["passed"] = all(row[f"max_abs_diff{label}"] <= TOLERANCE and row[f"decisions_equal{label}"]
+                            and row["bf16_finite"] for row in map(fig.get, PIPELINES)
+                            for label in ("", "_flowmo"))  # fmt: skip
+
+    def host_syncs(self, fig: dict) -> None:
+        fig["run"] = (
+            f"tiny preset, fp32, {self.plan.check_frames} latent frames, TokenTrim pruning, FlowMo block 0"
+        )
+        backend = tiny_backend(self.device, torch.float32)
+        embeds = torch.randn(1, 16, backend.model.config.text_dim, generator=torch.Generator().manual_seed(0))
+        for pipeline in PIPELINES:
+            run = self.run_config(pipeline, [*PRUNING, "flowmo.mode=first_block"], preset="tiny")
+            fig[pipeline] = cuda_syncs(
+                backend, run, embeds.to(self.device), self.plan.check_frames, self.device
+            )
+            self.report.save()
+
+    def model(self, fig: dict) -> None:
+        start = time.perf_counter()
+        if self.plan.preset is None:
+            self.backend = load_backend(preset=None, model_dir=None, checkpoint=None, device=self.device,
+                                        dtype=self.plan.dtype, random_weights=True)  # fmt: skip
+        else:
+            model = build_model(self.plan.preset, device=self.device, dtype=self.plan.dtype, seed=0)
+            self.backend = Backend(self.plan.preset, model, None, None)
+        cfg = self.backend.model.config
+        gen = torch.Generator().manual_seed(0)
+        self.embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(self.device)
+        fig.update(backend=self.backend.name, build_s=time.perf_counter() - start, dtype=str(self.plan.dtype),
+                   latent_grid=[cfg.latent_height, cfg.latent_width], tokens_per_frame=cfg.tokens_per_frame,
+                   dit_weights_gib=sum(p.numel() * p.element_size() for p in self.backend.model.parameters()) / GIB,
+                   kv_cache_gib={p: kv_cache_mb(self.backend, self.run_config(p), self.plan.dtype) / 1024
+                                 for p in PIPELINES})  # fmt: skip
+
+    def speed(self, fig: dict, pipeline: str) -> None:
+        frames, block = self.plan.speed_frames, self._need_model().model.config.frames_per_block
+        fig.update(latent_frames=frames, warmup_frames=self.plan.warmup_frames[pipeline],
+                   baseline="TokenTrim off (scored and logged, nothing pruned), FlowMo off")  # fmt: skip
+        configs = {"baseline": self.run_config(pipeline, baseline=True),
+                   "tokentrim": self.run_config(pipeline, ["flowmo.mode=off"]),
+                   "tokentrim_flowmo": self.run_config(pipeline)}  # fmt: skip
+        s = self._measure(
+            fig, configs, frames, warmup_runs=1, warmup_frames=self.plan.warmup_frames[pipeline]
+        )
+        base = s["baseline"]
+        fig.update(baseline_fps=base["video_fps"], baseline_block_latency_ms=base["block_latency_ms_median"],
+                   tokentrim_overhead=s["tokentrim"]["wall_s_median"] / base["wall_s_median"],
+                   tokentrim_flowmo_overhead=s["tokentrim_flowmo"]["wall_s_median"] / base["wall_s_median"],
+                   scoring_share=s["tokentrim"]["scoring_share"],
+                   scoring_ms_per_block=1000 * s["tokentrim"]["scoring_s_median"] / (frames // block),
+                   regeneration_rate=s["tokentrim"]["regeneration_rate"],
+                   peak_memory_mb={n: c["peak_memory_mb"] for n, c in s.items()})  # fmt: skip
+
+    def memory(self, fig: dict) -> None:
+        backend, pipeline, frames = self._need_model(), "rolling_forcing", self.plan.speed_frames
+        vae = self._vae()
+        stream = vae.streaming()
+        fig.update(pipeline=pipeline, latent_frames=frames, run="TokenTrim + FlowMo block 0 (the run config)",
+                   text_encoder="not on the device (random prompt embeddings), as after --offload cpu or free",
+                   vae_weights_gib=sum(p.numel() * p.element_size() for p in vae.model.parameters()) / GIB,
+                   decoded_frames=0, blocks_decoded=0)  # fmt: skip
+        cuda = self.device.type == "cuda"
+
+        def decode(
+            event,
+        ) -> None:  # as `tokentrim generate` writes the mp4: block by block, frames to the host
+            fig["decoded_frames"] += stream.decode(event.latents).cpu().shape[1]
+            fig["blocks_decoded"] += 1
+            if cuda:
+                fig["peak_allocated_gib"] = torch.cuda.max_memory_allocated(self.device) / GIB
+                fig["peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / GIB
+            if fig["blocks_decoded"] % 5 == 0:
+                self.report.save()
+
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            fig["goal_gib"] = GOAL_GIB
+        run_video(backend, self.run_config(pipeline), self.embeds, latent_frames=frames, seed=0, on_block=decode,
+                  progress=False)  # fmt: skip
+        if cuda:
+            fig["fits_goal"] = fig["peak_allocated_gib"] <= GOAL_GIB
+        else:
+            import resource
+
+            fig["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process
+
+    def _vae(self):
+        """The Wan2.1 VAE architecture with random weights (GPU), or the tiny preset's VAE (dry run)."""
+        from tokentrim.wan.vae import WAN21_VAE_CONFIG, WanVAE, build_tiny_vae
+
+        if self.plan.preset == "tiny":
+            return build_tiny_vae(0, device=self.device, dtype=self.plan.dtype)
+        from diffusers import AutoencoderKLWan
+
+        torch.manual_seed(0)
+        return WanVAE(AutoencoderKLWan(**WAN21_VAE_CONFIG).to(self.device, self.plan.dtype))
+
+    def attention_flash(self, fig: dict) -> None:
+        from tokentrim.wan.attention import flash_available
+
+        if self.device.type != "cuda" or not flash_available():
+            raise Skip("flash-attn is not importable here (or no CUDA): only SDPA was measured")
+        backend = self._need_model()
+        backend.model.attention_backend = "flash"
+        try:
+            for pipeline in PIPELINES:
+                row = fig[pipeline] = {}
+                s = self._measure(row, {"baseline": self.run_config(pipeline, baseline=True)},
+                                  self.plan.speed_frames, warmup_runs=1,
+                                  warmup_frames=self.plan.warmup_frames[pipeline])  # fmt: skip
+                sdpa = self.report.steps[f"speed_{pipeline}"]["figures"].get("baseline_fps")
+                row.update(baseline_fps=s["baseline"]["video_fps"], sdpa_baseline_fps=sdpa)
+        finally:
+            backend.model.attention_backend = "sdpa"
+
+    def compile(self, fig: dict) -> None:
+        """`tokentrim bench --compile` for Self Forcing's baseline, in its own process, against the same run in
+        eager mode in this one."""
+        frames, out = self.plan.short_frames, self.out_dir / "compile_bench.json"
+        eager = self._measure(fig, {"eager": self.run_config("self_forcing", baseline=True)}, frames, 0)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # room for the other process
+        model = ["--random-weights"] if self.plan.preset is None else ["--preset", self.plan.preset]
+        cmd = [sys.executable, "-m", "tokentrim.app.cli", "bench", *model, "--pipeline", "self_forcing",
+               "--device", self.plan.device, "--dtype", "bf16" if self.plan.dtype == torch.bfloat16 else "fp32",
+               "--latent-frames", str(frames), "--no-tokentrim", "--flowmo", "off", "--compile",
+               "--compile-backend", self.plan.compile_backend, "--repeats", "1", "--json", str(out)]  # fmt: skip
+        fig.update(
+            command=" ".join(["tokentrim", *cmd[3:]]), backend=self.plan.compile_backend, latent_frames=frames
+        )
+        left = self.report.steps["compile"]["budget_s"] - 5  # end it before this step's own budget does
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(left, 1))
+        except subprocess.TimeoutExpired:
+            raise StepTimeout(f"tokentrim bench --compile ran past {left:.0f} s") from None
+        if proc.returncode != 0:
+            raise RuntimeError(f"tokentrim bench --compile exited {proc.returncode}: {proc.stderr[-800:]}")
+        report = json.loads(out.read_text())
+        compiled = report["run"]["wall_s_median"]
+        fig.update(eager_wall_s=eager["eager"]["wall_s_median"], compiled_wall_s=compiled,
+                   compile_and_warmup_s=report["warmup_wall_s"], compiled_graphs=report["compiled_graphs"],
+                   speedup=eager["eager"]["wall_s_median"] / compiled)  # fmt: skip
+
+    def flowmo(self, fig: dict) -> None:
+        frames = self.plan.short_frames
+        fig.update(latent_frames=frames, tokentrim="off")
+        for pipeline in PIPELINES:
+            row = fig[pipeline] = {}
+            configs = {mode: self.run_config(pipeline, [f"flowmo.mode={mode}", "tokentrim.enabled=false"])
+                       for mode in ("off", "first_block", "every_block")}  # fmt: skip
+            s = self._measure(row, configs, frames, warmup_runs=0)
+            off = s["off"]["wall_s_median"]
+            row.update(first_block_ratio=s["first_block"]["wall_s_median"] / off,
+                       every_block_ratio=s["every_block"]["wall_s_median"] / off)  # fmt: skip
+
+    # Order -----------------------------------------------------------------------------------------------------
+    def steps(self) -> list[tuple[str, Callable[[dict], None]]]:
+        return [("environment", self.environment), ("correctness", self.correctness),
+                ("host_syncs", self.host_syncs), ("model", self.model),
+                *[(f"speed_{p}", lambda fig, p=p: self.speed(fig, p)) for p in PIPELINES],
+                ("memory", self.memory), ("attention_flash", self.attention_flash), ("compile", self.compile),
+                ("flowmo", self.flowmo)]  # fmt: skip
+
+    def run(self) -> bool:
+        """Run the steps in order, each guarded; True if none failed, timed out or was stopped."""
+        for name, step in self.steps():
+            self.report.run(name, step, self.plan.budgets[name])
+        self.report.close()
+        return all(s["status"] in ("ok", "skipped") for s in self.report.steps.values())
+
+
+def check_request(dry_run: bool, out_dir: Path) -> None:
+    """Raise a UserError unless the check can run here and write `out_dir`; nothing is created."""
+    if not dry_run and not torch.cuda.is_available():
+        raise UserError(f"no CUDA device here (torch {torch.__version__}); run the check on a GPU machine, or "
+                        "add --dry-run for the same steps on the CPU")  # fmt: skip
+    check_output(out_dir, "OUTDIR", folder=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "out_dir", type=Path, metavar="OUTDIR", help="where gpu_check.json and .md are written"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same steps on the CPU, tiny preset (~1 min)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        check_request(args.dry_run, args.out_dir)
+    except UserError as err:
+        print(f"gpu_check: {err}", file=sys.stderr)
+        return 2
+    out_dir = args.out_dir.resolve()
+    ok = Check(DRY if args.dry_run else GPU, out_dir).run()
+    print(f"[gpu_check] wrote {out_dir / 'gpu_check.json'} and {out_dir / 'gpu_check.md'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
