@@ -206,6 +206,21 @@ CASES = [
     (["reproduce", "--preset", "toy", "--checkpoint", "nope=x.pt"], "--checkpoint takes PIPELINE=FILE"),
     (["reproduce", "--preset", "toy", "--prompts", "{in}/binary.dat"], "is not a UTF-8 text file"),
     (["reproduce", "--preset", "toy", "--checkpoint-sf", "x.pt"], "uses built-in weights"),
+    # stress, compare
+    (["stress", "--at-block", "1"], "--at-block must be >= 3"),
+    (["stress", "--at-block", "4", "--latent-frames", "15"], "leaves no block after --at-block 4"),
+    (["stress", "--tokens", "65"], "--tokens must be in 1 .. 64 (the tokens of a latent frame), got 65"),
+    (["stress", "--kind", "nope"], "argument --kind: invalid choice"),
+    (["stress", "--json", "{in}/afile/s.json"], "is a file, not a folder"),
+    (["stress", "tokentrim.accept=best"], "accept must be one of ('regenerated', 'lower')"),
+    (["compare", "--out", "o"], "give exactly one of --scene SEED (toy) or --prompt TEXT"),
+    (["compare", "--out", "o", "--scene", "3", "--prompt", "a red circle"], "give exactly one of --scene"),
+    (["compare", "--out", "o", "--scene", "3", "--latent-frames", "10"], "multiple of 3"),
+    (["compare", "--out", "o", "--scene", "3", "--fault", "cast", "--fault-block", "40"], "--fault-block 40"),
+    (["compare", "--out", "o", "--scene", "3", "--fault-tokens", "65"], "--fault-tokens must be in 1 .. 64"),
+    (["compare", "--out", "o", "--scene", "3", "--fault", "foreign"], "argument --fault: invalid choice"),
+    (["compare", "--preset", "tiny", "--scene", "3", "--out", "o"], "--scene is for the toy world model"),
+    (["compare", "--out", "{in}/afile", "--scene", "3"], "--out {in}/afile is a file"),
     # top level
     (["nope"], "invalid choice"),
 ]

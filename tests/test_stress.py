@@ -83,6 +83,26 @@ def test_the_fault_enters_through_the_commit_of_block_j_only(toy, monkeypatch):
             assert torch.equal(x, bad.latents[:, 9:12])
 
 
+def test_clean_runs_are_shared_by_the_kinds_and_change_nothing(toy, monkeypatch):
+    """The clean rollouts do not depend on the fault: a seed's later kinds reuse them and get the very rows a
+    fresh run of that kind gets (wall times aside)."""
+    from tokentrim.app import generate, stress
+
+    path = default_config_path("self_forcing", "toy")
+    runs = {"baseline": load_run_config(path, ["tokentrim.enabled=false", "flowmo.mode=off"]),
+            "tokentrim": load_run_config(path, ["flowmo.mode=off"])}  # fmt: skip
+    start = stress._starts(toy, "toy")
+    fresh = stress.run_seed(toy, runs, 1, "noise", 6, 3, 2, 18, start)
+    shared: dict = {}
+    stress.run_seed(toy, runs, 1, "blob", 6, 3, 2, 18, start, shared)
+    calls, real = [], generate.run_video
+    monkeypatch.setattr(generate, "run_video", lambda *a, **k: calls.append(k.get("alter")) or real(*a, **k))
+    again = stress.run_seed(toy, runs, 1, "noise", 6, 3, 2, 18, start, shared)
+    assert len(calls) == 2 and all(alter is not None for alter in calls)  # the faulted runs only
+    fresh.pop("wall_s"), again.pop("wall_s")
+    assert again == fresh
+
+
 def test_stress_report_fields_are_finite(tmp_path, capsys):
     out = tmp_path / "stress.json"
     assert main(["stress", "--preset", "toy", "--seeds", "2", "--kind", "blob", "--at-block", "3",

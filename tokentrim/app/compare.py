@@ -85,7 +85,7 @@ def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], p
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
-    from tokentrim.app.faults import Fault, injector, region, token_mask
+    from tokentrim.app.faults import Fault, check_tokens, injector, region, token_mask
     from tokentrim.app.figures import plot_drift
     from tokentrim.app.run_config import default_config_path, load_run_config
     from tokentrim.files import check_output, write_json
@@ -93,7 +93,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     out = check_output(args.out, "--out", folder=True)
     if (args.scene is None) == (args.prompt is None):
-        raise UserError("give --scene SEED (toy) or --prompt TEXT")
+        raise UserError("give exactly one of --scene SEED (toy) or --prompt TEXT")
     if args.scene is not None and args.preset != "toy":
         raise UserError("--scene is for the toy world model: add --preset toy")
     path = args.config or default_config_path(args.pipeline, args.preset)
@@ -102,6 +102,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                                    "flowmo": {"mode": "off"}}),
             "TokenTrim": load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo})}  # fmt: skip
     config = backends.model_config(args.preset, None)
+    check_tokens(args.fault_tokens, config.tokens_per_frame, "--fault-tokens")
     prefix = None
     if args.scene is not None:
         from tokentrim.toy import observed_start
@@ -140,7 +141,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     pruned = [r for r in results["TokenTrim"].records if r.action == "prune"]
     marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
     factor = max(1, -(-MIN_HEIGHT // videos["baseline"].shape[1]))
-    what = "" if fault is None else f" - {fault.kind} fault at block {fault.block}"  # ASCII: PIL's default font
+    # ASCII only: PIL's default font
+    what = "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
     video = side_by_side(videos["baseline"], videos["TokenTrim"], (f"baseline{what}", f"TokenTrim{what}"), marked,
                          factor)  # fmt: skip
     write_video(out / "compare.mp4", video, fps=backend.fps)

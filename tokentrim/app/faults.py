@@ -35,6 +35,12 @@ class Fault:
             raise UserError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
 
 
+def check_tokens(k: int, tokens_per_frame: int, flag: str) -> None:
+    """A command's fault size, checked before the weights load."""
+    if not 1 <= k <= tokens_per_frame:
+        raise UserError(f"{flag} must be in 1 .. {tokens_per_frame} (the tokens of a latent frame), got {k}")
+
+
 def region(grid: tuple[int, int], k: int, rng: np.random.Generator) -> tuple[int, ...]:
     """K tokens forming a compact rectangle (rows x cols as square as possible, cut to K) at a random place."""
     gh, gw = grid

@@ -57,8 +57,12 @@ def _detection(records, fault, horizon: int) -> dict:
 
 
 def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: int, horizon: int,
-             latent_frames: int, start) -> dict:  # fmt: skip
-    """The four rollouts of one seed and their measures. start(seed) -> (prompt embeds, prefix or None)."""
+             latent_frames: int, start, shared: dict | None = None) -> dict:  # fmt: skip
+    """The four rollouts of one seed and their measures. start(seed) -> (prompt embeds, prefix or None).
+
+    `shared`: a dict kept across calls with the same seed, settings and runs; the clean rollouts (and their drift
+    measures) do not depend on the fault, so the calls for the other kinds reuse them (deterministic: the same
+    seed gives the same rollout)."""
     from tokentrim.app.faults import Fault, injector, region, token_mask
     from tokentrim.app.generate import run_video
     from tokentrim.eval import evaluate_frames
@@ -74,15 +78,22 @@ def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: i
         other_embeds, other_prefix = start(seed + HELD_OUT_OTHER)
         foreign = run_video(backend, runs["baseline"], other_embeds, latent_frames=latent_frames, seed=seed,
                             prefix=other_prefix, progress=False).latents  # fmt: skip
+    shared = {} if shared is None else shared
     out, walls = {}, {}
     for method, run in runs.items():
         for faulted in (False, True):
+            name = f"{method}{'_fault' if faulted else ''}"
+            if not faulted and method in shared:
+                out[(method, False)], walls[name] = shared[method]
+                continue
             alter = injector(fault, backend.model.config.frames_per_block, mask, foreign) if faulted else None
             t0 = time.perf_counter()
             result = run_video(backend, run, embeds, latent_frames=latent_frames, seed=seed, prefix=prefix,
                                progress=False, alter=alter)  # fmt: skip
-            walls[f"{method}{'_fault' if faulted else ''}"] = time.perf_counter() - t0
+            walls[name] = time.perf_counter() - t0
             out[(method, faulted)] = (result, alter)
+            if not faulted:
+                shared[method] = (out[(method, False)], walls[name])
     fpb = backend.model.config.frames_per_block
     row = {"seed": seed, "tokens": list(fault.tokens), "wall_s": walls}
     persistence = {}
@@ -98,11 +109,15 @@ def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: i
     armed = [r for r in clean_tt if r.action in ("accept", "prune")]
     row["clean_trigger_rate"] = sum(r.action == "prune" for r in armed) / max(1, len(armed))
     if backend.decoder is not None:
-        row["clean_drift"] = {}
-        for method in runs:
-            video = np.concatenate(list(out[(method, False)][0].frames()))
-            report = evaluate_frames(video, backend.fps, max(2 / backend.fps, len(video) / backend.fps / 4))
-            row["clean_drift"][method] = summary_row(report)
+        if "drift" not in shared:
+            shared["drift"] = {}
+            for method in runs:
+                video = np.concatenate(list(out[(method, False)][0].frames()))
+                report = evaluate_frames(
+                    video, backend.fps, max(2 / backend.fps, len(video) / backend.fps / 4)
+                )
+                shared["drift"][method] = summary_row(report)
+        row["clean_drift"] = shared["drift"]
     return row
 
 
@@ -140,7 +155,7 @@ def aggregate(rows: list[dict]) -> dict:
 def cmd_stress(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
-    from tokentrim.app.faults import KINDS
+    from tokentrim.app.faults import KINDS, check_tokens
     from tokentrim.app.run_config import default_config_path, load_run_config
     from tokentrim.files import check_output, write_json
 
@@ -155,6 +170,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
                                                    **flowmo_off}),
             "tokentrim": load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo_off})}  # fmt: skip
     config = backends.model_config(args.preset, None)
+    check_tokens(args.tokens, config.tokens_per_frame, "--tokens")
     pipe = gen.request_pipeline(config, runs["tokentrim"])
     block = pipe.frames_per_block
     observed = 1 if args.preset == "toy" else 0
@@ -173,13 +189,12 @@ def cmd_stress(args: argparse.Namespace) -> int:
                            "tokens": args.tokens, "at_block": args.at_block, "horizon": args.horizon,
                            "latent_frames": frames, "tokentrim": runs["tokentrim"].to_dict()["tokentrim"]},
               "by_kind": {}}  # fmt: skip
-    all_rows = []
+    all_rows, shared = [], {seed: {} for seed in range(args.seeds)}  # clean rollouts, shared by the kinds
     for kind in kinds:
         rows = []
         for seed in range(args.seeds):
-            rows.append(
-                run_seed(backend, runs, seed, kind, args.tokens, args.at_block, args.horizon, frames, start)
-            )
+            rows.append(run_seed(backend, runs, seed, kind, args.tokens, args.at_block, args.horizon, frames,
+                                 start, shared[seed]))  # fmt: skip
             d = rows[-1]["detection"]
             print(f"{kind} seed {seed}: detected {d['detected']} recall {d['recall']:.2f}  persistence "
                   f"baseline {rows[-1]['persistence']['baseline']['persistence']:.3f} tokentrim "
