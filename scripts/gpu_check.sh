@@ -99,7 +99,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 LIMIT=470
 if [[ ${#DRY[@]} -gt 0 ]]; then
-    LIMIT=660  # the dry run stops starting steps at 600 s (a loaded CI machine); it takes about a minute
+    LIMIT=1260  # the dry run takes about a minute; it stops starting steps at 1200 s (a CPU shared with others)
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny models gain nothing from threads; shared cores lose
 fi
 exec timeout -k 10 "$LIMIT" "$PY" -m tokentrim.app.gpu_check "${DRY[@]}" "$OUTDIR"

@@ -148,7 +148,8 @@ class Report:
             record.update(status="failed", error=f"{type(err).__name__}: {err}",
                           traceback=traceback.format_exc(limit=-4).splitlines()[-12:])  # fmt: skip
         record["wall_s"] = round(time.monotonic() - start, 2)
-        print(f"[gpu_check] {name}: {record['status']} in {record['wall_s']:.1f} s", flush=True)
+        why = f": {record.get('error') or record.get('reason')}" if record["status"] != "ok" else ""
+        print(f"[gpu_check] {name}: {record['status']} in {record['wall_s']:.1f} s{why}", flush=True)
         self.save()
         return record
 
