@@ -1,4 +1,4 @@
-"""`tokentrim generate | eval | figure | bench | reproduce`.
+"""`tokentrim generate | eval | figure | bench | reproduce | demo | stress | compare | merge-lora`.
 
 A thin layer: parse arguments into the config dataclasses, load weights once, run the video in memory, write
 files. User errors print one line (no traceback) and exit with status 2.
@@ -38,7 +38,7 @@ FLAGS = {"num_frames": "--latent-frames", "model_dir": "--model-dir", "checkpoin
          "tokentrim.p": "--p", "tokentrim.lam": "--lam", "tokentrim.warmup": "--warmup",
          "tokentrim.max_regen": "--max-regen", "flowmo.mode": "--flowmo", "out_dir": "--out-dir",
          "overwrite": "--overwrite", "init_image": "--init-image", "init_video": "--init-video",
-         "init_frames": "--init-frames", "init_resize": "--init-resize"}  # fmt: skip
+         "init_frames": "--init-frames", "init_resize": "--init-resize", "timeline": "--timeline"}  # fmt: skip
 
 
 def cli_message(err: UserError) -> str:
@@ -53,7 +53,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.wan.attention import check_backend
 
     # 1. What to generate, all checked before any weights load
-    prefix, scene = None, {}
+    prefix, scene, timeline = None, {}, None
+    if args.timeline is not None:
+        if args.prompt is not None or args.prompts is not None:
+            raise UserError("--timeline brings its own prompts: drop --prompt / --prompts")
+        from tokentrim.app.timeline import read_timeline
+
+        timeline = read_timeline(args.timeline)
     if args.scene is not None:
         if args.preset != "toy":
             raise UserError("--scene is for the toy world model: add --preset toy")
@@ -63,9 +69,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         args.prompt, prefix = observed_start(args.scene)
         scene = {"scene": args.scene}
+    if timeline is not None:
+        args.prompt = timeline.prompts[0]
     if (args.prompt is None) == (args.prompts is None):
         raise UserError(
-            "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir) or --scene SEED (toy)"
+            "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir), --timeline FILE or --scene SEED (toy)"
         )
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty; describe the video to generate")
@@ -82,9 +90,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
         raise UserError("the official weights need both --model-dir and --checkpoint")
     config = backends.model_config(args.preset, args.model_dir)
-    observation = observe(args, config, gen.request_pipeline(config, run).frames_per_block)
+    pipe = gen.request_pipeline(config, run)
+    observation = observe(args, config, pipe.frames_per_block)
     observed = observation.latent_frames if observation else 0 if prefix is None else prefix.shape[1]
     gen.check_request(config, run, args.latent_frames, observed)
+    switch_frames = []
+    if timeline is not None:
+        if not pipe.switching:
+            raise UserError(f"--timeline: {pipe.title} cannot switch prompts; use --pipeline "
+                            f"{' / '.join(gen.switching_pipelines())}")  # fmt: skip
+        switch_frames = timeline.switch_frames(pipe.frames_per_block, observed, args.latent_frames)
+        scene["timeline"] = timeline.settings(switch_frames)
     # 2. Where it goes: every output writable, batch outputs made with the same settings or not at all
     if args.prompt is not None:
         out = Path(args.out or Path("outputs") / f"{gen.slugify(args.prompt)}.mp4")
@@ -127,10 +143,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                     device=device, dtype=dtype, use_ema=ema_choice(args), lora=args.lora,
                                     lora_alpha=args.lora_alpha)  # fmt: skip
     backend.model.attention_backend = attention
-    embeds = gen.encode(backend, [job[1] for job in todo], args.offload)
-    for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=True):
+    later = list(timeline.prompts[1:]) if timeline is not None else []
+    embeds = gen.encode(backend, [job[1] for job in todo] + later, args.offload)
+    switches = [(f, e[None]) for f, e in zip(switch_frames, embeds[len(todo) :], strict=True)]
+    for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=False):
         result = gen.run_video(backend, run, emb[None], latent_frames=args.latent_frames, seed=seed, prefix=prefix,
-                               observation=observation, settings={"prompt": prompt, "index": index, **scene})  # fmt: skip
+                               observation=observation, settings={"prompt": prompt, "index": index, **scene},
+                               switches=switches)  # fmt: skip
         assert result.settings == settings_of(index, prompt, seed), (
             "recorded settings must be known in advance"
         )
@@ -169,7 +188,7 @@ def observe(args: argparse.Namespace, config, block: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokentrim.app import bench, compare, demo, figures, reproduce, stress
+    from tokentrim.app import bench, compare, demo, figures, merge_lora, reproduce, stress
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
@@ -185,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--prompts", help="a UTF-8 file with one prompt per line (batch mode, resumable; needs --out-dir)"
     )
+    g.add_argument("--timeline", help="prompt switches: a YAML / JSONL file of prompts with the latent frame each "
+                   "starts at (docs/longlive.md, 'Timelines'); Self Forcing, Causal Forcing and LongLive")  # fmt: skip
     g.add_argument("--scene", type=SEED, help="toy world only: start from scene SEED's observed first block and "
                    "its prompt; the model generates the rest")  # fmt: skip
     g.add_argument("--init-image", help="start from this image (PNG/JPEG): it becomes the first block, then "
@@ -218,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.register(sub)
     stress.register(sub)
     compare.register(sub)
+    merge_lora.register(sub)
     return parser
 
 

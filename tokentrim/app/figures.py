@@ -57,8 +57,8 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
     """Drift severity D_t per block, with the armed band mu..mu + lam·sigma, prune events and warm-up.
 
     `log` is one decision log ({"config": ..., "blocks": [...]}) or a list of them, overlaid (e.g. baseline vs
-    TokenTrim). A prune is drawn as a cross at D_t joined to a hollow circle at the regenerated block's D*.
-    The figure has an Agg canvas (no pyplot state), so a web page can render it too.
+    TokenTrim). A prune is drawn as a cross at D_t joined to a hollow circle at the regenerated block's D*;
+    a prompt switch as a vertical line before its first block, an injected fault as a line at its block. The figure has an Agg canvas (no pyplot state), so a web page can render it too.
     """
     logs = [log] if isinstance(log, dict) else list(log)
     if not logs:
@@ -86,18 +86,26 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
             label=label,
         )
         armed = [r for r in scored if r.get("threshold") is not None]
-        if armed:
-            xs = [r["block"] for r in armed]
+        runs: list[list[dict]] = []  # consecutive armed blocks (a reset of the statistics breaks the band)
+        for r in armed:
+            if runs and r["block"] == runs[-1][-1]["block"] + 1:
+                runs[-1].append(r)
+            else:
+                runs.append([r])
+        for k, run in enumerate(runs):
+            xs = [r["block"] for r in run]
+            if len(run) == 1:  # one block: a short band centred on it
+                xs, run = [xs[0] - 0.4, xs[0] + 0.4], run * 2
             ax.fill_between(
                 xs,
-                [r["mean"] for r in armed],
-                [r["threshold"] for r in armed],
+                [r["mean"] for r in run],
+                [r["threshold"] for r in run],
                 color=color,
                 alpha=0.15,
                 step="mid",
-                label=f"{label}: mean .. threshold",
+                label=f"{label}: mean .. threshold" if k == 0 else None,
             )
-            ax.plot(xs, [r["threshold"] for r in armed], "--", color=color, lw=1, drawstyle="steps-mid")
+            ax.plot(xs, [r["threshold"] for r in run], "--", color=color, lw=1, drawstyle="steps-mid")
         pruned = [r for r in scored if r.get("action") == "prune"]
         for j, r in enumerate(pruned):
             ax.plot(
@@ -124,6 +132,9 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
                      if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)})  # fmt: skip
     for i, b in enumerate(faults):  # an injected fault (tokentrim compare / stress): its block
         ax.axvline(b, color="purple", lw=1.2, ls="--", label="injected fault" if i == 0 else None)
+    switches = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("prompt_switch")})
+    for i, b in enumerate(switches):  # a prompt switch (--timeline): just before its first block
+        ax.axvline(b - 0.5, color="green", lw=1.5, ls="-.", label="prompt switch" if i == 0 else None)
     ax.set_xlabel("block")
     ax.set_ylabel("drift severity D_t")
     ax.set_title("TokenTrim drift severity (top-p mean token drift)")

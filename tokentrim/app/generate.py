@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from tokentrim.app.inputs import Observation
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
 from tokentrim.files import atomic_dir, atomic_path, write_json
-from tokentrim.pipelines import BlockPipeline
+from tokentrim.pipelines import REGISTRY, BlockPipeline
 from tokentrim.pipelines.common import BlockTransform
 from tokentrim.video import VideoWriter, write_png_frames
 from tokentrim.wan import WanConfig, build_model
@@ -84,6 +84,11 @@ def make_pipeline(backend: Backend, run: RunConfig) -> BlockPipeline:
     return run.entry.pipeline(backend.model, run.sampler)
 
 
+def switching_pipelines() -> list[str]:
+    """The registered pipelines that can switch prompts."""
+    return [name for name, entry in REGISTRY.items() if entry.pipeline.switching]
+
+
 def request_pipeline(config: WanConfig, run: RunConfig) -> BlockPipeline:
     """The run's pipeline on a meta-device model (no weights): its checks and block size before anything loads."""
     return run.entry.pipeline(build_model(config, device="meta"), run.sampler)
@@ -143,13 +148,16 @@ def run_video(
     progress: bool = True,
     settings: dict | None = None,
     alter: BlockTransform | None = None,
+    switches: Sequence[tuple[int, torch.Tensor]] = (),
 ) -> VideoResult:
     """One video in memory: the pipeline of `run` with the TokenTrim hook (and FlowMo) of `run`.
 
     prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines), or an
     `observation` (image / video start, `tokentrim.app.inputs`) that the backend's VAE encodes into them;
     on_block: called as frames become final; settings: extra entries for the record of what produced it;
-    alter: changes accepted blocks before they are committed (`tokentrim.app.faults`)."""
+    alter: changes accepted blocks before they are committed (`tokentrim.app.faults`); switches: prompt switches
+    `(first latent frame, prompt_embeds)` (`tokentrim.app.timeline`), re-cached as `run.tokentrim.switch_pruning`
+    says."""
     if observation is not None:
         if prefix is not None or backend.decoder is None:
             raise UserError("give either latents (`prefix`) or an observation, with a backend that has a VAE")
@@ -162,7 +170,8 @@ def run_video(
     start = time.perf_counter()
     out = pipe(
         prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise,
-        on_block=callback, progress=progress, prefix=prefix, alter=alter,
+        on_block=callback, progress=progress, prefix=prefix, alter=alter, switches=switches,
+        switch_pruning=run.tokentrim.switch_pruning,
     )  # fmt: skip
     wall = time.perf_counter() - start
     model = backend.model

@@ -2,6 +2,7 @@
 
 from tokentrim.pipelines.causal_forcing import CausalForcingFramewiseConfig, CausalForcingFramewisePipeline
 from tokentrim.pipelines.common import BlockPipeline, CachePolicy, GenerationOutput, Rollout
+from tokentrim.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from tokentrim.pipelines.registry import (
     REGISTRY,
     PipelineEntry,
@@ -14,7 +15,7 @@ from tokentrim.pipelines.rolling_forcing import RollingForcingConfig, RollingFor
 from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
 
 __all__ = [
-    "REGISTRY", "BlockPipeline", "CausalForcingFramewiseConfig", "CausalForcingFramewisePipeline", "CachePolicy", "GenerationOutput", "PipelineEntry", "Rollout",
+    "REGISTRY", "BlockPipeline", "CausalForcingFramewiseConfig", "CausalForcingFramewisePipeline", "CachePolicy", "GenerationOutput", "LongLiveConfig", "LongLivePipeline", "PipelineEntry", "Rollout",
     "RollingForcingConfig", "RollingForcingPipeline", "SelfForcingConfig", "SelfForcingPipeline", "get_pipeline",
     "pipeline_names", "register", "unregister",
 ]  # fmt: skip

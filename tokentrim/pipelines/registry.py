@@ -13,6 +13,7 @@ from pathlib import Path
 from tokentrim.errors import UserError
 from tokentrim.pipelines.causal_forcing import CausalForcingFramewiseConfig, CausalForcingFramewisePipeline
 from tokentrim.pipelines.common import BlockPipeline
+from tokentrim.pipelines.longlive import LongLiveConfig, LongLivePipeline
 from tokentrim.pipelines.rolling_forcing import RollingForcingConfig, RollingForcingPipeline
 from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
 
@@ -67,3 +68,4 @@ register("self_forcing", SelfForcingPipeline, SelfForcingConfig, "self_forcing.y
 register("rolling_forcing", RollingForcingPipeline, RollingForcingConfig, "rolling_forcing.yaml", paper=True)
 register("causal_forcing_framewise", CausalForcingFramewisePipeline, CausalForcingFramewiseConfig,
          "causal_forcing/framewise.yaml")  # fmt: skip
+register("longlive", LongLivePipeline, LongLiveConfig, "longlive.yaml")

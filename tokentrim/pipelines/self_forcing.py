@@ -76,26 +76,33 @@ class SinkCachePolicy(CachePolicy):
           protected sink, so the reference drops them);
         - s > capacity, no global sink: all n frames from row 0, the first `sink_frames` the new pinned sink
           (written: the reference's zero-sink bug, §D, is not reproduced).
-        With `keep_pruning`, the positions TokenTrim removed from the rebuilt frames are masked inside the
-        re-cache (attended keys) and returned, to be removed from the rebuilt rows again. Frames the cache had
-        evicted come back whole. Updates the bookkeeping; returns (rs, the call's plan, {frame: kept positions})."""
+        With `keep_pruning`, the positions TokenTrim removed from the rebuilt unpinned frames are masked inside
+        the re-cache (attended keys) and returned, to be removed from the rebuilt rows again; a frame that becomes
+        the new sink is rebuilt whole (pinned rows are never pruned). Frames the cache had evicted come back
+        whole. Updates the bookkeeping; returns (rs, the call's plan, {frame: kept positions})."""
         cache, T = self.cache, self.cache.tokens_per_frame
         n = min(cache.capacity_frames, s)
         rs = s - n
-        kept = {f.index: f.spatial for f in cache.frames if f.rows < T} if keep_pruning else {}
         sink = cache.pinned if rs > 0 and self.global_sink else []
-        cache.frames = list(sink)  # everything after the sink is rebuilt
-        base = sum(f.rows for f in sink)
+        pin = 0 if sink else min(self.sink_frames, n)
         built = range(rs + len(sink), s)
+        pruned = {f.index: f.spatial for f in cache.frames if f.rows < T and not f.pinned} if keep_pruning else {}
+        kept = {f: pruned[f] for f in built[pin:] if f in pruned}
+        cache.frames = list(sink)  # everything after the sink is rebuilt
+        return rs, self._recache_call(rs, n, sink, built, kept, pin), kept
+
+    def _recache_call(self, rs: int, n: int, sink, built: range, kept: dict, pin: int) -> CallPlan:
+        """The re-cache's plan: written after the sink, attending to the sink and the rebuilt rows (the kept
+        positions only, for frames TokenTrim pruned)."""
+        T = self.cache.tokens_per_frame
+        base = sum(f.rows for f in sink)
         index = None
-        if any(f in kept for f in built):  # the keep-mask as a key mask inside the re-cache
+        if kept:  # the keep-mask as a key mask inside the re-cache
             rows = [torch.arange(base)] + [base + i * T + (kept[f] if f in kept else torch.arange(T))
                                            for i, f in enumerate(built)]  # fmt: skip
-            index = torch.cat(rows).to(cache.k.device)
+            index = torch.cat(rows).to(self.cache.k.device)
         reads = (Segment(0, base + len(built) * T, index=index),)
-        pin = 0 if sink else min(self.sink_frames, n)
-        plan = CallPlan(rs, n, reads, False, base, commit=True, pin=pin, skip_frames=len(sink))
-        return rs, plan, {f: kept[f] for f in built if f in kept}
+        return CallPlan(rs, n, reads, False, base, commit=True, pin=pin, skip_frames=len(sink))
 
 
 class SelfForcingPipeline(BlockPipeline):
