@@ -15,17 +15,18 @@
 # Exit status: 0 when every step passed or was skipped, 1 when one failed or ran out of time, 2 for bad usage.
 #
 # Time budgets on the GPU, in seconds (`GPU.budgets` in tokentrim/app/gpu_check.py; a step that runs out is
-# stopped and keeps what it measured). Expected: estimates from the FLOP counts, not measured yet.
+# stopped and keeps what it measured). Expected: estimates (FLOP counts; the model build timed on a CPU), not yet
+# measured on a GPU.
 #   step                   budget  expected
 #   environment                15         2
 #   correctness                60        20   tiny preset; includes CUDA start-up
 #   host_syncs                 45        10   tiny preset
-#   model                      45        15   random initialisation of 1.42 B parameters, copy to the GPU
+#   model                      60        25   seeded initialisation of 1.42 B parameters on the CPU, copy to the GPU
 #   speed_self_forcing        100        65   3 runs of 120 latent frames, 3 short warm-ups
 #   speed_rolling_forcing     120        90   the same
 #   memory                     90        60   one Rolling Forcing run, VAE decode of 477 frames at 480x832
 #   attention_flash            70        55   skipped unless flash-attn imports
-#   compile                   150       100   process start, inductor compilation, one eager + one compiled run
+#   compile                   150       120   process start, model build, inductor compilation, eager + compiled runs
 #   flowmo                    100      rest   FlowMo off / first block / every block, 30 latent frames
 # The Python part stops starting steps at 450 s; `timeout` below ends it at 470 s in any case (SIGKILL at 480 s).
 #

@@ -81,7 +81,7 @@ GPU = Plan(
     dry_run=False, device="cuda", dtype=torch.bfloat16, preset=None, speed_frames=120,
     warmup_frames={"self_forcing": 9, "rolling_forcing": 15}, short_frames=30, check_frames=24,
     compile_backend="inductor", total_s=450.0,
-    budgets={"environment": 15, "correctness": 60, "host_syncs": 45, "model": 45, "speed_self_forcing": 100,
+    budgets={"environment": 15, "correctness": 60, "host_syncs": 45, "model": 60, "speed_self_forcing": 100,
              "speed_rolling_forcing": 120, "memory": 90, "attention_flash": 70, "compile": 150, "flowmo": 100},
 )  # fmt: skip
 # The same steps on the CPU: the tiny preset, the shortest videos each pipeline allows, compilation traced only.
@@ -351,8 +351,11 @@ class Check:
             return build_tiny_vae(0, device=self.device, dtype=self.plan.dtype)
         from diffusers import AutoencoderKLWan
 
-        torch.manual_seed(0)
-        return WanVAE(AutoencoderKLWan(**WAN21_VAE_CONFIG).to(self.device, self.plan.dtype))
+        # Its default initialisation, seeded; the global RNG left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoencoderKLWan(**WAN21_VAE_CONFIG)
+        return WanVAE(model.to(self.device, self.plan.dtype))
 
     def attention_flash(self, fig: dict) -> None:
         from tokentrim.wan.attention import flash_available
