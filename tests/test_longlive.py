@@ -359,6 +359,23 @@ def test_bad_timelines_give_one_line(tmp_path, capsys, name, text, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def test_bad_switch_and_lora_arguments_give_one_line(tmp_path, capsys):
+    timeline = write(tmp_path / "t.yaml", "- prompt: a\n- prompt: b\n  start: 3\n")
+    for extra, message in [
+        (["--timeline", str(timeline), "--prompt", "a cat"], "--timeline brings its own prompts"),
+        (["--timeline", str(tmp_path / "none.yaml")], "not found"),
+        (["--timeline", str(tmp_path)], "is a folder"),
+        (["--prompt", "a cat", "--lora", str(tmp_path / "none.pt")], "--lora"),
+        (["--timeline", str(timeline), "tokentrim.switch_stats=sometimes"], "switch_stats"),
+    ]:
+        argv = ["generate", "--preset", "tiny", "--pipeline", "longlive", "--latent-frames", "9", "--out",
+                str(tmp_path / "v.mp4"), *extra]  # fmt: skip
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (extra, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.yaml"]
+
+
 def test_generate_longlive_with_a_timeline_on_tiny(tmp_path, capsys):
     timeline = write(tmp_path / "t.jsonl", json.dumps(
         {"prompts": ["a cat", "a dog", "a bird"], "switch_frame_indices": [2, 5]}) + "\n")  # fmt: skip
@@ -385,15 +402,18 @@ def test_other_loops_switch_prompts_too(model, embeds, switch_spy, pipeline):
 
 
 def test_toy_switch_in_the_log_and_the_drift_figure(tmp_path):
+    """The README's toy command (examples/toy_timeline.yaml: a switch at frame 18), shortened to 24 frames."""
+    from pathlib import Path
+
     from tokentrim.app.figures import drift_figure
 
-    timeline = write(tmp_path / "t.yaml", "- prompt: a red circle over a blue background\n"
-                     "- prompt: a green square over a blue background\n  start: 6\n")  # fmt: skip
+    timeline = Path(__file__).resolve().parent.parent / "examples" / "toy_timeline.yaml"
     log = tmp_path / "v.json"
     assert main(["generate", "--preset", "toy", "--pipeline", "longlive", "--timeline", str(timeline),
-                 "--latent-frames", "12", "--out", str(tmp_path / "v.mp4")]) == 0  # fmt: skip
+                 "--latent-frames", "24", "--out", str(tmp_path / "v.mp4")]) == 0  # fmt: skip
     data = json.loads(log.read_text())
-    assert [r["block"] for r in data["blocks"] if r["prompt_switch"]] == [2]
+    assert [r["block"] for r in data["blocks"] if r["prompt_switch"]] == [6]
+    assert [e["frame"] for e in data["config"]["timeline"]] == [0, 18]
     fig = drift_figure(data)
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "prompt switch"]
-    assert len(lines) == 1 and list(lines[0].get_xdata()) == [1.5, 1.5]
+    assert len(lines) == 1 and list(lines[0].get_xdata()) == [5.5, 5.5]
