@@ -417,3 +417,46 @@ def test_toy_switch_in_the_log_and_the_drift_figure(tmp_path):
     fig = drift_figure(data)
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "prompt switch"]
     assert len(lines) == 1 and list(lines[0].get_xdata()) == [5.5, 5.5]
+
+
+def test_shipped_configs_hold_the_spec_values():
+    from pathlib import Path
+
+    from tokentrim.app.run_config import load_run_config
+
+    configs = Path(__file__).resolve().parent.parent / "tokentrim" / "configs"
+    for name, shift, rope in (("longlive.yaml", 5.0, "absolute"), ("longlive_infinite.yaml", 5.0, "slot"),
+                              ("toy/longlive.yaml", 1.0, "absolute")):  # fmt: skip
+        run = load_run_config(configs / name)
+        c = run.sampler
+        assert run.pipeline == "longlive" and isinstance(c, LongLiveConfig), name
+        assert (c.cache_frames, c.sink_frames, c.global_sink, c.rope) == (12, 3, True, rope), name  # §B.4, §B.6
+        assert c.denoising_steps == (1000, 750, 500, 250) and c.timestep_shift == shift and c.context_noise == 0
+        t = run.tokentrim
+        assert (t.switch_exempt, t.switch_stats, t.switch_pruning) == (True, "reset", "keep"), name
+
+
+def test_run_script_merges_once_and_passes_the_setup(tmp_path):
+    """scripts/run_longlive.sh with a stand-in `tokentrim` that records its arguments."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "run_longlive.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "tokentrim"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\nif [[ $1 == merge-lora ]]; then touch "$5"; fi\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LL_DIR": str(tmp_path / "ll")}
+    (tmp_path / "ll" / "models").mkdir(parents=True)
+    for mode, what in (("interactive", "story.yaml"), ("infinite", "a fox")):
+        subprocess.run(["bash", str(script), mode, what, "--no-tokentrim"], env=env, check=True, cwd=tmp_path)
+    bad = subprocess.run(["bash", str(script), "sometimes", "x"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    merge, interactive, infinite = calls.read_text().splitlines()
+    assert merge.startswith("merge-lora ") and merge.endswith("longlive_merged.safetensors")
+    assert "--timeline story.yaml" in interactive and "--latent-frames 240 --seed 1" in interactive
+    assert "configs/longlive.yaml" in interactive and "--no-tokentrim" in interactive
+    assert "configs/longlive_infinite.yaml" in infinite and "--latent-frames 1050 --seed 0" in infinite
