@@ -115,6 +115,9 @@ def test_stress_report_fields_are_finite(tmp_path, capsys):
     assert set(rows[0]["wall_s"]) == {"baseline", "baseline_fault", "tokentrim", "tokentrim_fault"}
     assert all(len(r["persistence"]["baseline"]["curve"]) == 3 for r in rows)
     assert set(rows[0]["clean_drift"]) == {"baseline", "tokentrim"}
+    placebo = report["spreads"]["placebo"]  # the clean run's prunes in the same blocks, same tokens
+    assert 0.0 <= placebo["detection_rate"] <= 1.0 and placebo["recall"]["n"] == 2
+    assert all(r["placebo"]["detected"] == (r["placebo"]["latency_blocks"] is not None) for r in rows)
     assert 0.0 <= report["recall"] <= 1.0 and 0.0 <= report["false_trigger_rate"] <= 1.0
 
 

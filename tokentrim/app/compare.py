@@ -50,9 +50,11 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str], m
 
 
 def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], patch: tuple[int, int], fpb: int,
-                      frame: np.ndarray, out_png: Path) -> Path:  # fmt: skip
+                      frame: np.ndarray, out_png: Path, fault: tuple[int, ...] = ()) -> Path:  # fmt: skip
     """The per-token drift of `block` against the block before it (Eq. 3-5) over its last frame, with the positions
-    TokenTrim pruned outlined: the paper's Fig. 2 for one decision. latents [F, C, H, W]."""
+    TokenTrim pruned outlined (and the injected fault's tokens, dashed): the paper's Fig. 2 for one decision.
+    latents [F, C, H, W]: the baseline's; TokenTrim's candidate is the same block only up to its first prune (the
+    candidate itself is not kept), hence the title names the run."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -75,7 +77,11 @@ def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], p
         right.add_patch(
             Rectangle(((n % gw) * sx, (n // gw) * sy), sx, sy, fill=False, edgecolor="cyan", lw=1.2)
         )
-    right.set_title(f"token drift vs block {block - 1}; pruned positions outlined", fontsize=9)
+    for n in fault:
+        right.add_patch(Rectangle(((n % gw) * sx + 1, (n // gw) * sy + 1), sx - 2, sy - 2, fill=False,
+                                  edgecolor="white", lw=1.0, ls="--"))  # fmt: skip
+    what = "TokenTrim's pruned positions outlined" + ("; fault dashed" if fault else "")
+    right.set_title(f"baseline's token drift vs block {block - 1}\n{what}", fontsize=9)
     for ax in (left, right):
         ax.set_axis_off()
     fig.colorbar(shown, ax=right, shrink=0.8, label="||Z_t - Z_t-1||")
@@ -158,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             videos["baseline"][first_frame[first.block + 1] - 1 : first_frame[first.block + 1]], factor
         )[0]
         plot_pruned_block(results["baseline"].latents[0].float(), first.block, first.pruned_positions, patch, block,
-                          frame, out / "heatmap.png")  # fmt: skip
+                          frame, out / "heatmap.png", () if fault is None else fault.tokens)  # fmt: skip
         made.append(out / "heatmap.png")
     prunes = ", ".join(str(r.block) for r in pruned) or "none"
     print(

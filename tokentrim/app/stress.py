@@ -5,6 +5,8 @@ clean and faulted, each with TokenTrim off (the baseline) and on. The fault (`to
 tokens of block J's accepted latents before its clean pass. Measured:
 - detection, in the faulted TokenTrim run: the first prune after block J within the horizon; its latency in
   blocks, and precision / recall of its pruned positions against the corrupted tokens (undetected: recall 0);
+  the same read off the clean TokenTrim run (`placebo`: prunes in the same blocks and overlap with the same tokens
+  when nothing was injected) is what chance and the clean trigger rate alone give;
 - persistence: the squared error inside the fault's region over blocks J+1 .. J+H against the clean run of the
   same method, divided by the injected error energy; `persistence_ratio` = TokenTrim's mean / the baseline's;
 - cost on clean runs: TokenTrim's trigger rate on armed blocks (`false_trigger_rate`, no fault to find) and the
@@ -106,6 +108,7 @@ def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: i
     row["persistence"] = persistence
     row["detection"] = _detection(out[("tokentrim", True)][0].records, fault, horizon)
     clean_tt = out[("tokentrim", False)][0].records
+    row["placebo"] = _detection(clean_tt, fault, horizon)
     armed = [r for r in clean_tt if r.action in ("accept", "prune")]
     row["clean_trigger_rate"] = sum(r.action == "prune" for r in armed) / max(1, len(armed))
     if backend.decoder is not None:
@@ -119,6 +122,12 @@ def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: i
                 shared["drift"][method] = summary_row(report)
         row["clean_drift"] = shared["drift"]
     return row
+
+
+def _detection_summary(detections: list[dict]) -> dict:
+    return {"detection_rate": statistics.fmean(d["detected"] for d in detections),
+            "recall": _spread([d["recall"] for d in detections]),
+            "precision": _spread([d["precision"] for d in detections if d["detected"]])}  # fmt: skip
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -141,6 +150,7 @@ def aggregate(rows: list[dict]) -> dict:
             "persistence_tokentrim": _spread(trim),
             "persistence_ratio_per_seed": _spread(ratios),
             "false_trigger_rate": _spread([r["clean_trigger_rate"] for r in rows]),
+            "placebo": _detection_summary([r["placebo"] for r in rows]),
             "wall_s": {k: _spread([r["wall_s"][k] for r in rows]) for k in rows[0]["wall_s"]},
         },
     }
