@@ -8,6 +8,11 @@ between each segment's colour histogram and the truth's, and the shape coverage 
 seed.
 
     python scripts/toy_study.py --seeds 32 --latent-frames 120 --out results/toy_study
+
+Other toy weights (`--weights`, e.g. a fine-tune from scripts/train_toy.py) and other sampler settings (`--set
+KEY=VALUE`, added to every variant; a key under another pipeline's section only applies to that pipeline) measure
+the baseline's stability, e.g. `--variants baseline --set self_forcing.denoising_steps=[1000,875,750,625,500,375,
+250,125]`.
 """
 
 from __future__ import annotations
@@ -107,8 +112,41 @@ def next_block_check(model, text, codec, seeds: int = 8) -> dict:
     return out
 
 
-def rollout(backend, pipeline: str, variant: str, embeds, prefix, frames: int, seed: int):
-    run = load_run_config(default_config_path(pipeline, "toy"), VARIANTS[variant])
+def pipeline_overrides(pipeline: str, extra: list[str]) -> list[str]:
+    """The `--set` overrides for one pipeline: a key under another pipeline's section is left out."""
+    others = set(pipeline_names()) - {pipeline}
+    return [o for o in extra if o.split(".", 1)[0] not in others]
+
+
+def severity_cv(records: list[dict]) -> float:
+    """Coefficient of variation (std / mean) of TokenTrim's drift severity D_t over a rollout's scored blocks:
+    how wide the running mean + lam std band is relative to a typical block (recorded with TokenTrim off too)."""
+    xs = [r["severity"] for r in records if r["severity"] is not None]
+    return (
+        statistics.pstdev(xs) / statistics.mean(xs)
+        if len(xs) > 1 and statistics.mean(xs) > 0
+        else float("nan")
+    )
+
+
+def load_backend(weights: Path | None):
+    """The toy preset, or the same model with other weights."""
+    if weights is None:
+        return PRESETS["toy"].load(torch.device("cpu"), torch.float32, True)
+    from tokentrim.app.backends import Backend
+    from tokentrim.toy import load_toy
+    from tokentrim.wan.text_encoder import TextEncoderFactory
+
+    model, text, codec = load_toy(path=weights)
+    factory = TextEncoderFactory(lambda: text, identity=f"toy-text:{weights}", text_len=model.config.text_len,
+                                 device=torch.device("cpu"))  # fmt: skip
+    return Backend("toy", model, factory, codec, fps=FPS)
+
+
+def rollout(backend, pipeline: str, variant: str, embeds, prefix, frames: int, seed: int, extra: list[str]):
+    run = load_run_config(
+        default_config_path(pipeline, "toy"), VARIANTS[variant] + pipeline_overrides(pipeline, extra)
+    )
     result = run_video(backend, run, embeds, latent_frames=frames, seed=seed, prefix=prefix, progress=False)
     video = backend.decoder.decode(result.latents)[0].cpu().numpy()
     return video, [r.to_dict() for r in result.records], result.timings["wall_s"]
@@ -125,9 +163,13 @@ def main() -> None:
     ap.add_argument("--segment-seconds", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=Path("results/toy_study"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", type=Path, help="toy weights (.safetensors; default: the shipped ones)")
+    ap.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="run config overrides, every variant"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    backend = PRESETS["toy"].load(torch.device("cpu"), torch.float32, True)
+    backend = load_backend(args.weights)
     model, codec = backend.model, backend.decoder
     text = backend.encoder_factory.get()
     check = next_block_check(model, text, codec)
@@ -143,7 +185,7 @@ def main() -> None:
             logs = {}
             for variant in args.variants:
                 video, records, wall = rollout(
-                    backend, pipeline, variant, embeds, prefix, args.latent_frames, seed
+                    backend, pipeline, variant, embeds, prefix, args.latent_frames, seed, args.set
                 )
                 report = evaluate_frames(video, FPS, args.segment_seconds, name=f"seed{seed}")
                 dist = truth_distance(video, truth, segment)
@@ -152,7 +194,8 @@ def main() -> None:
                     "seed": seed, "pipeline": pipeline, "variant": variant, "wall_s": wall,
                     "prune_rate": sum(r["action"] == "prune" for r in records) / len(records),
                     "truth_first": dist[0], "truth_last": dist[-1], "truth_mean": float(np.mean(dist)),
-                    "shapes_first": cover[0], "shapes_last": cover[-1],
+                    "shapes_first": cover[0], "shapes_last": cover[-1], "truth_curve": dist, "shapes_curve": cover,
+                    "severity_cv": severity_cv(records),
                     "drift": {k: m["drift"] for k, m in report["metrics"].items()},
                 })  # fmt: skip
                 logs[variant] = ({"config": {}, "blocks": records}, video)
