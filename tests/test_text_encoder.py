@@ -215,6 +215,17 @@ def test_cache_hit_skips_the_encoder(tmp_path):
     assert torch.equal(first[0], build_tiny_text_encoder(seed=0).encode(["a cat"])[0])
 
 
+def test_a_cached_long_prompt_still_warns(tmp_path, caplog):
+    long = "a cat walks " + "on the street " * 30  # far more than TEXT_LEN tokens
+    for _ in range(2):  # encoded, then read from the cache
+        factory, calls = counting_factory()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="tokentrim"):
+            encode_prompts([long], factory, tmp_path)
+        assert [r.getMessage().endswith(f"keeps the first {TEXT_LEN}") for r in caplog.records] == [True]
+    assert calls == []  # the second time from the cache
+
+
 def test_cache_key_sensitivity(tmp_path):
     factory, _ = counting_factory("tiny-a")
     encode_prompts(["a cat"], factory, tmp_path)

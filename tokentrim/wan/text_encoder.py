@@ -101,6 +101,11 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+def warn_truncated(prompt: str, tokens: int | None, text_len: int) -> None:
+    if tokens is not None and tokens > text_len:
+        logger.warning("prompt %s has %d tokens; the text encoder keeps the first %d", shorten(prompt), tokens, text_len)
+
+
 class TextEncoder:
     """A `UMT5EncoderModel` with its tokenizer and sequence length; device and dtype are the model's."""
 
@@ -125,18 +130,17 @@ class TextEncoder:
         self.model.to(device)
         return self
 
+    def token_counts(self, prompts: list[str]) -> list[int]:
+        """Tokens of each cleaned prompt, EOS included (more than `text_len` are truncated)."""
+        cleaned = [clean_prompt(p) for p in prompts]
+        return [len(ids) for ids in self.tokenizer(cleaned, add_special_tokens=True)["input_ids"]]
+
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> embeddings `[B, text_len, d_model]`, rows past each prompt's tokens (EOS included) zeroed."""
         cleaned = [clean_prompt(p) for p in prompts]
-        for prompt, ids in zip(
-            cleaned, self.tokenizer(cleaned, add_special_tokens=True)["input_ids"], strict=True
-        ):
-            if len(ids) > self.text_len:  # truncated as the reference does; say so
-                logger.warning(
-                    "prompt %s has %d tokens; the text encoder keeps the first %d", shorten(prompt), len(ids),
-                    self.text_len,
-                )  # fmt: skip
+        for prompt, count in zip(cleaned, self.token_counts(cleaned), strict=True):
+            warn_truncated(prompt, count, self.text_len)  # truncated as the reference does; say so
         tokens = self.tokenizer(
             cleaned, padding="max_length", truncation=True, max_length=self.text_len,
             add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
@@ -251,27 +255,33 @@ def prompt_cache_key(identity: str, text_len: int, prompt: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _read_cached(path: Path, text_len: int) -> torch.Tensor | None:
-    from safetensors.torch import load_file
+def _read_cached(path: Path, text_len: int) -> tuple[torch.Tensor, int | None] | None:
+    """A cached row and the prompt's token count (None: an encoder that does not count tokens). A file written
+    without the count by an encoder that counts is treated as missing and rewritten once."""
+    from safetensors import safe_open
 
     if not path.is_file():
         return None
     try:
-        embeds = load_file(path)["prompt_embeds"]
+        with safe_open(str(path), framework="pt") as f:
+            embeds, meta = f.get_tensor("prompt_embeds"), f.metadata() or {}
     except Exception as err:  # a truncated or foreign file: recompute it
         logger.warning("ignoring unreadable prompt cache file %s (%s)", path, err)
         return None
-    return embeds if embeds.ndim == 2 and embeds.shape[0] == text_len else None
+    tokens = meta.get("tokens", "")
+    if embeds.ndim != 2 or embeds.shape[0] != text_len or not (tokens.isdigit() or tokens == "uncounted"):
+        return None
+    return embeds, int(tokens) if tokens.isdigit() else None
 
 
-def _write_cached(path: Path, embeds: torch.Tensor, identity: str, prompt: str) -> None:
+def _write_cached(path: Path, embeds: torch.Tensor, identity: str, prompt: str, tokens: int | None) -> None:
     from safetensors.torch import save_file
 
     from tokentrim.video import atomic_path
 
+    meta = {"encoder": identity, "prompt": prompt, "tokens": "uncounted" if tokens is None else str(tokens)}
     with atomic_path(path) as tmp:
-        tensors = {"prompt_embeds": embeds.cpu().contiguous()}
-        save_file(tensors, str(tmp), metadata={"encoder": identity, "prompt": prompt})
+        save_file({"prompt_embeds": embeds.cpu().contiguous()}, str(tmp), metadata=meta)
 
 
 def encode_prompts(
@@ -299,13 +309,16 @@ def encode_prompts(
         if cached is None:
             missing[key] = prompt
         else:
-            found[key] = cached
+            found[key] = cached[0]
+            warn_truncated(clean_prompt(prompt), cached[1], factory.text_len)  # as when it was encoded
     if missing:
         logger.info("encoding %d prompt(s) not in the cache %s", len(missing), folder)
-        embeds = factory.get().encode(list(missing.values()))
-        for (key, prompt), row in zip(missing.items(), embeds, strict=True):
+        encoder = factory.get()
+        embeds = encoder.encode(list(missing.values()))
+        counts = getattr(encoder, "token_counts", lambda p: [None] * len(p))(list(missing.values()))
+        for (key, prompt), row, count in zip(missing.items(), embeds, counts, strict=True):
             found[key] = row.cpu()
-            _write_cached(folder / f"{key}.safetensors", row, factory.identity, clean_prompt(prompt))
+            _write_cached(folder / f"{key}.safetensors", row, factory.identity, clean_prompt(prompt), count)
         factory.offload(offload)
     return torch.stack([found[k] for k in keys]).to(factory.device)
 
