@@ -59,7 +59,9 @@ def measure(seeds: int, frames: int, switch: int) -> dict:
             armed = [p for r, p in zip(recs[:j], pruned[:j], strict=True) if r.threshold is not None]
             before.append(statistics.fmean(armed) if armed else 0.0)
             sev = [r.severity for r in recs]
-            ratio.append(statistics.fmean(sev[j + 1 :]) / statistics.fmean(sev[1:j]))  # the new prompt's drift level
+            ratio.append(
+                statistics.fmean(sev[j + 1 :]) / statistics.fmean(sev[1:j])
+            )  # the new prompt's drift level
         rows[name] = {"switch_block_pruned": statistics.fmean(at), "prune_rate_after": statistics.fmean(after),
                       "prune_rate_late": statistics.fmean(late), "prune_rate_before": statistics.fmean(before),
                       "prune_rate_late_per_seed": late, "severity_ratio": [min(ratio), statistics.median(ratio), max(ratio)],
@@ -80,8 +82,10 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print("| setting | switch block pruned | prune rate after the switch | after the warm-up blocks (± s.e.) | "
-          "before the switch | severity after / before (min, median, max) |")
+    print(
+        "| setting | switch block pruned | prune rate after the switch | after the warm-up blocks (± s.e.) | "
+        "before the switch | severity after / before (min, median, max) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in report["settings"].items():
         print(f"| {name} | {r['switch_block_pruned']:.2f} | {r['prune_rate_after']:.2f} | "

@@ -46,7 +46,9 @@ def test_merge_is_w_plus_scaled_ba_and_equals_the_unmerged_forward(tiny_config):
             continue
         b = lora[f"base_model.model.{name}.lora_B.weight"]
         assert torch.equal(merged[key], w.float() + 2.0 * (b.float() @ a.float())), key  # §B.3's fp32 merge
-        torch.testing.assert_close(merged[key].double(), w.double() + 2.0 * b.double() @ a.double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            merged[key].double(), w.double() + 2.0 * b.double() @ a.double(), rtol=1e-5, atol=1e-5
+        )
         # the unmerged forward of the reference: x W^T + s (x A^T) B^T
         x = torch.randn(5, w.shape[1], dtype=torch.float64)
         unmerged = x @ w.double().T + 2.0 * (x @ a.double().T) @ b.double().T
@@ -81,7 +83,9 @@ def test_merge_lora_command_and_lora_flag_give_the_same_weights(tmp_path, tiny_c
 
     base = build_model(tiny_config, seed=1).state_dict()
     (tmp_path / "models").mkdir()
-    torch.save({"generator": base}, tmp_path / "models" / "longlive_base.pt")  # LongLive's layout: `generator`
+    torch.save(
+        {"generator": base}, tmp_path / "models" / "longlive_base.pt"
+    )  # LongLive's layout: `generator`
     torch.save({"generator_lora": peft_lora(base, 4), "critic_lora": {}, "step": 3000}, tmp_path / "lora.pt")
     out = tmp_path / "merged.safetensors"
     assert main(["merge-lora", str(tmp_path / "models" / "longlive_base.pt"), str(tmp_path / "lora.pt"),
@@ -183,7 +187,9 @@ def test_cache_policy_matches_the_spec_arithmetic(tiny_config, rope):
             assert plan.rope_frame is None and not plan.write_raw
     # steady state (§B.4): [sink | 6 previous | current block]
     assert sim[-1][1] == [0, 1, 2, 18, 19, 20, 21, 22, 23, 24, 25, 26]
-    assert policy.cache.frame_indices == [0, 1, 2, *range(18, 27)] and [f.index for f in policy.cache.pinned] == [0, 1, 2]
+    assert policy.cache.frame_indices == [0, 1, 2, *range(18, 27)] and [
+        f.index for f in policy.cache.pinned
+    ] == [0, 1, 2]
 
 
 def test_slot_rope_equals_absolute_inside_the_window_and_longlive_is_self_forcing_on_12_frames(model, embeds):
@@ -207,11 +213,19 @@ def switch_spy(monkeypatch):
 
     def spy(self, start):
         cache = self.cache.cache
-        before = (cache.k.clone(), cache.v.clone(), [(f.index, f.pinned, f.spatial.clone()) for f in cache.frames])
+        before = (
+            cache.k.clone(),
+            cache.v.clone(),
+            [(f.index, f.pinned, f.spatial.clone()) for f in cache.frames],
+        )
         due = bool(self.switches) and self.switches[0][0] <= start
         original(self, start)
         if due:
-            after = (cache.k.clone(), cache.v.clone(), [(f.index, f.pinned, f.spatial.clone()) for f in cache.frames])
+            after = (
+                cache.k.clone(),
+                cache.v.clone(),
+                [(f.index, f.pinned, f.spatial.clone()) for f in cache.frames],
+            )
             seen.append((start, before, after))
 
     monkeypatch.setattr(Rollout, "switch", spy)
@@ -227,16 +241,26 @@ def other_prompt(embeds):
     [
         (9, True, (0, 9), list(range(9)), [0, 1, 2]),  # s <= 12: everything from row 0, sink re-encoded
         (9, False, (0, 9), list(range(9)), [0, 1, 2]),
-        (18, True, (3, 12), [0, 1, 2, *range(9, 18)], [0, 1, 2]),  # the old sink kept, rs + 3 .. s - 1 after it
+        (
+            18,
+            True,
+            (3, 12),
+            [0, 1, 2, *range(9, 18)],
+            [0, 1, 2],
+        ),  # the old sink kept, rs + 3 .. s - 1 after it
         (18, False, (0, 12), list(range(6, 18)), [6, 7, 8]),  # all 12 rebuilt, rs .. rs + 2 the new sink
     ],
 )
-def test_recache_writes_the_rows_of_the_spec_table(model, embeds, switch_spy, s, global_sink, rows, frames, pinned):
+def test_recache_writes_the_rows_of_the_spec_table(
+    model, embeds, switch_spy, s, global_sink, rows, frames, pinned
+):
     pipe = LongLivePipeline(model, LongLiveConfig(global_sink=global_sink))
     pipe(embeds, s + 3, seed=1, progress=False, switches=[(s, other_prompt(embeds))])
     [(start, (k0, v0, _), (k1, v1, after))] = switch_spy
     T = model.config.tokens_per_frame
-    changed = [(k0[:, :, f * T : (f + 1) * T] != k1[:, :, f * T : (f + 1) * T]).any().item() for f in range(12)]
+    changed = [
+        (k0[:, :, f * T : (f + 1) * T] != k1[:, :, f * T : (f + 1) * T]).any().item() for f in range(12)
+    ]
     assert changed == [rows[0] <= f < rows[1] for f in range(12)]
     assert ((v0 != v1).flatten(0, 1).any(-1).any(-1).any(0).nonzero().flatten() // T).unique().tolist() == list(
         range(*rows))  # fmt: skip
@@ -252,7 +276,9 @@ def test_a_switch_draws_no_random_numbers_and_uses_the_new_prompt(model, embeds)
         out = pipe(embeds, 15, generator=g, progress=False, switches=switches)
         runs.append((out.latents, g.get_state()))
     assert torch.equal(runs[0][1], runs[1][1])  # the same number of draws
-    assert torch.equal(runs[0][0][:, :9], runs[1][0][:, :9]) and not torch.equal(runs[0][0][:, 9:], runs[1][0][:, 9:])
+    assert torch.equal(runs[0][0][:, :9], runs[1][0][:, :9]) and not torch.equal(
+        runs[0][0][:, 9:], runs[1][0][:, 9:]
+    )
 
 
 @pytest.mark.parametrize("pruning", ["keep", "reset"])
@@ -287,7 +313,9 @@ def test_recache_masks_the_removed_positions_inside_the_call(model):
     assert rs == 6 and plan.write_row == 3 * T and plan.skip_frames == 3
     assert sorted(kept) == [12, 13] and all(len(v) == T - 2 for v in kept.values())
     index = plan.reads[0].index.tolist()
-    expected = list(range(3 * T))  # the sink, then frames 9..17 with positions 0 and 5 of frames 12, 13 masked
+    expected = list(
+        range(3 * T)
+    )  # the sink, then frames 9..17 with positions 0 and 5 of frames 12, 13 masked
     for i, f in enumerate(range(9, 18)):
         expected += [3 * T + i * T + p for p in range(T) if not (f in (12, 13) and p in (0, 5))]
     assert index == expected
@@ -298,7 +326,14 @@ def test_switch_statistics_and_exemption():
     expected = {
         (True, "reset"): ["warmup", "warmup", "accept", "switch", "warmup", "prune"],  # the defaults
         (True, "keep"): ["warmup", "warmup", "accept", "switch", "accept", "prune"],  # mean 0.75, then 0.67
-        (False, "keep"): ["warmup", "warmup", "accept", "prune", "accept", "accept"],  # the switch block pruned
+        (False, "keep"): [
+            "warmup",
+            "warmup",
+            "accept",
+            "prune",
+            "accept",
+            "accept",
+        ],  # the switch block pruned
     }
     for (exempt, stats), expect in expected.items():
         hook = TokenTrim(TokenTrimConfig(lam=0.0, warmup=1, switch_exempt=exempt, switch_stats=stats), (1, 1))
@@ -397,7 +432,9 @@ def test_generate_longlive_with_a_timeline_on_tiny(tmp_path, capsys):
 @pytest.mark.parametrize("pipeline", ["self_forcing", "causal_forcing_framewise"])
 def test_other_loops_switch_prompts_too(model, embeds, switch_spy, pipeline):
     entry = get_pipeline(pipeline)
-    out = entry.pipeline(model, entry.config())(embeds, 9, seed=1, progress=False, switches=[(6, other_prompt(embeds))])
+    out = entry.pipeline(model, entry.config())(
+        embeds, 9, seed=1, progress=False, switches=[(6, other_prompt(embeds))]
+    )
     assert len(switch_spy) == 1 and switch_spy[0][0] == 6 and out.latents.shape[1] == 9
 
 
@@ -430,8 +467,12 @@ def test_shipped_configs_hold_the_spec_values():
         run = load_run_config(configs / name)
         c = run.sampler
         assert run.pipeline == "longlive" and isinstance(c, LongLiveConfig), name
-        assert (c.cache_frames, c.sink_frames, c.global_sink, c.rope) == (12, 3, True, rope), name  # §B.4, §B.6
-        assert c.denoising_steps == (1000, 750, 500, 250) and c.timestep_shift == shift and c.context_noise == 0
+        assert (c.cache_frames, c.sink_frames, c.global_sink, c.rope) == (12, 3, True, rope), (
+            name
+        )  # §B.4, §B.6
+        assert (
+            c.denoising_steps == (1000, 750, 500, 250) and c.timestep_shift == shift and c.context_noise == 0
+        )
         t = run.tokentrim
         assert (t.switch_exempt, t.switch_stats, t.switch_pruning) == (True, "reset", "keep"), name
 
@@ -447,13 +488,17 @@ def test_run_script_merges_once_and_passes_the_setup(tmp_path):
     bin_dir.mkdir()
     calls = tmp_path / "calls.txt"
     fake = bin_dir / "tokentrim"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\nif [[ $1 == merge-lora ]]; then touch "$5"; fi\n')
+    fake.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {calls}\nif [[ $1 == merge-lora ]]; then touch "$5"; fi\n'
+    )
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LL_DIR": str(tmp_path / "ll")}
     (tmp_path / "ll" / "models").mkdir(parents=True)
     for mode, what in (("interactive", "story.yaml"), ("infinite", "a fox")):
         subprocess.run(["bash", str(script), mode, what, "--no-tokentrim"], env=env, check=True, cwd=tmp_path)
-    bad = subprocess.run(["bash", str(script), "sometimes", "x"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    bad = subprocess.run(
+        ["bash", str(script), "sometimes", "x"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     merge, interactive, infinite = calls.read_text().splitlines()
     assert merge.startswith("merge-lora ") and merge.endswith("longlive_merged.safetensors")

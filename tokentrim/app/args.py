@@ -87,7 +87,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     ema.add_argument("--no-ema", action="store_true", help="read the checkpoint's 'generator' entry")
     g.add_argument("--lora", help="a PEFT LoRA file (LongLive's lora.pt) merged into the weights at load; or merge "
                    "once with `tokentrim merge-lora`")  # fmt: skip
-    g.add_argument("--lora-alpha", type=POSITIVE_FLOAT, help="LoRA alpha (default: the rank r, a scale of 1 as LongLive)")
+    g.add_argument(
+        "--lora-alpha", type=POSITIVE_FLOAT, help="LoRA alpha (default: the rank r, a scale of 1 as LongLive)"
+    )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--dtype", help="bf16 | fp32 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--attention", default="sdpa", choices=list(BACKENDS),

@@ -66,11 +66,15 @@ def read_timeline(path: str | Path) -> Timeline:
     if isinstance(data, dict) and "timeline" in data:
         data = data["timeline"]
     if not isinstance(data, list) or not data:
-        raise UserError(f"{path}: expected a list of {{prompt, start}} entries or {{prompts, switch_frame_indices}}")
+        raise UserError(
+            f"{path}: expected a list of {{prompt, start}} entries or {{prompts, switch_frame_indices}}"
+        )
     prompts, starts = [], []
     for i, entry in enumerate(data, 1):
         if not isinstance(entry, dict) or set(entry) - {"prompt", "start"} or "prompt" not in entry:
-            raise UserError(f"{path}: entry {i} must be {{prompt: TEXT, start: FRAME}}, got {shorten(str(entry))}")
+            raise UserError(
+                f"{path}: entry {i} must be {{prompt: TEXT, start: FRAME}}, got {shorten(str(entry))}"
+            )
         start = entry.get("start", 0 if i == 1 else None)
         if start is None:
             raise UserError(f"{path}: entry {i} needs a start frame (`start: FRAME`)")
@@ -116,7 +120,9 @@ def _longlive(path: Path, data: dict) -> Timeline:
         try:
             raw = [int(x) for x in raw.split(",") if x.strip()]
         except ValueError:
-            raise UserError(f"{path}: switch_frame_indices {raw!r} must be comma-separated frame numbers") from None
+            raise UserError(
+                f"{path}: switch_frame_indices {raw!r} must be comma-separated frame numbers"
+            ) from None
     elif isinstance(raw, int) and not isinstance(raw, bool):
         raw = [raw]
     if not isinstance(raw, list):

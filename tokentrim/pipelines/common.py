@@ -130,8 +130,12 @@ class Rollout:
     on_block: BlockCallback | None = None
     progress: bool = True
     alter: BlockTransform | None = None
-    switches: list[tuple[int, ContextCache]] = field(default_factory=list)  # (first frame, its prompt's context)
-    switch_pruning: str = "keep"  # at a re-cache: "keep" the removed positions, or "reset" (rebuild whole frames)
+    switches: list[tuple[int, ContextCache]] = field(
+        default_factory=list
+    )  # (first frame, its prompt's context)
+    switch_pruning: str = (
+        "keep"  # at a re-cache: "keep" the removed positions, or "reset" (rebuild whole frames)
+    )
     losses: list[list[float]] = field(default_factory=list)
 
     @property
@@ -386,7 +390,9 @@ def check_switches(pipe: BlockPipeline, switches, num_frames: int, observed: int
                         f"observed frames and before {num_frames}, got {frames}")  # fmt: skip
     for _, embeds in switches:
         if embeds.shape[0] != prompt_embeds.shape[0] or embeds.shape[2:] != prompt_embeds.shape[2:]:
-            raise UserError(f"a switch's prompt_embeds must be like the first prompt's, got {list(embeds.shape)}")
+            raise UserError(
+                f"a switch's prompt_embeds must be like the first prompt's, got {list(embeds.shape)}"
+            )
 
 
 def check_frames(num_frames: int, block: int, minimum: int, pipeline: str) -> None:

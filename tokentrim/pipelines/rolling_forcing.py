@@ -164,7 +164,6 @@ class RollingForcingPipeline(BlockPipeline):
                 x0 = r.predict_x0(x, t, s)
             # 3. TokenTrim judges the block being finalised; a regeneration re-runs the window pass in place
             if final:
-
                 replaced = []  # the window's x0 of each attempt a regeneration replaces
 
                 def regenerate(x0=x0, x=x, t=t, s=s, replaced=replaced) -> torch.Tensor:

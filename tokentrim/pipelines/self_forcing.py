@@ -86,7 +86,9 @@ class SinkCachePolicy(CachePolicy):
         sink = cache.pinned if rs > 0 and self.global_sink else []
         pin = 0 if sink else min(self.sink_frames, n)
         built = range(rs + len(sink), s)
-        pruned = {f.index: f.spatial for f in cache.frames if f.rows < T and not f.pinned} if keep_pruning else {}
+        pruned = (
+            {f.index: f.spatial for f in cache.frames if f.rows < T and not f.pinned} if keep_pruning else {}
+        )
         kept = {f: pruned[f] for f in built[pin:] if f in pruned}
         cache.frames = list(sink)  # everything after the sink is rebuilt
         return rs, self._recache_call(rs, n, sink, built, kept, pin), kept

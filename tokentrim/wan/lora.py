@@ -22,7 +22,9 @@ from tokentrim.errors import UserError
 
 TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
            "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")  # fmt: skip
-_NAME = re.compile(r"^(?:base_model\.model\.)?(blocks\.\d+\.[a-z_]+(?:\.[a-z0-9]+)?)\.lora_([AB])(?:\.default)?\.weight$")
+_NAME = re.compile(
+    r"^(?:base_model\.model\.)?(blocks\.\d+\.[a-z_]+(?:\.[a-z0-9]+)?)\.lora_([AB])(?:\.default)?\.weight$"
+)
 
 
 def adapters_of(raw: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,7 +33,9 @@ def adapters_of(raw: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(raw, dict) and isinstance(raw.get("generator_lora"), dict):
         raw = raw["generator_lora"]
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise UserError(f"{path} holds no LoRA adapters (expected a 'generator_lora' entry or lora_A/lora_B tensors)")
+        raise UserError(
+            f"{path} holds no LoRA adapters (expected a 'generator_lora' entry or lora_A/lora_B tensors)"
+        )
     return raw
 
 
@@ -72,7 +76,12 @@ def lora_pairs(
             a, b = ab["A"], ab["B"]
             fan_in, fan_out = shapes.get(module, (dim, dim))
             r = a.shape[0]
-            if a.dim() != 2 or b.dim() != 2 or tuple(a.shape) != (r, fan_in) or tuple(b.shape) != (fan_out, r):
+            if (
+                a.dim() != 2
+                or b.dim() != 2
+                or tuple(a.shape) != (r, fan_in)
+                or tuple(b.shape) != (fan_out, r)
+            ):
                 raise UserError(
                     f"LoRA {name}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} do not fit the layer "
                     f"({fan_out} x {fan_in}): expected [r, {fan_in}] and [{fan_out}, r]; is it for another model?"

@@ -103,7 +103,9 @@ def clean_prompt(text: str) -> str:
 
 def warn_truncated(prompt: str, tokens: int | None, text_len: int) -> None:
     if tokens is not None and tokens > text_len:
-        logger.warning("prompt %s has %d tokens; the text encoder keeps the first %d", shorten(prompt), tokens, text_len)
+        logger.warning(
+            "prompt %s has %d tokens; the text encoder keeps the first %d", shorten(prompt), tokens, text_len
+        )
 
 
 class TextEncoder:
