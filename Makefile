@@ -8,6 +8,9 @@ PRESET ?= toy
 OUT ?= outputs
 # A held-out toy scene: its prompt and observed first block start the demo rollouts.
 DEMO_SCENE ?= 20000000
+# The toy's matrices are too small to share across threads: one thread ran a 120-frame toy rollout in 18 s on a
+# busy 2-core CPU, two threads (torch's default there) in 121 s, waiting on each other.
+DEMO_THREADS ?= 1
 
 .PHONY: install test lint demo reproduce figures clean
 
@@ -28,9 +31,10 @@ lint: install
 	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts
 
 demo: install
-	$(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 \
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 \
 		--fault blob --fault-block 6 --out $(OUT)/demo
-	$(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 --out $(OUT)/demo_clean
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 \
+		--seed 0 --out $(OUT)/demo_clean
 	@echo "baseline | TokenTrim, same seed, a fault injected at block 6: $(OUT)/demo/compare.mp4 (drift.png, heatmap.png)"
 	@echo "the same without a fault: $(OUT)/demo_clean/compare.mp4"
 
