@@ -25,6 +25,16 @@ STEPS = ["environment", "correctness", "host_syncs", "model", "speed_self_forcin
          "memory", "attention_flash", "compile", "flowmo"]  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def sigterm_restored():
+    """A `Report` left open keeps its SIGTERM handler: put the previous one back after each test."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
 def numbers(node, path=""):
     """(path, number) for every number in a JSON tree."""
     if isinstance(node, dict):
