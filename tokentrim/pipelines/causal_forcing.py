@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from tokentrim.pipelines.common import Rollout
-from tokentrim.pipelines.self_forcing import SelfForcingPipeline
+from tokentrim.pipelines.self_forcing import SelfForcingPipeline, check_sink_cache
 from tokentrim.wan.scheduler import check_sampler_steps
 
 FLOWMO_FRAMES = 3  # motion_variance needs two frame differences (tokentrim_core.flowmo)
@@ -47,10 +47,7 @@ class CausalForcingFramewiseConfig:
         check_sampler_steps(self.denoising_steps, self.timestep_shift)
         if self.first_block_steps:
             check_sampler_steps(self.first_block_steps, self.timestep_shift)
-        if self.cache_frames <= 0:
-            raise ValueError(f"cache_frames must be positive, got {self.cache_frames}")
-        if not 0 <= self.sink_frames < self.cache_frames:
-            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
+        check_sink_cache(self.cache_frames, self.sink_frames)
 
 
 class CausalForcingFramewisePipeline(SelfForcingPipeline):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines.self_forcing import SelfForcingPipeline, SinkCachePolicy
+from tokentrim.pipelines.self_forcing import SelfForcingPipeline, SinkCachePolicy, check_sink_cache
 from tokentrim.wan.kv_cache import CallPlan, KVCache, Segment
 from tokentrim.wan.rope import RopeTable
 from tokentrim.wan.scheduler import check_sampler_steps
@@ -46,10 +46,7 @@ class LongLiveConfig:
 
     def __post_init__(self) -> None:
         check_sampler_steps(self.denoising_steps, self.timestep_shift)
-        if self.cache_frames <= 0:
-            raise ValueError(f"cache_frames must be positive, got {self.cache_frames}")
-        if not 0 <= self.sink_frames < self.cache_frames:
-            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
+        check_sink_cache(self.cache_frames, self.sink_frames)
         if self.rope not in ROPE_MODES:
             raise ValueError(f"rope must be one of {ROPE_MODES}, got {self.rope!r}")
 

@@ -38,10 +38,15 @@ class SelfForcingConfig:
 
     def __post_init__(self) -> None:
         check_sampler_steps(self.denoising_steps, self.timestep_shift)
-        if self.cache_frames <= 0:
-            raise ValueError(f"cache_frames must be positive, got {self.cache_frames}")
-        if not 0 <= self.sink_frames < self.cache_frames:
-            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
+        check_sink_cache(self.cache_frames, self.sink_frames)
+
+
+def check_sink_cache(cache_frames: int, sink_frames: int) -> None:
+    """The cache fields shared by the sink-cache loops' configs."""
+    if cache_frames <= 0:
+        raise ValueError(f"cache_frames must be positive, got {cache_frames}")
+    if not 0 <= sink_frames < cache_frames:
+        raise ValueError(f"sink_frames must be in [0, cache_frames), got {sink_frames}")
 
 
 class SinkCachePolicy(CachePolicy):
