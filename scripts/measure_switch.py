@@ -1,6 +1,6 @@
-"""Measure TokenTrim's behaviour across a prompt switch on the toy world model (docs/longlive.md, "TokenTrim at a
-switch"): LongLive's loop, one switch per video between two random scenes' prompts, each seed run under every
-setting compared. Prints a Markdown table and writes JSON.
+"""Measure TokenTrim's behaviour across a prompt switch on the toy world model
+(docs/longlive.md#4-tokentrim-at-a-switch): LongLive's loop, one switch per video between two random scenes'
+prompts, each seed run under every setting compared. Prints a Markdown table and writes JSON.
 
     PYTHONPATH=. python scripts/measure_switch.py --seeds 8 --json results/switch.json
 

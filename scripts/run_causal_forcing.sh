@@ -8,7 +8,7 @@
 set -euo pipefail
 SETUP="${1:?usage: $0 chunkwise|framewise|framewise_2step|framewise_1step|longvideo \"PROMPT\" [args...]}"; shift
 PROMPT="${1:?usage: $0 $SETUP \"PROMPT\" [args...]}"; shift
-case "$SETUP" in  # checkpoint and its state-dict entry (more-pipelines.md §A.1)
+case "$SETUP" in  # checkpoint and its state-dict entry (docs/spec.md#causal-forcing-checkpoints)
   chunkwise)       CK=chunkwise/causal_forcing.pt;          ENTRY=--no-ema; PIPE=self_forcing;             F=21 ;;
   framewise)       CK=framewise/causal_forcing.pt;          ENTRY=--ema;    PIPE=causal_forcing_framewise; F=21 ;;
   framewise_2step) CK=causal-forcing++/framewise-2step.pt;  ENTRY=--ema;    PIPE=causal_forcing_framewise; F=21 ;;

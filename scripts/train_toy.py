@@ -156,7 +156,8 @@ def validation(cfg: TrainConfig):
 
 
 def zero_init_residuals(model: CausalWanModel) -> None:
-    """adaLN-Zero (Peebles & Xie 2023, DiT §3.2): every residual branch and the output start at zero.
+    """adaLN-Zero (Peebles & Xie 2023, the DiT paper's Sec. 3.2): every residual branch and the output start at
+    zero.
 
     The per-frame modulation (shift, scale, gate) = block parameter + time projection, so both are zeroed; the
     ungated cross-attention output projection and the head projection are zeroed as well.

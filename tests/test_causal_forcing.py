@@ -1,6 +1,6 @@
-"""Causal Forcing (more-pipelines.md §A): the frame-wise loop's calls, step lists and RNG order derived from the
-spec; chunk-wise and long video as Self Forcing / Rolling Forcing run configs; checkpoint entries; lengths past
-the RoPE table."""
+"""Causal Forcing (docs/spec.md#causal-forcing): the frame-wise loop's calls, step lists and RNG order derived
+from the spec; chunk-wise and long video as Self Forcing / Rolling Forcing run configs; checkpoint entries;
+lengths past the RoPE table."""
 
 import json
 from pathlib import Path
@@ -51,8 +51,9 @@ def sampler(name):
      ("framewise_1step", [1000], [1000, 750, 500, 250])],
 )  # fmt: skip
 def test_framewise_calls_step_lists_and_draws(model, embeds, monkeypatch, name, steps, first):
-    """§A.4: one frame per block; the first generated frame takes the first-chunk list; each frame then a clean
-    pass at t = 0; (steps - 1) draws of [B, 1, C, H, W] per frame after one [B, F, ...] initial draw."""
+    """docs/spec.md#frame-wise: one frame per block; the first generated frame takes the first-chunk list; each
+    frame then a clean pass at t = 0; (steps - 1) draws of [B, 1, C, H, W] per frame after one [B, F, ...] initial
+    draw."""
     calls, draws = instrument(model), draws_of(monkeypatch)
     frames = 6
     CausalForcingFramewisePipeline(model, sampler(name))(embeds, frames, seed=0, progress=False)
@@ -66,7 +67,7 @@ def test_framewise_calls_step_lists_and_draws(model, embeds, monkeypatch, name, 
 
 
 def test_framewise_image_start_uses_the_first_list_on_frame_one(model, embeds, monkeypatch):
-    """§A.5: the image frame gets only the clean pass; frame 1 (the first generated) takes the 4-step list; the
+    """docs/spec.md#image-to-video: the image frame gets only the clean pass; frame 1 (the first generated) takes the 4-step list; the
     initial noise covers the generated frames only, [1, F - 1, ...], drawn before the loop."""
     image = torch.randn(1, 1, 16, 8, 12, generator=torch.Generator().manual_seed(1))
     calls, draws = instrument(model), draws_of(monkeypatch)
@@ -126,7 +127,7 @@ def test_chunkwise_is_self_forcing_and_longvideo_is_rolling_forcing_with_four_le
     assert long.pipeline == "rolling_forcing" and long.sampler.denoising_steps == (1000, 750, 500, 250)
     calls = instrument(model)
     RollingForcingPipeline(model, long.sampler)(embeds, 12, seed=0, progress=False)
-    assert len(calls) == 2 * (4 + 3)  # §A.6: 2 (nb + 3) calls
+    assert len(calls) == 2 * (4 + 3)  # docs/spec.md#long-video: 2 (nb + 3) calls
     windows = [(s, n) for s, n, _, commit in calls if not commit]
     assert windows == [(0, 3), (0, 6), (0, 9), (0, 12), (3, 9), (6, 6), (9, 3)]
     with pytest.raises(Exception, match="at least 12 latent frames"):
@@ -151,7 +152,7 @@ def test_framewise_flowmo_and_tokentrim(model, embeds):
 
 
 def test_checkpoint_entries_by_release(tmp_path, tiny_config):
-    """§A.1: chunk-wise reads `generator`, the frame-wise / long-video files `generator_ema`; overridable."""
+    """docs/spec.md#causal-forcing-checkpoints: chunk-wise reads `generator`, the frame-wise / long-video files `generator_ema`; overridable."""
     ema, plain = build_model(tiny_config, seed=1), build_model(tiny_config, seed=2)
     state = {"generator_ema": {f"model._fsdp_wrapped_module.{k}": v for k, v in ema.state_dict().items()},
              "generator": {f"model.{k}": v for k, v in plain.state_dict().items()}}  # fmt: skip

@@ -1,4 +1,5 @@
-"""FlowMo's cost in model passes, counted through a wrapper, against the cost model of docs/tokentrim.md §4.
+"""FlowMo's cost in model passes, counted through a wrapper, against the cost model of
+docs/tokentrim.md#42-the-cost-model.
 
 Counted per run: forward calls without autograd (denoising steps, clean passes, FlowMo's last evaluation),
 differentiable forward calls, backward passes through the model, and forward re-runs of the DiT blocks in the

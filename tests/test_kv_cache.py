@@ -1,5 +1,5 @@
-"""KV-cache storage operations and the two loops' cache policies against hand-built expectations (spec §2.5,
-§2.6)."""
+"""KV-cache storage operations and the two loops' cache policies against hand-built expectations
+(docs/spec.md#self-forcing-cache, docs/spec.md#rolling-forcing-cache)."""
 
 import pytest
 import torch
@@ -192,7 +192,8 @@ def test_remove_positions_from_chosen_frames_only():
 
 
 def test_rolling_forcing_eviction_keeps_anchor_and_newest_working_frames():
-    """Spec §2.6: a 24-frame buffer = the pinned 3-frame anchor + the newest 21 working frames."""
+    """docs/spec.md#rolling-forcing-cache: a 24-frame buffer = the pinned 3-frame anchor + the newest 21 working
+    frames."""
     policy = anchor()
     cache = policy.cache
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""DiT checkpoint round trips in the three supported formats, and the error texts (spec §5, ecosystem §1.3)."""
+"""DiT checkpoint round trips in the three supported formats, and the error texts
+(docs/spec.md#checkpoints-and-loading, docs/spec.md#diffusers-names)."""
 
 import re
 
@@ -11,7 +12,7 @@ from tokentrim.wan import build_model, load_dit_checkpoint
 
 
 def wan_to_diffusers(key):
-    """Forward mapping written from the ecosystem table (original Wan -> diffusers)."""
+    """Forward mapping written from the table of docs/spec.md#diffusers-names (original Wan -> diffusers)."""
     table = [
         (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
         (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),

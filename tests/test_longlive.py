@@ -1,5 +1,6 @@
-"""LongLive (more-pipelines.md §B): LoRA merge, the sink cache against the spec's index arithmetic, slot RoPE,
-the prompt-switch re-cache (§B.6 table), TokenTrim across switches, timelines and the commands."""
+"""LongLive (docs/spec.md#longlive): LoRA merge, the sink cache against the spec's index arithmetic, slot RoPE,
+the prompt-switch re-cache (the table of docs/spec.md#prompt-switches), TokenTrim across switches, timelines and
+the commands."""
 
 import json
 
@@ -21,7 +22,7 @@ from tokentrim_core.trim import TokenTrim, TokenTrimConfig
 
 
 def peft_lora(state, rank, seed=0):
-    """A PEFT-named adapter set for every target layer of a Wan state dict (the names of §B.3)."""
+    """A PEFT-named adapter set for every target layer of a Wan state dict (the names of docs/spec.md#lora)."""
     g = torch.Generator().manual_seed(seed)
     layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     lora = {}
@@ -45,7 +46,8 @@ def test_merge_is_w_plus_scaled_ba_and_equals_the_unmerged_forward(tiny_config):
             assert torch.equal(merged[key], w), key  # everything not adapted is untouched
             continue
         b = lora[f"base_model.model.{name}.lora_B.weight"]
-        assert torch.equal(merged[key], w.float() + 2.0 * (b.float() @ a.float())), key  # §B.3's fp32 merge
+        # the fp32 merge of docs/spec.md#lora
+        assert torch.equal(merged[key], w.float() + 2.0 * (b.float() @ a.float())), key
         torch.testing.assert_close(
             merged[key].double(), w.double() + 2.0 * b.double() @ a.double(), rtol=1e-5, atol=1e-5
         )
@@ -121,11 +123,11 @@ def test_merge_lora_command_and_lora_flag_give_the_same_weights(tmp_path, tiny_c
         "bad_lora.pt", "lora.pt", "merged.safetensors", "models", "tiny_lora.pt"]  # fmt: skip
 
 
-# ---------------------------------------------------------------- the cache against §B.4's arithmetic
+# ------------------------------------------- the cache against the arithmetic of docs/spec.md#longlive-cache
 
 
 def simulate_longlive(num_blocks, block=3, window=12, sink=3, steps=4):
-    """The reference's per-call index arithmetic (§B.4 with SF's eviction, §2.5), in frame units: for every
+    """The reference's per-call index arithmetic (docs/spec.md#longlive-cache with docs/spec.md#self-forcing-cache's eviction), in frame units: for every
     call (s, the frames attended in row order, the query's first slot `ls`, the buffer after the call)."""
     buf, G, Lc, calls = [None] * window, 0, 0, []
     for b in range(num_blocks):
@@ -185,7 +187,7 @@ def test_cache_policy_matches_the_spec_arithmetic(tiny_config, rope):
             assert torch.equal(plan.reads[0].rope_freqs, expected) and plan.write_raw
         else:
             assert plan.rope_frame is None and not plan.write_raw
-    # steady state (§B.4): [sink | 6 previous | current block]
+    # steady state (docs/spec.md#longlive-cache): [sink | 6 previous | current block]
     assert sim[-1][1] == [0, 1, 2, 18, 19, 20, 21, 22, 23, 24, 25, 26]
     assert policy.cache.frame_indices == [0, 1, 2, *range(18, 27)] and [
         f.index for f in policy.cache.pinned
@@ -265,7 +267,8 @@ def test_recache_writes_the_rows_of_the_spec_table(
     assert ((v0 != v1).flatten(0, 1).any(-1).any(-1).any(0).nonzero().flatten() // T).unique().tolist() == list(
         range(*rows))  # fmt: skip
     assert [f for f, _, _ in after] == frames and [f for f, p, _ in after if p] == pinned
-    assert k1[:, :, : 3 * T].abs().sum(-1).gt(0).all()  # the sink is written, never zeros (§D)
+    # the sink is written, never zeros (docs/spec.md#upstream-bugs-avoided)
+    assert k1[:, :, : 3 * T].abs().sum(-1).gt(0).all()
 
 
 def test_a_switch_draws_no_random_numbers_and_uses_the_new_prompt(model, embeds):
@@ -362,7 +365,8 @@ def test_timeline_formats_and_block_boundaries(tmp_path):
 
     ll = read_timeline(write(tmp_path / "a.jsonl", json.dumps(
         {"prompts": ["a", "b", "c"], "switch_frame_indices": "40, 80"}) + "\n"))  # fmt: skip
-    assert ll.prompts == ("a", "b", "c") and ll.switch_frames(3, 0, 240) == [42, 81]  # §B.6: 40, 80 -> 42, 81
+    # docs/spec.md#prompt-switches: 40, 80 -> 42, 81
+    assert ll.prompts == ("a", "b", "c") and ll.switch_frames(3, 0, 240) == [42, 81]
     yml = read_timeline(write(tmp_path / "b.yaml", "- prompt: a\n- prompt: b\n  start: 7\n"))
     assert yml.switch_frames(3, 0, 21) == [9] and yml.switch_frames(1, 0, 21) == [7]
     lines = read_timeline(write(tmp_path / "c.jsonl", '{"prompt": "a"}\n{"prompt": "b", "start": 3}\n'))
@@ -469,7 +473,7 @@ def test_shipped_configs_hold_the_spec_values():
         assert run.pipeline == "longlive" and isinstance(c, LongLiveConfig), name
         assert (c.cache_frames, c.sink_frames, c.global_sink, c.rope) == (12, 3, True, rope), (
             name
-        )  # §B.4, §B.6
+        )  # docs/spec.md#longlive-cache, docs/spec.md#prompt-switches
         assert (
             c.denoising_steps == (1000, 750, 500, 250) and c.timestep_shift == shift and c.context_noise == 0
         )

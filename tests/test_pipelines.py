@@ -1,4 +1,5 @@
-"""Loop structure, RNG order, cache consistency and input errors of both pipelines (spec §4)."""
+"""Loop structure, RNG order, cache consistency and input errors of both pipelines (docs/spec.md#self-forcing-loop,
+docs/spec.md#rolling-forcing-loop, docs/spec.md#rng-order)."""
 
 import pytest
 import torch
@@ -197,8 +198,9 @@ def test_input_errors(model, embeds):
 
 
 def test_rolling_forcing_data_flow_follows_the_spec(model, embeds, monkeypatch):
-    """Replay spec §4.2 from the recorded calls and draws: which tensor feeds each window, what is re-noised and
-    stored, what each clean pass commits, what is output (F = 21: head, full and tail windows)."""
+    """Replay docs/spec.md#rolling-forcing-loop from the recorded calls and draws: which tensor feeds each window,
+    what is re-noised and stored, what each clean pass commits, what is output (F = 21: head, full and tail
+    windows)."""
     from tokentrim.wan.scheduler import FlowMatchSchedule
 
     calls, forward = [], model.forward

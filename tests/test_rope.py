@@ -1,4 +1,4 @@
-"""RoPE against an independently written real-arithmetic rotation (spec §2.4)."""
+"""RoPE against an independently written real-arithmetic rotation (docs/spec.md#rope)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Flow-matching table and warped steps against the spec's numbers (§3.2)."""
+"""Flow-matching table and warped steps against the numbers of docs/spec.md#flow-matching-schedule."""
 
 import pytest
 import torch

@@ -33,7 +33,7 @@ def encoder():
 
 
 def wan_keys(num_layers):
-    """Wan's umT5 encoder key names, from the spec (§3.3)."""
+    """Wan's umT5 encoder key names, from docs/spec.md#text-encoder."""
     keys = {"token_embedding.weight", "norm.weight"}
     for i in range(num_layers):
         keys |= {f"blocks.{i}.{s}" for s in ("norm1.weight", "attn.q.weight", "attn.k.weight", "attn.v.weight",
@@ -70,7 +70,7 @@ def test_unknown_keys_rejected():
         )
 
 
-# A Wan-style umT5 encoder forward written from the spec (§3.3), run directly on Wan-named weights.
+# A Wan-style umT5 encoder forward written from docs/spec.md#text-encoder, run directly on Wan-named weights.
 def _buckets(rel, num_buckets, max_distance):
     """Bidirectional T5 relative-position buckets; rel = key position - query position."""
     half = num_buckets // 2
@@ -285,7 +285,8 @@ def test_umt5_xxl_config_size():
 
     with torch.device("meta"):
         model = UMT5EncoderModel(UMT5Config(**UMT5_XXL_CONFIG))
-    # ecosystem.md §2: embeddings 256384*4096 = 1.05B + 24 blocks of ~193M = ~5.68B parameters (tied embedding once).
+    # docs/spec.md#text-encoder: embeddings 256384*4096 = 1.05B + 24 blocks of ~193M = ~5.68B parameters (tied
+    # embedding once).
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(5.68e9, rel=0.01)
     wan = to_wan_t5_state_dict(model.state_dict())
     assert set(wan) == wan_keys(24)

@@ -151,7 +151,7 @@ def diffusers_to_wan_vae_keys(sd):
 def test_inverse_key_map_matches_diffusers_converter(vae):
     sd = vae.model.state_dict()
     wan = diffusers_to_wan_vae_keys(sd)
-    # Names from the spec / ecosystem table.
+    # Names from the table of docs/spec.md#vae.
     for name in ("decoder.middle.0.residual.0.gamma", "conv2.weight", "decoder.head.2.weight",
                  "decoder.upsamples.0.residual.0.gamma", "decoder.upsamples.4.shortcut.weight",
                  "decoder.upsamples.3.resample.1.weight", "encoder.downsamples.0.residual.2.weight"):  # fmt: skip
@@ -189,7 +189,7 @@ def test_wan21_config_is_the_spec_architecture():
     with torch.device("meta"):
         model = AutoencoderKLWan(**WAN21_VAE_CONFIG)
     cfg = model.config
-    # Spec §3.4: dim 96, z_dim 16, dim_mult [1,2,4,4], 2 res blocks, no attention scales, temporal [F, T, T].
+    # docs/spec.md#vae: dim 96, z_dim 16, dim_mult [1,2,4,4], 2 res blocks, no attention scales, temporal [F, T, T].
     assert (cfg.base_dim, cfg.z_dim, list(cfg.dim_mult), cfg.num_res_blocks) == (96, 16, [1, 2, 4, 4], 2)
     assert list(cfg.attn_scales) == [] and list(cfg.temperal_downsample) == [False, True, True]
     assert list(cfg.latents_mean) == list(LATENTS_MEAN) and list(cfg.latents_std) == list(LATENTS_STD)

@@ -1,4 +1,4 @@
-"""The DiT's parameter names/shapes (spec §2.2), derived sizes, and forward-pass details."""
+"""The DiT's parameter names/shapes (docs/spec.md#state-dict-keys), derived sizes, and forward-pass details."""
 
 import json
 
@@ -12,7 +12,7 @@ from tokentrim.wan.model import RMSNorm, sinusoid, unpatchify
 
 
 def spec_keys(layers=30, dim=1536, ffn=8960, text_dim=4096, freq=256):
-    """The state-dict table of spec §2.2, written out independently of the model code."""
+    """The table of docs/spec.md#state-dict-keys, written out independently of the model code."""
     keys = {
         "patch_embedding.weight": (dim, 16, 1, 2, 2), "patch_embedding.bias": (dim,),
         "text_embedding.0.weight": (dim, text_dim), "text_embedding.0.bias": (dim,),
@@ -97,7 +97,8 @@ def test_rmsnorm_over_full_width_with_fp32_statistics():
 
 
 def test_rmsnorm_bf16_statistics_in_fp32_then_cast_then_weight():
-    """Spec §10 order in bf16: normalise in fp32, cast to bf16, then multiply by the (bf16) weight."""
+    """docs/spec.md#transformer-block in bf16: normalise in fp32, cast to bf16, then multiply by the (bf16)
+    weight."""
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(64, 1536, generator=g) * 30).to(torch.bfloat16)
     norm = RMSNorm(1536, eps=1e-6).to(torch.bfloat16)
@@ -122,7 +123,7 @@ def test_unpatchify_channel_to_pixel_mapping(tiny_config):
     video = unpatchify(out, c)
     for frame, h, w, q, r, chan in [(0, 0, 0, 0, 0, 0), (1, 3, 5, 1, 0, 7), (0, 2, 1, 1, 1, 15)]:
         token = h * c.grid_width + w
-        o = (q * pw + r) * ch + chan  # spec §2.3.2
+        o = (q * pw + r) * ch + chan  # docs/spec.md#head-and-unpatchify
         assert video[0, frame, chan, h * ph + q, w * pw + r] == out[0, frame, token, o]
 
 
@@ -139,7 +140,7 @@ def test_per_frame_timesteps_modulate_each_frame_separately(tiny_config):
 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_block_causal_equivalence(tiny_config, batch):
-    """3 blocks through the KV cache == one full forward with the block-causal mask (spec §2.7)."""
+    """3 blocks through the KV cache == one full forward with the block-causal mask (docs/spec.md#attention)."""
     c = tiny_config
     model = build_model(c, dtype=torch.float64, seed=2)
     ctx = model.encode_context(torch.randn(batch, 7, c.text_dim, dtype=torch.float64))

@@ -1,6 +1,6 @@
 """TokenTrim drift scoring: latent summaries, per-token drift, the unstable set and the drift severity.
 
-Pure functions on tensors, no state and no randomness (paper §4.2–4.4, Eq. 3–7). Letters: B batch, F frames of
+Pure functions on tensors, no state and no randomness (paper Sec. 4.2–4.4, Eq. 3–7). Letters: B batch, F frames of
 a block, C latent channels, H x W latent grid, (ph, pw) the DiT patch, N = (H/ph)(W/pw) spatial tokens per frame,
 D = C·ph·pw token dimension.
 """

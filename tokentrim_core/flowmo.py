@@ -1,4 +1,5 @@
-"""FlowMo: variance-based motion-coherence guidance, x0-prediction and patch-wise (paper §2.7, arXiv 2506.01144).
+"""FlowMo: variance-based motion-coherence guidance, x0-prediction and patch-wise (arXiv 2506.01144;
+TokenTrim paper Sec. 4.1).
 
 At chosen denoising steps the noisy latent x_t is refined by a few Adam steps that lower the temporal variance
 of the predicted clean video's frame-to-frame changes, measured per patch token. TokenTrim uses it on the first
@@ -21,13 +22,14 @@ SCOPES = ("window", "block")
 
 # The settings before issue 22: 3 Adam steps per guided step, every guided block of a Rolling Forcing window
 # optimised by its own guidance call, gradient checkpointing on at every model size. `FlowMoConfig.legacy`
-# reproduces runs made with them bit for bit (docs/tokentrim.md §4, "Named settings").
+# reproduces runs made with them bit for bit (docs/tokentrim.md#41-the-settings-what-the-paper-ran).
 LEGACY_SETTINGS: dict[str, object] = {"iterations": 3, "scope": "block", "checkpointing": True}
 
 
 @dataclass(frozen=True)
 class FlowMoConfig:
-    """FlowMo settings; the defaults are what the paper ran, FlowMo's inference defaults (docs/tokentrim.md §4).
+    """FlowMo settings; the defaults are what the paper ran, FlowMo's inference defaults
+    (docs/tokentrim.md#4-flowmo).
 
     steps: indices into the sampler's denoising-step list at which guidance runs (0 = the first, t = 1000).
     iterations: Adam steps per guided step; 1 is FlowMo's command-line setting, lr 1e-3 its default rate.
@@ -166,7 +168,7 @@ def flowmo_guidance(
 
     Passes: `iterations` differentiable evaluations, each with one backward, and one evaluation without
     autograd of the last latent, which the keep-best rule needs (FlowMo's optimiser keeps its lowest-loss
-    sample, tokentrim-paper.md §2.7) and whose x0 is the denoising step's own.
+    sample, docs/spec.md#the-tokentrim-paper) and whose x0 is the denoising step's own.
     The kept latent's x0 is returned with it, detached, so the caller needs no further evaluation.
     Callers may run under torch.no_grad (gradients are re-enabled here) but not under torch.inference_mode,
     whose tensors cannot enter autograd; x_t itself is never modified.

@@ -1,4 +1,4 @@
-"""The TokenTrim controller: drift-triggered KV-cache pruning with one regeneration (paper §4, Algorithm 1).
+"""The TokenTrim controller: drift-triggered KV-cache pruning with one regeneration (paper Sec. 4, Algorithm 1).
 
 Decision rule, block by block (block = one AR chunk; indices count from 0):
 1. Block 0 has no previous block: action "warmup", severity None; its summary becomes Z_prev.

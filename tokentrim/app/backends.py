@@ -185,8 +185,8 @@ def model_config(preset: str | None, model_dir: str | None, random_weights: bool
 
 
 def vae_strides(preset: str | None) -> tuple[int, int]:
-    """(spatial, temporal) stride of the backend's VAE, known without loading it: Wan2.1's (8, 4) (spec §1; the
-    tiny VAE has the same), the toy codec's (its pixel-unshuffle factor, 1)."""
+    """(spatial, temporal) stride of the backend's VAE, known without loading it: Wan2.1's (8, 4)
+    (docs/spec.md#shapes; the tiny VAE has the same), the toy codec's (its pixel-unshuffle factor, 1)."""
     if preset == "toy":
         from tokentrim.toy import CODEC
 

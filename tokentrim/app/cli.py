@@ -205,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", help="a UTF-8 file with one prompt per line (batch mode, resumable; needs --out-dir)"
     )
     g.add_argument("--timeline", help="prompt switches: a YAML / JSONL file of prompts with the latent frame each "
-                   "starts at (docs/longlive.md, 'Timelines'); Self Forcing, Causal Forcing and LongLive")  # fmt: skip
+                   "starts at (docs/longlive.md#2-timelines); Self Forcing, Causal Forcing and LongLive")  # fmt: skip
     g.add_argument("--scene", type=SEED, help="toy world only: start from scene SEED's observed first block and "
                    "its prompt; the model generates the rest")  # fmt: skip
     g.add_argument("--init-image", help="start from this image (PNG/JPEG): it becomes the first block, then "
-                   "generation continues (docs/models.md, 'Image and video start')")  # fmt: skip
+                   "generation continues (docs/causal_forcing.md#2-image-and-video-start)")  # fmt: skip
     g.add_argument(
         "--init-video", help="extend this video: its last --init-frames frames become the first blocks"
     )

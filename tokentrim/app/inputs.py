@@ -2,8 +2,8 @@
 of a rollout (the pipelines' `prefix`), read and checked before any weights load.
 
 * Size: frames are brought to the model's frame size (latent grid x the VAE's spatial stride) either by
-  `stretch` (bilinear resize, aspect ratio not kept — what the Causal Forcing reference does, more-pipelines.md
-  §A.5) or `crop` (scaled to cover, then the centre cut out).
+  `stretch` (bilinear resize, aspect ratio not kept — what the Causal Forcing reference does,
+  docs/spec.md#image-to-video) or `crop` (scaled to cover, then the centre cut out).
 * An image becomes the first block: for 1-frame blocks (Causal Forcing frame-wise) the image itself, one latent
   frame, as the reference; for b-frame blocks a still clip of the image repeated `1 + 4 (b - 1)` times (9 for
   3-frame blocks, b for the toy codec), which the causal VAE encodes to exactly one block. The output shows the

@@ -24,7 +24,7 @@ from tokentrim.files import write_json, write_text
 from tokentrim.pipelines import pipeline_names
 
 logger = logging.getLogger(__name__)
-# name -> (tokentrim enabled, p, flowmo mode); the paper's rows (tokentrim-paper.md §5)
+# name -> (tokentrim enabled, p, flowmo mode); the paper's rows (Tables 1-4; docs/spec.md#the-tokentrim-paper)
 VARIANTS = {
     "baseline": (False, 0.1, "off"),
     "tokentrim": (True, 0.1, "first_block"),

@@ -1,6 +1,6 @@
 """Prompt timelines (`tokentrim generate --timeline FILE`): prompts with the latent frame each one starts at.
 
-Accepted files (docs/longlive.md, "Timelines"):
+Accepted files (docs/longlive.md#2-timelines):
 - YAML, a list of entries `{prompt: TEXT, start: FRAME}` (the first entry's start is 0 or omitted), or a mapping
   with that list under `timeline:`;
 - JSONL, one such entry per line;

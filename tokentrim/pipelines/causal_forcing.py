@@ -1,8 +1,9 @@
-"""Causal Forcing frame-wise inference (more-pipelines.md §A.4): the Self Forcing block loop with blocks of one
+"""Causal Forcing frame-wise inference (docs/spec.md#frame-wise): the Self Forcing block loop with blocks of one
 latent frame, a step list for every block but the first generated one, which takes its own (the reference's
 `denoising_step_list_first_chunk`, the "first-frame 4-step" of the 2- and 1-step models), and a clean pass per
 frame. Causal Forcing chunk-wise is the Self Forcing loop itself and its long-video model the Rolling Forcing loop
-with a 4-level window (§A.3, §A.6): they are run configs of those pipelines (`configs/causal_forcing/`).
+with a 4-level window (docs/spec.md#chunk-wise, docs/spec.md#long-video): they are run configs of those pipelines
+(`configs/causal_forcing/`).
 
 Up to `cache_frames` (21) frames the cache is the reference's global cache; beyond, as for Self Forcing, the
 oldest frames after `sink_frames` pinned ones are evicted (the reference stops at 21 frames).
@@ -67,7 +68,7 @@ class CausalForcingFramewisePipeline(SelfForcingPipeline):
         return 1
 
     def block_steps(self, r: Rollout, j: int) -> torch.Tensor:
-        """The first generated frame (after any observed ones) takes the first-block list (§A.4, §A.5)."""
+        """The first generated frame (after any observed ones) takes the first-block list (docs/spec.md#frame-wise)."""
         return self.first_timesteps.to(r.steps.device) if j == r.observed else r.steps
 
     def guided(self, r: Rollout, j: int) -> bool:

@@ -87,10 +87,10 @@ class CachePolicy:
 
 
 # FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) keeps about 45 GB of them for one
-# 15-frame Rolling Forcing window in bf16 (docs/tokentrim.md §4.1, measured on the meta device), more than a
-# 24-48 GB GPU holds beside weights and cache, so its blocks are recomputed in the backward pass instead (one
-# more forward per iteration); models narrower than that (tiny: 48, toy: 128) keep a few MB, where recomputing
-# would only cost time.
+# 15-frame Rolling Forcing window in bf16 (docs/tokentrim.md#41-the-settings-what-the-paper-ran, measured on the
+# meta device), more than a 24-48 GB GPU holds beside weights and cache, so its blocks are recomputed in the
+# backward pass instead (one more forward per iteration); models narrower than that (tiny: 48, toy: 128) keep a
+# few MB, where recomputing would only cost time.
 CHECKPOINTING_FROM_DIM = 1536
 
 
@@ -220,8 +220,9 @@ class Rollout:
     def switch(self, start: int) -> None:
         """At a block boundary: a prompt switch due by `start` takes effect — the new text context (the
         cross-attention cache is rebuilt), the hook is told, then the KV re-cache under the new prompt (the
-        segment is advanced before the re-cache: the reference's bug fixed by its commit 1f88860, §D). The
-        re-cache draws no random numbers, so a switch does not shift the noise stream."""
+        segment is advanced before the re-cache: a reference bug fixed upstream,
+        docs/spec.md#upstream-bugs-avoided). The re-cache draws no random numbers, so a switch does not shift the
+        noise stream."""
         due = False
         while self.switches and self.switches[0][0] <= start:
             self.context, due = self.switches.pop(0)[1], True
@@ -344,7 +345,7 @@ class BlockPipeline:
         the cache as they are (no denoising, no draws) and returned unchanged, the last of them is shown to the
         hook as its first block, and generation continues after them. The initial noise covers the frames to
         generate only, as the references draw it for an image start (`[B, F - 1, ...]` after one image frame,
-        more-pipelines.md §A.5). regen_noise: "same" (regenerate a pruned block from its first attempt's
+        docs/spec.md#rng-order). regen_noise: "same" (regenerate a pruned block from its first attempt's
         noise) or, where the loop supports it, "fresh". alter: see `BlockTransform` (generated blocks only).
         switches: prompt switches `(first latent frame, prompt_embeds)` in time order, each frame a block
         boundary after the observed frames; switch_pruning: "keep" or "reset" (`Rollout.switch`)."""
@@ -424,7 +425,7 @@ def prepare_noise(
     noise: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Generator]:
-    """The initial noise `[B, F, C, H, W]` (drawn first, spec §4.3) and the generator for the in-loop draws."""
+    """The initial noise `[B, F, C, H, W]` (drawn first, docs/spec.md#rng-order) and the generator for the in-loop draws."""
     device, dtype = model_device_dtype(model)
     cfg = model.config
     shape = (batch, num_frames, cfg.in_dim, cfg.latent_height, cfg.latent_width)

@@ -1,14 +1,15 @@
-"""LongLive-1.3B inference (more-pipelines.md §B): the Self Forcing block loop (3-frame blocks, 4 steps, a clean
+"""LongLive-1.3B inference (docs/spec.md#longlive): the Self Forcing block loop (3-frame blocks, 4 steps, a clean
 pass per block) on a 12-frame cache whose first 3 frames (the first block) are a sink that is never evicted.
 Once the cache is full every call attends to the sink, the 6 newest frames and its own 3: [sink | 6 | block].
 
 Two RoPE modes. "absolute" (the released model): keys are stored rotated at their absolute frame. "slot" (the
-reference's "infinite" mode, §B.7): keys are stored without RoPE and every call rotates the cached keys at their
-slot in the cache (sink 0-2, then the window's frames in order) and its own queries and keys at the slots it
-writes, so temporal positions stay below the cache size however long the video.
+reference's "infinite" mode, docs/spec.md#infinite-mode): keys are stored without RoPE and every call rotates the
+cached keys at their slot in the cache (sink 0-2, then the window's frames in order) and its own queries and keys
+at the slots it writes, so temporal positions stay below the cache size however long the video.
 
-Prompt switches re-cache the window under the new prompt (`SinkCachePolicy.recache_plan`, §B.6). The weights are
-the base checkpoint (`generator`) with the LoRA merged (`tokentrim.wan.lora`; `--lora` or `tokentrim merge-lora`).
+Prompt switches re-cache the window under the new prompt (`SinkCachePolicy.recache_plan`,
+docs/spec.md#prompt-switches). The weights are the base checkpoint (`generator`) with the LoRA merged
+(`tokentrim.wan.lora`; `--lora` or `tokentrim merge-lora`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Rolling Forcing inference (spec §4.2): a window of K = len(steps) blocks at staggered noise levels, one
-denoising pass per window, re-noising of every unfinished block, and a clean pass that commits the window's
-oldest block. TokenTrim judges the block being finalised (the oldest, at its last level) after the window's
-denoising pass and before the re-noising and the clean pass; a regeneration re-runs the window's denoising pass
-on the pruned cache, so every block of the window takes the regenerated x0."""
+"""Rolling Forcing inference (docs/spec.md#rolling-forcing-loop): a window of K = len(steps) blocks at staggered
+noise levels, one denoising pass per window, re-noising of every unfinished block, and a clean pass that commits
+the window's oldest block. TokenTrim judges the block being finalised (the oldest, at its last level) after the
+window's denoising pass and before the re-noising and the clean pass; a regeneration re-runs the window's
+denoising pass on the pruned cache, so every block of the window takes the regenerated x0."""
 
 from __future__ import annotations
 
@@ -42,12 +42,12 @@ class RollingForcingConfig:
 
 
 class AnchorCachePolicy(CachePolicy):
-    """Rolling Forcing's cache (spec §2.6). The first block (the anchor) is stored without RoPE, pinned, and
-    rotated when read so that it sits just before the working frames read. A denoising call reads the anchor,
-    at most `attention_frames - call - anchor` working frames and itself, and writes nothing (the reference's
-    writes there are always overwritten by the clean pass before anything reads them); the clean (commit) call
-    reads the newest `attention_frames` frames including itself, the anchor (at its true position) only while
-    they fit. A call starting at frame 0 attends only to itself."""
+    """Rolling Forcing's cache (docs/spec.md#rolling-forcing-cache). The first block (the anchor) is stored
+    without RoPE, pinned, and rotated when read so that it sits just before the working frames read. A denoising
+    call reads the anchor, at most `attention_frames - call - anchor` working frames and itself, and writes
+    nothing (the reference's writes there are always overwritten by the clean pass before anything reads them);
+    the clean (commit) call reads the newest `attention_frames` frames including itself, the anchor (at its true
+    position) only while they fit. A call starting at frame 0 attends only to itself."""
 
     def __init__(self, cache: KVCache, rope: RopeTable, anchor_frames: int, attention_frames: int):
         super().__init__(cache)

@@ -1,6 +1,6 @@
-"""Self Forcing inference (spec §4.1): 3-frame blocks, a few denoising steps each, then a clean pass at
-t = context_noise that writes the block into the KV cache. TokenTrim decides after the block's final x0 and
-before its clean pass."""
+"""Self Forcing inference (docs/spec.md#self-forcing-loop): 3-frame blocks, a few denoising steps each, then a
+clean pass at t = context_noise that writes the block into the KV cache. TokenTrim decides after the block's final
+x0 and before its clean pass."""
 
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ def check_sink_cache(cache_frames: int, sink_frames: int) -> None:
 
 
 class SinkCachePolicy(CachePolicy):
-    """Self Forcing's cache (spec §2.5): keys stored after RoPE at their absolute frame; the first
-    `sink_frames` committed frames are pinned (never evicted, never pruned); a call attends to every cached
-    token plus its own. A writing call puts its rows where the block lives (overwritten by later steps and
-    by the clean pass) and attends to one contiguous slice."""
+    """Self Forcing's cache (docs/spec.md#self-forcing-cache): keys stored after RoPE at their absolute frame; the
+    first `sink_frames` committed frames are pinned (never evicted, never pruned); a call attends to every cached
+    token plus its own. A writing call puts its rows where the block lives (overwritten by later steps and by the
+    clean pass) and attends to one contiguous slice."""
 
     def __init__(self, cache: KVCache, sink_frames: int, global_sink: bool = True):
         super().__init__(cache)
@@ -72,7 +72,7 @@ class SinkCachePolicy(CachePolicy):
         return CallPlan(start_frame, num_frames, (Segment(0, end),), False, row, commit=commit, pin=pin)
 
     def recache_plan(self, s: int, keep_pruning: bool) -> tuple[int, CallPlan, dict[int, torch.Tensor]]:
-        """LongLive's KV re-cache after a prompt switch before frame s (more-pipelines.md §B.6): the newest
+        """LongLive's KV re-cache after a prompt switch before frame s (docs/spec.md#prompt-switches): the newest
         n = min(capacity, s) frames [rs, s) are encoded again at t = context_noise under the new prompt, all of
         them attending to each other (no mask). Which rows are rebuilt:
         - s <= capacity (rs = 0): all n frames from row 0; the sink is re-encoded under the new prompt;
@@ -80,7 +80,7 @@ class SinkCachePolicy(CachePolicy):
           after it and attend to it; frames rs .. rs + sink - 1 are queries only (their rows would fall on the
           protected sink, so the reference drops them);
         - s > capacity, no global sink: all n frames from row 0, the first `sink_frames` the new pinned sink
-          (written: the reference's zero-sink bug, §D, is not reproduced).
+          (written: the reference's zero-sink bug, docs/spec.md#upstream-bugs-avoided, is not reproduced).
         With `keep_pruning`, the positions TokenTrim removed from the rebuilt unpinned frames are masked inside
         the re-cache (attended keys) and returned, to be removed from the rebuilt rows again; a frame that becomes
         the new sink is rebuilt whole (pinned rows are never pruned). Frames the cache had evicted come back

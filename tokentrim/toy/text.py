@@ -1,10 +1,10 @@
 """The toy text encoder: a fixed word vocabulary, a learned word table and a learned position table.
 
-Same output contract as the UMT5 encoder (spec §3.3): `[B, text_len, text_dim]`, one row per word in order, rows
-past each prompt's words zero. Words are lower-case letter runs (punctuation is ignored); a word outside the
-vocabulary or a prompt longer than `text_len` words is a `UserError` (the model was only trained on this language).
-Row i is word i's embedding plus position i's: cross-attention ignores order, and without positions "a red
-circle ... over a green background" could not say which colour is the background's.
+Same output contract as the UMT5 encoder (docs/spec.md#text-encoder): `[B, text_len, text_dim]`, one row per word
+in order, rows past each prompt's words zero. Words are lower-case letter runs (punctuation is ignored); a word
+outside the vocabulary or a prompt longer than `text_len` words is a `UserError` (the model was only trained on
+this language). Row i is word i's embedding plus position i's: cross-attention ignores order, and without
+positions "a red circle ... over a green background" could not say which colour is the background's.
 """
 
 from __future__ import annotations

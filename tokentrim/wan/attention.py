@@ -1,7 +1,7 @@
 """Attention backends: torch SDPA (default, CPU and GPU) and flash-attn 2/3 when installed and asked for.
 
-No padding or key masks are used at inference (spec §7): every query attends to every key it is given, so a
-token removed from the KV cache is simply absent from the key set.
+No padding or key masks are used at inference (docs/spec.md#attention): every query attends to every key it is
+given, so a token removed from the KV cache is simply absent from the key set.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ BACKENDS = ("sdpa", "flash", "auto")
 
 @functools.cache
 def _flash_func():
-    """The reference's choice (spec §7): flash-attn 3 (`flash_attn_interface`) when GPU 0's name says H100 /
-    Hopper, else flash-attn 2, else None. Returns a varlen function `(q, k, v, cu_q, cu_k, max_q, max_k)`."""
+    """The reference's choice (docs/spec.md#attention): flash-attn 3 (`flash_attn_interface`) when GPU 0's name
+    says H100 / Hopper, else flash-attn 2, else None. Returns a varlen function `(q, k, v, cu_q, cu_k, max_q,
+    max_k)`."""
     try:
         import flash_attn_interface  # FA3
 

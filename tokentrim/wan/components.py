@@ -44,7 +44,7 @@ class LayoutFiles:
     vae_files: tuple[str, ...]
 
 
-# Spec §3.5 (original) and the Wan2.1-T2V-1.3B-Diffusers repository's folders.
+# docs/spec.md#model-files (original) and the Wan2.1-T2V-1.3B-Diffusers repository's folders.
 LAYOUTS: dict[str, LayoutFiles] = {
     "original": LayoutFiles(
         repo="Wan-AI/Wan2.1-T2V-1.3B",

@@ -18,7 +18,7 @@ from tokentrim.errors import UserError
 
 @dataclass(frozen=True)
 class WanConfig:
-    """Causal Wan DiT hyper-parameters (defaults: Wan2.1-T2V-1.3B, spec §2.1)."""
+    """Causal Wan DiT hyper-parameters (defaults: Wan2.1-T2V-1.3B, docs/spec.md#dit-configuration)."""
 
     dim: int = 1536
     ffn_dim: int = 8960
@@ -34,7 +34,7 @@ class WanConfig:
     qk_norm: bool = True
     cross_attn_norm: bool = True
     rope_max_seq_len: int = (
-        1024  # RoPE positions precomputed per axis (spec §2.4); later frames extend it exactly
+        1024  # RoPE positions precomputed per axis (docs/spec.md#rope); later frames extend it exactly
     )
     # Latent grid the model is run on (480x832 video -> 60x104 latents, VAE stride 8).
     latent_height: int = 60

@@ -1,6 +1,7 @@
 """DiT checkpoint loading: Self Forcing / Rolling Forcing `.pt`, Wan base safetensors, Diffusers transformer folders.
 
-All three end as a flat dict with the original Wan names (spec §2.2) that is loaded strictly (spec §5).
+All three end as a flat dict with the original Wan names (docs/spec.md#state-dict-keys) that is loaded strictly
+(docs/spec.md#checkpoints-and-loading).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from tokentrim.wan.lora import adapters_of, merge_lora
 
 logger = logging.getLogger(__name__)
 
-# Diffusers WanTransformer3DModel name -> original Wan name (the inverse of diffusers' converter, ecosystem §1.3).
+# Diffusers WanTransformer3DModel name -> original Wan name (the inverse of diffusers' converter,
+# docs/spec.md#diffusers-names).
 _DIFFUSERS_TO_WAN = [
     (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
     (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
@@ -146,8 +148,9 @@ def read_lora(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return adapters_of(raw, path)
 
 
-# The state-dict entry each released training checkpoint is meant to be read from (more-pipelines.md §A.1, §B.2;
-# the READMEs' --use_ema flags), by the file's last two path components as the download commands lay them out.
+# The state-dict entry each released training checkpoint is meant to be read from
+# (docs/spec.md#causal-forcing-checkpoints, docs/spec.md#longlive-files-and-loading; the READMEs' --use_ema
+# flags), by the file's last two path components as the download commands lay them out.
 CHECKPOINT_KEYS = {
     "checkpoints/self_forcing_dmd.pt": "generator_ema",
     "checkpoints/rolling_forcing_dmd.pt": "generator_ema",
@@ -207,7 +210,7 @@ def _read_training_checkpoint(path: Path, use_ema: bool | None) -> dict[str, tor
 
 
 def _strip_wrapper(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """FSDP's `_fsdp_wrapped_module.` anywhere in a name and the wrapper's leading `model.` (spec §5)."""
+    """FSDP's `_fsdp_wrapped_module.` anywhere in a name and the wrapper's leading `model.` (docs/spec.md#checkpoints-and-loading)."""
     out = {}
     for key, value in sd.items():
         key = key.replace("_fsdp_wrapped_module.", "")
@@ -284,7 +287,7 @@ def load_dit_checkpoint(
 ) -> nn.Module:
     """Load a checkpoint strictly into `model` (built on the meta device or materialised).
 
-    As in the reference (spec §5): the weights are loaded in the checkpoint's precision (fp32 for the released
+    As in the reference (docs/spec.md#checkpoints-and-loading): the weights are loaded in the checkpoint's precision (fp32 for the released
     files), then the model is cast to `dtype` (round-to-nearest-even) and moved to `device`. `lora`: a PEFT LoRA
     file merged into the weights first (`tokentrim.wan.lora`; LongLive's base + lora.pt).
     """

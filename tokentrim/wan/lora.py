@@ -1,13 +1,13 @@
-"""PEFT LoRA adapters for the Wan DiT (LongLive-1.3B's `lora.pt`, more-pipelines.md §B.3), merged into plain
+"""PEFT LoRA adapters for the Wan DiT (LongLive-1.3B's `lora.pt`, docs/spec.md#lora), merged into plain
 weights: W' = W + (alpha / r) B A for every adapted linear layer, in float32, rounded once to W's dtype.
 
 The adapters cover the 10 linear layers of each of the 30 blocks (self- and cross-attention q, k, v, o and the
 two FFN layers): 300 layers, 600 tensors named `base_model.model.blocks.{i}.{module}.lora_{A|B}.weight` (PEFT's
 saved names, the adapter name dropped; a `.default` adapter name is accepted too), `lora_A [r, in]` and
 `lora_B [out, r]`. Every adapted layer must be there with matching shapes and every tensor must be used: a
-missing or mismatched adapter is an error, never a silent base-only model (the reference's bug, §D).
-The merged weights differ from the reference's unmerged bf16 arithmetic (base and LoRA branches computed
-separately in bf16, then added) by rounding.
+missing or mismatched adapter is an error, never a silent base-only model (the reference's bug,
+docs/spec.md#upstream-bugs-avoided). The merged weights differ from the reference's unmerged bf16 arithmetic (base
+and LoRA branches computed separately in bf16, then added) by rounding.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The causal Wan2.1 DiT (inference), with the original Wan parameter names so official checkpoints load as is.
 
-Numerics follow spec §10: everything runs in the model dtype (bf16 for the official runs) except the RMSNorm
-statistics (fp32), RoPE (complex128) and the timestep sinusoid (fp64, then cast). Shapes: B batch, F latent
-frames, T tokens per frame, L = F*T, H heads, D head dim.
+Numerics follow docs/spec.md#numerics: everything runs in the model dtype (bf16 for the official runs) except the
+RMSNorm statistics (fp32), RoPE (complex128) and the timestep sinusoid (fp64, then cast). Shapes: B batch, F
+latent frames, T tokens per frame, L = F*T, H heads, D head dim.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """RMS norm over the full width (all heads jointly), statistics in fp32 (spec §2.3.1)."""
+    """RMS norm over the full width (all heads jointly), statistics in fp32 (docs/spec.md#transformer-block)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -43,7 +43,7 @@ class RMSNorm(nn.Module):
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Non-affine LayerNorm applied in x's dtype (no explicit upcast, spec §2.3.1)."""
+    """Non-affine LayerNorm applied in x's dtype (no explicit upcast, docs/spec.md#transformer-block)."""
     return F.layer_norm(x, (x.shape[-1],), eps=eps)
 
 
@@ -157,7 +157,8 @@ class CausalWanModel(nn.Module):
         if s > self.config.text_len:
             raise ValueError(f"prompt_embeds has {s} rows, more than text_len={self.config.text_len}")
         ctx = prompt_embeds.to(self.patch_embedding.weight.dtype)
-        if s < self.config.text_len:  # zero rows up to text_len; they are embedded and attended (spec §2.3)
+        # zero rows up to text_len; they are embedded and attended (docs/spec.md#forward-pass)
+        if s < self.config.text_len:
             ctx = torch.cat([ctx, ctx.new_zeros(b, self.config.text_len - s, ctx.shape[2])], dim=1)
         ctx = self.text_embedding(ctx)
         keys, values = [], []

@@ -1,4 +1,4 @@
-"""3-D rotary position embedding of the Wan DiT, in float64 complex arithmetic (spec §2.4).
+"""3-D rotary position embedding of the Wan DiT, in float64 complex arithmetic (docs/spec.md#rope).
 
 The head dimension is split into complex pairs (2j, 2j+1): the first `rope_dims[0] / 2` pairs rotate with the
 latent-frame index, the next `rope_dims[1] / 2` with the patch row, the last `rope_dims[2] / 2` with the patch
@@ -24,11 +24,11 @@ def rope_axis_table(positions: int, dim: int, theta: float = 10000.0) -> torch.T
 class RopeTable:
     """The three per-axis tables of a config, kept in complex128 and out of any module dtype cast.
 
-    The reference precomputes 1024 temporal positions and cannot address a frame past them (spec §2.4). Here the
-    temporal table is a cache of the closed form exp(i p theta^(-2j/d)): it starts with `rope_max_seq_len` rows and
-    is extended (doubling) when a call needs a later frame. Row p is computed by the same float64 arithmetic
-    whatever the table's length, so every factor is exactly what a table long enough from the start would hold:
-    videos of any length, bit-identical to the reference's table below 1024 frames.
+    The reference precomputes 1024 temporal positions and cannot address a frame past them (docs/spec.md#rope).
+    Here the temporal table is a cache of the closed form exp(i p theta^(-2j/d)): it starts with
+    `rope_max_seq_len` rows and is extended (doubling) when a call needs a later frame. Row p is computed by the
+    same float64 arithmetic whatever the table's length, so every factor is exactly what a table long enough from
+    the start would hold: videos of any length, bit-identical to the reference's table below 1024 frames.
     """
 
     def __init__(self, config: WanConfig):

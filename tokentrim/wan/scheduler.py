@@ -1,4 +1,4 @@
-"""Flow-matching schedule of the few-step samplers (spec §3.1–3.2).
+"""Flow-matching schedule of the few-step samplers (docs/spec.md#flow-matching-schedule).
 
 Table: s_i = linspace(1, 0, 1001)[i] for i < 1000 (float32), sigma_i = shift*s_i / (1 + (shift-1)*s_i),
 T_i = 1000*sigma_i. Convention: x_t = (1 - sigma) x0 + sigma eps, the model predicts v = eps - x0, so
@@ -18,7 +18,8 @@ NUM_TRAIN_TIMESTEPS = 1000
 def check_sampler_steps(steps: Sequence[float], shift: float) -> None:
     """Sampler settings the schedule can honour: integer steps in (0, 1000], strictly decreasing; shift > 0.
 
-    Raises ValueError naming the field (the reference indexes its table with integer steps, spec §3.2).
+    Raises ValueError naming the field (the reference indexes its table with integer steps,
+    docs/spec.md#flow-matching-schedule).
     """
     if not steps:
         raise ValueError("denoising_steps must not be empty")

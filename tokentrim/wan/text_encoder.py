@@ -1,8 +1,8 @@
 """umT5 text encoder (transformers `UMT5EncoderModel`), prompt cleaning and the on-disk prompt-embedding cache.
 
 Wan's original `models_t5_umt5-xxl-enc-bf16.pth` uses its own key names; `convert_wan_t5_state_dict` renames them
-to transformers' names (spec §3.3, table in docs/models.md). Embeddings are `[B, text_len, d_model]` with the rows
-past each prompt's tokens (EOS included) set to zero, not trimmed.
+to transformers' names (docs/spec.md#text-encoder, table in docs/models.md). Embeddings are `[B, text_len,
+d_model]` with the rows past each prompt's tokens (EOS included) set to zero, not trimmed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from tokentrim.wan.loading import read_torch_file
 
 logger = logging.getLogger(__name__)
 
-# umT5-XXL encoder as shipped with Wan2.1 (spec §3.3); written out so no config is fetched from the Hub.
+# umT5-XXL encoder as shipped with Wan2.1 (docs/spec.md#text-encoder); written out so no config is fetched from
+# the Hub.
 UMT5_XXL_CONFIG = dict(
     vocab_size=256384, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24,
     relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
@@ -94,7 +95,7 @@ def to_wan_t5_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def clean_prompt(text: str) -> str:
-    """ftfy `fix_text`, HTML-unescape twice, strip, collapse whitespace runs to one space (spec §3.3)."""
+    """ftfy `fix_text`, HTML-unescape twice, strip, collapse whitespace runs to one space (docs/spec.md#text-encoder)."""
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()

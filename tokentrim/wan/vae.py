@@ -18,7 +18,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from tokentrim.errors import UserError
 from tokentrim.wan.loading import read_torch_file
 
-# Wan2.1 VAE per-channel latent statistics (reference-pipelines.md §3.4, Self Forcing `WanVAEWrapper`; the same
+# Wan2.1 VAE per-channel latent statistics (docs/spec.md#vae, Self Forcing's `WanVAEWrapper`; the same
 # numbers are AutoencoderKLWan's `latents_mean` / `latents_std` config defaults).
 LATENTS_MEAN = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -30,7 +30,8 @@ LATENTS_STD = (
 )  # fmt: skip
 
 
-# Wan2.1 VAE architecture (spec §3.4) in AutoencoderKLWan's argument names (also its defaults): no config download.
+# Wan2.1 VAE architecture (docs/spec.md#vae) in AutoencoderKLWan's argument names (also its defaults): no config
+# download.
 WAN21_VAE_CONFIG = dict(
     base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
     temperal_downsample=[False, True, True],
@@ -38,7 +39,7 @@ WAN21_VAE_CONFIG = dict(
 
 
 def denormalize_latents(latents: torch.Tensor) -> torch.Tensor:
-    """`z / (1/std) + mean` in the latents' dtype, the reciprocal taken after casting std (spec §3.4, step 1-2).
+    """`z / (1/std) + mean` in the latents' dtype, the reciprocal taken after casting std (docs/spec.md#vae, decode).
 
     latents: `[B, F, C, H, W]` with C = 16.
     """
@@ -49,7 +50,7 @@ def denormalize_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_latents(mu: torch.Tensor) -> torch.Tensor:
-    """`(mu - mean) * (1/std)` in mu's dtype, the reciprocal taken after casting std (spec §3.4 `encode_to_latent`,
+    """`(mu - mean) * (1/std)` in mu's dtype, the reciprocal taken after casting std (docs/spec.md#vae, encode;
     the inverse of `denormalize_latents`). mu: `[B, F, C, H, W]`."""
     dtype, device = mu.dtype, mu.device
     mean = torch.tensor(LATENTS_MEAN, dtype=torch.float32).to(device=device, dtype=dtype)
@@ -103,7 +104,7 @@ class WanVAE:
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 video `[B, T, H, W, 3]` (T = 1 + 4 k) -> normalised latents `[B, 1 + k, C, H/8, W/8]` in the VAE's
         dtype: pixels to [-1, 1] as the reference's ToTensor + Normalize(0.5, 0.5) (float32, then the VAE dtype),
-        the encoder's mean (no sampling), then `(mu - mean) / std` (spec §3.4, more-pipelines.md §A.5)."""
+        the encoder's mean (no sampling), then `(mu - mean) / std` (docs/spec.md#vae, docs/spec.md#image-to-video)."""
         frames = torch.as_tensor(frames)
         if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
             raise UserError(f"frames must be uint8 [B, T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
