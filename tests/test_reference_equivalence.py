@@ -94,31 +94,42 @@ def tiny():
     return build_model(cfg, seed=3), embeds
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "sampler, frames, mode, batch",
+    "sampler, frames, mode, batch, seed",
     [
-        (SelfForcingConfig(cache_frames=21, sink_frames=0, rolling=False), 21, "remove", 1),  # global cache
+        (
+            SelfForcingConfig(cache_frames=21, sink_frames=0, rolling=False),
+            21,
+            "remove",
+            1,
+            0,
+        ),  # global cache
         (
             SelfForcingConfig(cache_frames=21, sink_frames=3, rolling=False),
             21,
             "remove",
             1,
+            3,
         ),  # ... with a sink
-        (SelfForcingConfig(cache_frames=9, sink_frames=3), 24, "mask", 1),  # rolling cache with sink: evicts
-        (SelfForcingConfig(cache_frames=9, sink_frames=0), 24, "mask", 2),
+        (
+            SelfForcingConfig(cache_frames=9, sink_frames=3),
+            24,
+            "mask",
+            1,
+            2,
+        ),  # rolling cache with sink: evicts
+        (SelfForcingConfig(cache_frames=9, sink_frames=0), 24, "mask", 2, 1),
     ],
 )
-def test_self_forcing_tiny(tiny, sampler, frames, mode, batch):
+def test_self_forcing_tiny(tiny, sampler, frames, mode, batch, seed):
     model, embeds = tiny
     embeds = embeds.expand(batch, -1, -1).contiguous()
-    assert_same(lambda: SelfForcingPipeline(model, sampler), mode, embeds, frames, EAGER, (2, 2), seed=1)
+    assert_same(lambda: SelfForcingPipeline(model, sampler), mode, embeds, frames, EAGER, (2, 2), seed=seed)
 
 
-@pytest.mark.slow
 def test_rolling_forcing_tiny(tiny):
     model, embeds = tiny
-    assert_same(lambda: RollingForcingPipeline(model), "mask", embeds, 45, EAGER, (2, 2), seed=4)
+    assert_same(lambda: RollingForcingPipeline(model), "mask", embeds, 45, EAGER, (2, 2), seed=0)
 
 
 @pytest.mark.slow
