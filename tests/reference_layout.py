@@ -25,7 +25,9 @@ per call), so the project's loops run over a reference-layout cache through `Ref
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -224,3 +226,20 @@ class ReferencePolicy(CachePolicy):
 
     def prune(self, positions: torch.Tensor) -> int:
         return self.pruner.prune(self.cache.kv, positions, range(self.judged)).tokens
+
+
+# The recipes of docs/integrations.md, as the tests run them ----------------------------------------------------
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "integrations.md"
+
+
+def recipes() -> dict[str, str]:
+    """The code blocks of docs/integrations.md tagged `# recipe: <name>`, by name (without the tag line)."""
+    found = re.findall(r"```python\n# recipe: ([\w-]+)\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    return {name: code for name, code in found}
+
+
+def split(code: str) -> tuple[str, str]:
+    """A loop recipe's set-up (once per video) and its per-block part, at the `# in the ... loop` comment."""
+    head, marker, tail = code.partition("\n# in the ")
+    assert marker, "a loop recipe marks where its per-block part starts"
+    return head, "# in the " + tail

@@ -71,6 +71,8 @@ def test_core_imports_only_torch(graph):
         ("tokentrim.pipelines", ("tokentrim.app", "tokentrim.eval", "tokentrim.toy")),
         ("tokentrim.toy", ("tokentrim.app", "tokentrim.pipelines", "tokentrim.eval")),
         ("tokentrim.eval", ("tokentrim.app", "tokentrim.pipelines", "tokentrim.wan", "tokentrim.toy")),
+        ("tokentrim.integrations", ("tokentrim.app", "tokentrim.pipelines", "tokentrim.wan", "tokentrim.toy",
+                                    "tokentrim.eval")),
     ],
 )  # fmt: skip
 def test_libraries_never_import_upwards(graph, layer, forbidden):

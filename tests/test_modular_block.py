@@ -1,7 +1,8 @@
 """TokenTrimBlock inside a small diffusers modular pipeline built here from diffusers' public API: a denoise
 block and a cache-update block of the real-time tools' kind (one pipeline call per block, the reference-layout
-`kv_cache` in the pipeline state), run on the tiny random-weight DiT. With the denoise block wrapped by
-`with_tokentrim`, the pipeline makes the built-in Self Forcing loop's TokenTrim decisions and latents, bit for bit."""
+`kv_cache` in the pipeline state), run on the tiny random-weight DiT, assembled by docs/integrations.md's diffusers
+recipe. With the denoise block wrapped by `with_tokentrim`, the pipeline makes the built-in Self Forcing loop's
+TokenTrim decisions and latents, bit for bit."""
 
 import pytest
 import torch
@@ -11,9 +12,8 @@ from diffusers.modular_pipelines import (
     InputParam,
     ModularPipelineBlocks,
     OutputParam,
-    SequentialPipelineBlocks,
 )
-from reference_layout import Call, ReferenceAttention, reference_cache
+from reference_layout import Call, ReferenceAttention, recipes, reference_cache
 
 from tokentrim.integrations.modular import (
     TokenTrimBlock,
@@ -111,15 +111,18 @@ def setup():
     return model, embeds
 
 
-def make_pipeline(model, sampler, tokentrim):
-    blocks = SequentialPipelineBlocks.from_blocks_dict(
-        {"denoise": with_tokentrim(DenoiseBlock()), "clean_kv_cache": CleanKVCacheBlock()}
-    )
-    pipe = blocks.init_pipeline()
+def make_pipeline(model, sampler, config, sink):
+    """The pipeline of docs/integrations.md's diffusers recipe (run as written), then the test's components."""
+    names = {"DenoiseBlock": DenoiseBlock, "CleanKVCacheBlock": CleanKVCacheBlock,
+             "frame_seq_length": model.config.tokens_per_frame, "sink_size": sink}  # fmt: skip
+    code = recipes()["diffusers"]
+    assert code.count("TokenTrimConfig()") == 1
+    exec(code.replace("TokenTrimConfig()", "CONFIG"), {**names, "CONFIG": config}, names)
+    pipe = names["pipe"]
     pipe.update_components(transformer=model, scheduler=FlowMatchSchedule(sampler.timestep_shift),
-                           tokentrim=tokentrim, sink_size=sampler.sink_frames,
+                           sink_size=sampler.sink_frames,
                            local_attn_size=sampler.cache_frames if sampler.rolling else -1)  # fmt: skip
-    return pipe
+    return pipe, names["tokentrim"]
 
 
 def stream(pipe, model, sampler, embeds, frames, seed):
@@ -147,8 +150,8 @@ def test_modular_pipeline_makes_the_built_in_decisions(setup, sink):
     sampler = SelfForcingConfig(
         cache_frames=21, sink_frames=sink, rolling=False
     )  # the reference's global cache
-    component = TokenTrimComponent(EAGER, (2, 2), model.config.tokens_per_frame, sink_frames=sink)
-    pipe = make_pipeline(model, sampler, component)
+    pipe, component = make_pipeline(model, sampler, EAGER, sink)
+    assert isinstance(component, TokenTrimComponent) and component.pruner.sink_frames == sink
     with torch.no_grad():
         latents, kv_cache = stream(pipe, model, sampler, embeds, 21, seed=0)
     builtin = SelfForcingPipeline(model, sampler)(
@@ -173,7 +176,8 @@ def test_block_declares_its_state_and_needs_its_component(setup):
     assert [c.name for c in wrapped.expected_components] == ["transformer", "scheduler", "tokentrim"]
     model, embeds = setup
     sampler = SelfForcingConfig(cache_frames=21, rolling=False)
-    pipe = make_pipeline(model, sampler, None)
+    pipe, _ = make_pipeline(model, sampler, EAGER, 3)
+    pipe.update_components(tokentrim=None)
     with pytest.raises(ValueError, match="update_components\\(tokentrim="):
         stream(pipe, model, sampler, embeds, 3, seed=0)
     with pytest.raises(ValueError, match="regen_noise='same'"):
