@@ -229,3 +229,20 @@ def test_pruner_bookkeeping_and_errors():
                                   ("mode", "drop", "mode must be")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             CachePruner(**{"frame_tokens": T, field: value})
+
+
+def test_restore_gives_back_removals_not_evictions():
+    """A pruned frame the loop then evicts in part: `restore` returns only what TokenTrim removed."""
+    pruner = CachePruner(T, sink_frames=3)
+    kv, att = make("self_forcing", 12, pruner, sink_frames=3, local_frames=12)
+    for s in range(0, 15, 3):
+        self_forcing_block(att, s)
+        if s == 12:
+            pruner.prune(kv, torch.tensor([0]), frames=[8])
+            pruner.prune(kv, torch.tensor([0, 1]), frames=[10])
+        call(att, Call(s, 3))
+    seen = self_forcing_block(att, 15)  # evicts 12 - 3 = 9 rows: frames 6, 7 and one row of frame 8
+    assert seen[3 * T : 3 * T + 2] == [(8, 2, 0), (8, 3, 0)]
+    removed = pruner.restore(kv)
+    assert {f: p.tolist() for f, p in removed.items()} == {8: [0], 10: [0, 1]}
+    assert ends(kv) == (18 * T, 12 * T) and pruner.held == {}

@@ -58,6 +58,10 @@ class CachePruner:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.frame_tokens, self.sink_frames, self.mode = frame_tokens, sink_frames, mode
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every removal (a new video)."""
         self.held: dict[int, torch.Tensor] = {}  # frame -> positions it still holds (pruned frames only)
         self._end = 0  # global_end_index at the last call
 
@@ -119,7 +123,8 @@ class CachePruner:
         them ({frame: positions removed}) for `reapply`."""
         g, lc, rows = self._indices(kv_cache)
         full = torch.arange(self.frame_tokens)
-        removed = {f: full[~torch.isin(full, held)] for f, held in self.layout(g, lc) if f in self.held}
+        cached = [f for f, _ in self.layout(g, lc)]
+        removed = {f: full[~torch.isin(full, self.held[f])] for f in cached if f in self.held}
         if self.mode == "remove":
             for layer in kv_cache:
                 layer["local_end_index"].fill_(min(g, rows))
@@ -180,10 +185,7 @@ class CachePruner:
         first = int(moved.int().argmax()) if bool(moved.any()) else n  # rows before it stay where they are
         rows = index[first:].to(kv_cache[0]["k"].device)
         for layer in kv_cache:
-            for name in ("k", "v"):
-                buf = layer[name]
-                if first < n:
-                    buf[:, start + first : start + n] = buf.index_select(
-                        1, rows
-                    )  # gathered first: no overlap
+            if first < n:  # each buffer is gathered before it is written: sources and targets may overlap
+                for name in ("k", "v"):
+                    layer[name][:, start + first : start + n] = layer[name].index_select(1, rows)
             layer["local_end_index"].fill_(start + n)

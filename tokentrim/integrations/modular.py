@@ -66,7 +66,7 @@ class TokenTrimComponent:
     def reset(self) -> None:
         """Start a new video."""
         self.controller.reset()
-        self.pruner.held = {}
+        self.pruner.reset()
         self.previous: torch.Tensor | None = None  # the last accepted block, as judged
         self._attempts: list[torch.Tensor] = []
         self._removed = 0
