@@ -88,7 +88,7 @@ class CachePruner:
 
     def layout(self, global_end: int, local_end: int) -> list[tuple[int, torch.Tensor]]:
         """The frames after the sink, oldest first, each with the spatial positions its rows hold, in row order
-        (rows [S·T, local_end)). A frame the loop evicted in part keeps its newest rows."""
+        (rows [S·T, local_end)). A frame the loop evicted in part keeps its last rows."""
         full = torch.arange(self.frame_tokens)
         left = local_end - self.sink_rows(local_end)
         frame, frames = global_end // self.frame_tokens - 1, []
