@@ -163,7 +163,8 @@ class TokenTrimBlock(ModularPipelineBlocks):
 class TokenTrimRegenerate(SequentialPipelineBlocks):
     """Runs its blocks (a denoise block, then `TokenTrimBlock`) and, while TokenTrim asks for a regeneration, runs
     them again from the same input `latents` and the same state of the `generator` (a torch.Generator or a list
-    of them): the regenerated block differs from the candidate only through the pruned cache."""
+    of them): the regenerated block differs from the candidate only through the pruned cache. (A denoise block
+    that draws from the global random state instead gets fresh re-noising draws.)"""
 
     block_classes = []
     block_names = []
