@@ -157,9 +157,8 @@ class _Open:
     """The block being decided, from `judge` to `settle`."""
 
     record: BlockRecord
-    reference: (
-        torch.Tensor | None
-    )  # (B, N, D) summary of the previous accepted block; None for the first block
+    # (B, N, D) summary of the previous accepted block; None for the first block
+    reference: torch.Tensor | None
     attempts: list[_Attempt]
     threshold: float | None = None
     waiting: bool = False  # a prune verdict waits for its regeneration
