@@ -13,6 +13,7 @@ from tokentrim.eval import appearance as A
 from tokentrim.eval import guards as G
 from tokentrim.eval import metrics as M
 from tokentrim.eval.drift import METRICS, SPECS, MetricSpec, level_curve, summarise, theil_sen_slope
+from tokentrim.eval.levels import LEVELS
 from tokentrim.eval.verdict import category_vote, compare_drift, majority
 
 FPS = 16
@@ -265,17 +266,32 @@ def test_category_votes_and_majority():
     assert majority({"a": "treated", "b": "treated", "c": "baseline", "d": "tie", "e": "tie"}) == "treated"
     assert majority({"a": "treated", "b": "baseline", "c": "tie"}) == "tie"
     assert majority({"a": "tie"}) == "tie"
+    # one deciding category alone does not settle a verdict; two against none, or two against one, do
+    assert majority({"a": "treated", "b": "tie", "c": "tie", "d": "tie", "e": "tie"}) == "tie"
+    assert majority({"a": "baseline", "b": "baseline", "c": "tie"}) == "baseline"
+    assert majority({"a": "treated", "b": "treated", "c": "baseline", "d": "baseline"}) == "tie"
 
 
-def fake_report(drifts: dict[str, float], flags=()) -> dict:
+def fake_report(
+    drifts: dict[str, float], flags=(), levels: dict[str, tuple[float, float]] | None = None
+) -> dict:
+    """A report with the given drifts and flags; levels {measure: (start, late)} default to 10 -> 10."""
+    levels = levels or {}
+    entries = {}
+    for spec in LEVELS:
+        start, late = levels.get(spec.name, (10.0, 10.0))
+        loss = max(0.0, math.log((start + spec.eps) / (late + spec.eps)))
+        entries[spec.name] = {"start": start, "late": late, "loss": loss}
     return {
+        "fps": 16.0,
         "flags": list(flags),
+        "levels": entries,
         "metrics": {s.name: {"drift": drifts.get(s.name, 0.0), "max": 0.0} for s in METRICS},
     }
 
 
 def test_verdict_one_vote_per_category_and_flags_override():
-    colour_heavy = fake_report({"colour_tiles": 20.0, "chroma": 1.0})  # two colour measures drift
+    colour_heavy = fake_report({"colour_tiles": 20.0, "colourfulness": 1.0})  # two colour measures drift
     detail_motion = fake_report({"sharpness": 1.0, "motion": 1.0})  # two categories drift
     result = compare_reports(colour_heavy, detail_motion)
     assert result["categories"]["colour"]["vote"] == "treated"

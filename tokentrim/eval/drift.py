@@ -6,7 +6,12 @@ segments.py). d_0 = 0. How d_k is formed from the per-segment values depends on 
 - "distance": the value already is a distance to the reference (tile colour difference, 1 - SSIM structure);
 - "log-ratio": ratio-scale levels that go wrong both ways (noise raises sharpness, blur lowers it; a rollout can
   stagnate or jitter): d_k = |ln((v_k + eps) / (v_ref + eps))|;
-- "log-increase": a level where only a rise is bad (warp error): d_k = max(0, ln((v_k + eps) / (v_ref + eps))).
+- "log-increase": a level where only a rise is bad (warp error): d_k = max(0, ln((v_k + eps) / (v_ref + eps)));
+- "log-decrease": a level where only a fall is bad (effective frame rate): d_k = max(0, ln((v_ref + eps) /
+  (v_k + eps))).
+
+The level measures of levels.py (colourfulness, detail, SI, TI, effective frame rate, content motion) are drift
+measures too: a video that fades, blurs, desaturates, slows down or freezes its content over time drifts.
 
 The curve d_1..d_{S-1} is summarised by its mean (the area under the drift curve per segment; the number the
 verdict compares and `report["metrics"][name]["drift"]`), its maximum, a robust (Theil-Sen) slope, and, for
@@ -21,7 +26,9 @@ from typing import Literal
 
 import numpy as np
 
-Kind = Literal["distance", "log-ratio", "log-increase"]
+from tokentrim.eval.levels import LEVEL_SPECS
+
+Kind = Literal["distance", "log-ratio", "log-increase", "log-decrease"]
 Category = Literal["colour", "structure", "detail", "temporal_stability", "motion"]
 CATEGORIES: tuple[Category, ...] = ("colour", "structure", "detail", "temporal_stability", "motion")
 
@@ -50,24 +57,39 @@ JND_DELTA_E = 2.3  # CIE76 just-noticeable difference (Sharma 2003, Digital Colo
 LAPLACIAN_QUANTISATION = 20.0 / 12.0
 RELATIVE_FLOOR = 0.05  # 5 % relative change: below it a ratio-scale level has not visibly changed
 
+
+def _level(name: str, category: Category, kind: Kind = "log-ratio") -> MetricSpec:
+    """The drift measure of a level measure (levels.LEVELS): its per-segment level against the reference's."""
+    spec = LEVEL_SPECS[name]
+    unit, change = (
+        ("|ln ratio|", "relative change") if kind == "log-ratio" else ("ln ratio (falls only)", "fall")
+    )
+    return MetricSpec(name, category, kind, unit, spec.unit, RELATIVE_FLOOR, eps=spec.eps,
+                      description=f"{spec.description}; {change} vs the reference segment")  # fmt: skip
+
+
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("colour_tiles", "colour", "distance", "delta E76", "delta E76", JND_DELTA_E,
                description="upper quantile over an N x N tile grid of the CIE76 difference between the tile's "
                "mean CIELAB colour and the reference segment's (aligned for camera translation)"),
-    MetricSpec("chroma", "colour", "log-ratio", "|ln ratio|", "C*ab", RELATIVE_FLOOR, eps=JND_DELTA_E,
-               description="mean CIELAB chroma (saturation), relative change vs the reference segment"),
+    _level("colourfulness", "colour"),
     MetricSpec("structure", "structure", "distance", "1 - SSIM_cs", "1 - SSIM_cs", 0.01,
                description="1 - SSIM contrast-structure term between the segment's mean L* frame and the "
                "reference segment's, at the working resolution, aligned for camera translation"),
     MetricSpec("sharpness", "detail", "log-ratio", "|ln ratio|", "grey levels^2", RELATIVE_FLOOR,
                eps=LAPLACIAN_QUANTISATION,
                description="variance of the Laplacian of the grey frame (full resolution), relative change"),
+    _level("detail", "detail"),
+    _level("spatial_information", "detail"),
     MetricSpec("warp_error", "temporal_stability", "log-increase", "ln ratio (rises only)", "grey levels",
                RELATIVE_FLOOR, eps=0.5,
                description="mean |f_t - warp(f_t+1, flow)|: frame-to-frame change the motion does not explain"),
     MetricSpec("motion", "motion", "log-ratio", "|ln ratio|", "px/frame", RELATIVE_FLOOR, eps=0.1,
                description="mean Farneback flow length in pixels of the original resolution per frame; "
                "stagnation and jitter both count"),
+    _level("content_motion", "motion"),
+    _level("temporal_information", "motion"),
+    _level("effective_frame_rate", "motion", "log-decrease"),
 )  # fmt: skip
 SPECS = {spec.name: spec for spec in METRICS}
 
@@ -78,7 +100,11 @@ def level_curve(spec: MetricSpec, values: list[float], refs: list[int]) -> list[
     out = []
     for k, v in enumerate(values):
         ratio = math.log((v + spec.eps) / (values[refs[k]] + spec.eps))
-        out.append(max(0.0, ratio) if spec.kind == "log-increase" else abs(ratio))
+        if spec.kind == "log-increase":
+            ratio = max(0.0, ratio)
+        elif spec.kind == "log-decrease":
+            ratio = max(0.0, -ratio)
+        out.append(abs(ratio))
     return out
 
 

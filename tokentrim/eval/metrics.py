@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+CAMERA_GRID_STEP = 4  # camera motion is estimated from every 4th flow vector in each direction
 # Farneback parameters: OpenCV's documented example values (pyramid scale, levels, window, iterations, poly_n,
 # poly_sigma). Three pyramid levels at <= 256 px cover motions up to roughly 30 px per frame.
 FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5, "poly_sigma": 1.2}
@@ -94,11 +95,83 @@ def top_fraction_mean(values: np.ndarray, fraction: float) -> float:
     return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
 
 
+def colourfulness(frame: np.ndarray) -> float:
+    """Hasler & Suesstrunk (2003) colourfulness of an RGB `uint8 [H, W, 3]` frame (0 for grey; ~15 "slightly",
+    ~33 "moderately", ~59 "quite", ~109 "extremely colourful" on their perceptual scale).
+
+    M = sqrt(s_rg^2 + s_yb^2) + 0.3 sqrt(m_rg^2 + m_yb^2) over pixels, with rg = R - G, yb = (R + G) / 2 - B on
+    the gamma-encoded values (s: standard deviation, m: mean).
+    """
+    x = frame.astype(np.float32)
+    rg = x[..., 0] - x[..., 1]
+    yb = 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]
+    (m_rg,), (s_rg,) = cv2.meanStdDev(rg)
+    (m_yb,), (s_yb,) = cv2.meanStdDev(yb)
+    return float(np.hypot(s_rg[0], s_yb[0]) + 0.3 * np.hypot(m_rg[0], m_yb[0]))
+
+
+DETAIL_SIGMA = 1.0  # px: the blurred copy keeps structure wider than ~2 px and drops the finer detail
+
+
+def detail_energy(grey_frame: np.ndarray) -> float:
+    """High-frequency energy relative to a blurred copy: mean (f - G_1 * f)^2 in grey levels^2, with G_1 a
+    Gaussian of sigma DETAIL_SIGMA = 1 px (full resolution).
+
+    The energy of what a slight blur removes: blur, lower resolution and lower contrast reduce it, and so does
+    losing part of the picture (a flat region contributes nothing), in proportion to the area lost.
+    """
+    f = grey_frame.astype(np.float32)
+    d = f - cv2.GaussianBlur(f, (0, 0), DETAIL_SIGMA, borderType=cv2.BORDER_REFLECT)
+    return float(cv2.mean(d * d)[0])
+
+
+def spatial_information(grey_frame: np.ndarray) -> float:
+    """ITU-T P.910 spatial information of one frame: std over pixels of the Sobel gradient magnitude of the luma
+    (grey levels). The video's SI is the maximum over frames (P.910); so is a segment's here."""
+    f = grey_frame.astype(np.float32)
+    gx, gy = cv2.Sobel(f, cv2.CV_32F, 1, 0), cv2.Sobel(f, cv2.CV_32F, 0, 1)
+    magnitude = np.sqrt(gx * gx + gy * gy)  # not cv2.magnitude: its result depends on the arrays' alignment
+    return float(cv2.meanStdDev(magnitude)[1][0, 0])
+
+
+def temporal_information(prev: np.ndarray, nxt: np.ndarray) -> float:
+    """ITU-T P.910 temporal information of one frame pair: std over pixels of the luma difference nxt - prev
+    (grey levels). The video's TI is the maximum over pairs (P.910); so is a segment's here."""
+    return float(cv2.meanStdDev(cv2.subtract(nxt, prev, dtype=cv2.CV_16S))[1][0, 0])
+
+
 def camera_velocity(flow: np.ndarray) -> np.ndarray:
-    """Global (camera) motion of a frame pair: the per-axis median of the flow, float64 [2] = (dx, dy) px.
+    """Global (camera) motion of a frame pair: the per-axis median of the flow, float64 [2] = (dx, dy) px, over
+    every CAMERA_GRID_STEP-th flow vector in each direction.
 
     The median follows the majority of the pixels, so objects moving over a still background (less than half
     the frame) leave it at 0, and a pan moves it by the pan. Flat regions, where the flow is ~0, pull it towards
     0: a pan over a mostly flat scene is under-compensated, never over-compensated.
     """
-    return np.median(flow.reshape(-1, 2), axis=0).astype(np.float64)
+    grid = flow[::CAMERA_GRID_STEP, ::CAMERA_GRID_STEP]
+    return np.median(grid.reshape(-1, 2), axis=0).astype(np.float64)
+
+
+CAMERA_MARGIN = 1 / 32  # of the long side: a border where content enters the view and the flow is unreliable
+
+
+def content_flow(flow: np.ndarray) -> np.ndarray:
+    """Per-pixel length of the flow left after removing the camera's motion: float64 [n] over a grid of points
+    (every CAMERA_GRID_STEP-th pixel, inside a border of CAMERA_MARGIN of the long side), in flow pixels.
+
+    The camera's motion is the affine flow field u(x, y) = a + B (x, y) (pan, zoom, rotation, shear) fitted by
+    least trimmed squares: a least-squares fit, then twice refitted on the half of the points it explains best,
+    so objects moving over a still background (under half the frame) do not pull the fit. A camera moving over a
+    still picture leaves ~0 everywhere; moving objects leave their own motion.
+    """
+    h, w = flow.shape[:2]
+    m = max(1, round(max(h, w) * CAMERA_MARGIN))
+    ys, xs = np.mgrid[m : max(m + 1, h - m) : CAMERA_GRID_STEP, m : max(m + 1, w - m) : CAMERA_GRID_STEP]
+    f = flow[ys, xs].reshape(-1, 2).astype(np.float64)
+    design = np.stack([np.ones(xs.size), xs.ravel() / w - 0.5, ys.ravel() / h - 0.5], axis=1)
+    keep = np.ones(len(f), bool)
+    for _ in range(3):
+        coef = np.linalg.lstsq(design[keep], f[keep], rcond=None)[0]
+        residual = np.hypot(*(f - design @ coef).T)
+        keep = residual <= np.median(residual)
+    return residual

@@ -4,11 +4,12 @@ Segments are consecutive, non-overlapping runs of round(segment_seconds * fps) f
 remainder (less than one segment) at the end is not used by the drift measures (`frames_unused`), but is by the
 degenerate-video guards. What is measured at which resolution (also recorded in the report's `settings`):
 - working resolution (frames area-downscaled so the long side is <= `working_long_side`, default 256 px):
-  CIELAB of every `frame_stride`-th frame of a segment (its per-pixel median for the colour tiles, its mean L*
-  for structure, mean chroma); Farneback flow and warp error on the pairs (t, t + 1) for every
-  `frame_stride`-th t of a segment, and the camera translation as the median flow of those pairs;
-- full resolution: the Laplacian variance (sharpness) of every `frame_stride`-th frame, because downscaling is
-  a low-pass filter and would remove what it measures;
+  CIELAB and colourfulness of every `frame_stride`-th frame of a segment (the CIELAB per-pixel median for the
+  colour tiles, its mean L* for structure); Farneback flow, warp error and content motion on every consecutive
+  frame pair, and the camera translation as the median flow of a segment's pairs;
+- full resolution: Laplacian variance (sharpness) and detail energy of every `frame_stride`-th frame, P.910 SI
+  of every frame and TI of every pair, because downscaling is a low-pass filter and would remove what they
+  measure;
 - 64-px thumbnails of every frame: the guards (guards.py).
 """
 
@@ -27,13 +28,14 @@ from tokentrim.eval import appearance as A
 from tokentrim.eval import metrics as M
 from tokentrim.eval.drift import METRICS, SPECS, level_curve, summarise
 from tokentrim.eval.guards import DYNAMIC_TOP_FRACTION, THUMB_LONG_SIDE, guard_report
+from tokentrim.eval.levels import LEVELS, level_entry, repeated_frames, start_window
 
 DEFAULT_SEGMENT_SECONDS = 2.0  # VBench-Long's fixed clip length
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    frame_stride: int = 2  # flow pairs and sharpness frames: every k-th frame of a segment
+    frame_stride: int = 2  # CIELAB, colourfulness, sharpness and detail: every k-th frame of a segment
     working_long_side: int = 256  # flow, colour and structure on frames downscaled to this long side (speed)
     tile_grid: int = 8  # colour tiles: grid x grid cells (an 8x8 cell of a 480x832 frame is 60x104 px)
     tile_quantile: float = 0.95  # upper quantile over the tiles (64 tiles: the 4th largest counts ~85 %)
@@ -83,54 +85,85 @@ def segment_layout(num_frames: int, fps: float, segment_seconds: float, name: st
 
 @dataclass
 class Features:
-    """What the single pass over the frames collects; per-segment lists are indexed by segment."""
+    """What the single pass over the frames collects; per-segment lists are indexed by segment, and a frame pair
+    (t - 1, t) belongs to the segment of frame t."""
 
     lab_median: list[np.ndarray]  # per segment: per-pixel median of sampled CIELAB frames [h, w, 3] (colour)
     lightness_mean: list[np.ndarray]  # per segment: mean L* of the sampled frames [h, w] (structure)
-    chroma: list[list[float]]  # per segment: mean chroma of each sampled frame
+    colourfulness: list[list[float]]  # per segment: Hasler-Suesstrunk colourfulness of each sampled frame
     sharpness: list[list[float]]  # per segment: Laplacian variance of each sampled frame (full resolution)
-    motion: list[list[float]]  # per segment: mean flow length of each pair (px/frame, original resolution)
-    warp: list[list[float]]  # per segment: warp error of each pair (grey levels, working resolution)
-    camera: list[list[np.ndarray]]  # per segment: camera velocity (dx, dy) of each pair, working px/frame
-    pair_scores: list[float]  # every pair: top-5 % flow length (px/frame, original resolution)
+    detail: list[list[float]]  # per segment: high-frequency energy of each sampled frame (full resolution)
+    spatial_information: list[list[float]]  # per segment: P.910 SI of every frame (full resolution)
+    temporal_information: list[list[float]]  # per segment: P.910 TI of every pair (full resolution)
+    motion: list[list[float]]  # per segment: mean flow length of every pair (px/frame, original resolution)
+    content_motion: list[
+        list[float]
+    ]  # per segment: mean content flow of every pair (% of the long side per s)
+    warp: list[list[float]]  # per segment: warp error of every pair (grey levels, working resolution)
+    camera: list[list[np.ndarray]]  # per segment: camera velocity (dx, dy) of every pair, working px/frame
+    effective_frame_rate: list[list[float]]  # per segment: 1.0 per pair showing a new frame, 0.0 per repeat
+    start_counts: dict[
+        str, int
+    ]  # per level measure: how many of segment 0's values come from the start window
+    pair_scores: list[float]  # every pair in a segment: top-5 % flow length (px/frame, original resolution)
     thumbs: np.ndarray  # float32 [T, th, tw] grey thumbnails of every frame
     scale: float  # working resolution / original resolution
 
 
-def extract_features(frames: np.ndarray, layout: SegmentLayout, settings: EvalSettings) -> Features:
-    """One pass over `frames` (uint8 [T, H, W, 3]) collecting everything the measures and guards need."""
+def extract_features(
+    frames: np.ndarray, fps: float, layout: SegmentLayout, settings: EvalSettings
+) -> Features:
+    """One pass over `frames` (uint8 [T, H, W, 3]) collecting everything the measures and guards need.
+
+    Every consecutive frame pair inside the segments is measured (flow, warp error, content motion, TI), so
+    frames repeated in step with a sampling phase cannot hide motion; appearance is sampled every
+    `settings.frame_stride`-th frame of a segment.
+    """
     T, H, W = frames.shape[:3]
     S, L, stride = layout.segments, layout.segment_frames, settings.frame_stride
     wh, ww, scale = M.scaled_size(H, W, settings.working_long_side)
     th, tw, _ = M.scaled_size(wh, ww, THUMB_LONG_SIDE)
-    per_segment = {
-        name: [[] for _ in range(S)] for name in ("chroma", "sharpness", "motion", "warp", "camera")
-    }
-    f = Features(lab_median=[], lightness_mean=[], **per_segment, pair_scores=[],
-                 thumbs=np.empty((T, th, tw), np.float32), scale=scale)  # fmt: skip
+    per_segment = ("colourfulness", "sharpness", "detail", "spatial_information", "temporal_information",
+                   "motion", "content_motion", "warp", "camera", "effective_frame_rate")  # fmt: skip
+    f = Features(lab_median=[], lightness_mean=[], **{name: [[] for _ in range(S)] for name in per_segment},
+                 start_counts={}, pair_scores=[], thumbs=np.empty((T, th, tw), np.float32), scale=scale)  # fmt: skip
+    start_frames = start_window(fps, L)
     labs = np.empty((len(range(0, L, stride)), wh, ww, 3), np.float32)  # the segment's sampled CIELAB frames
-    prev_grey = None
+    to_percent_per_second = 100.0 * fps / max(wh, ww)  # working px per pair -> % of the long side per second
+    prev_grey = prev_full = None
     for t in range(T):
         small = M.downscale(frames[t], wh, ww)
         g = M.grey(small)
         f.thumbs[t] = M.downscale(g.astype(np.float32), th, tw)
         k, i = divmod(t, L)
         if k < S:
+            full = M.grey(frames[t])
+            f.spatial_information[k].append(M.spatial_information(full))
             if i % stride == 0:
-                lab = labs[i // stride] = A.srgb_to_lab(small)
-                f.chroma[k].append(A.mean_chroma(lab))
-                f.sharpness[k].append(M.laplacian_variance(M.grey(frames[t])))
+                labs[i // stride] = A.srgb_to_lab(small)
+                f.colourfulness[k].append(M.colourfulness(small))
+                f.sharpness[k].append(M.laplacian_variance(full))
+                f.detail[k].append(M.detail_energy(full))
             if i == L - 1:  # the median plate drops objects that cross a pixel in under half the segment
                 f.lab_median.append(np.median(labs, axis=0))
                 f.lightness_mean.append(labs[..., 0].mean(axis=0))
-            if i >= 1 and (i - 1) % stride == 0:  # the pair (t - 1, t) inside segment k
+            if t >= 1:  # the pair (t - 1, t)
                 flow = M.optical_flow(prev_grey, g)
                 lengths = M.flow_lengths(flow) / scale  # pixels of the original resolution
                 f.motion[k].append(float(lengths.mean()))
+                f.content_motion[k].append(float(M.content_flow(flow).mean()) * to_percent_per_second)
                 f.warp[k].append(M.warp_error(prev_grey, g, flow))
+                f.temporal_information[k].append(M.temporal_information(prev_full, full))
                 f.pair_scores.append(M.top_fraction_mean(lengths, DYNAMIC_TOP_FRACTION))
                 f.camera[k].append(M.camera_velocity(flow))
+            prev_full = full
+            if t == start_frames - 1:  # values so far come from the start window
+                f.start_counts = {spec.name: len(getattr(f, spec.name)[0]) for spec in LEVELS}
         prev_grey = g
+    repeats = repeated_frames(f.thumbs[: S * L], fps)  # pair (t - 1, t) at index t - 1
+    for t in range(1, S * L):
+        f.effective_frame_rate[t // L].append(0.0 if repeats[t - 1] else 1.0)
+    f.start_counts["effective_frame_rate"] = start_frames - 1
     return f
 
 
@@ -163,8 +196,11 @@ def reference_segments(camera: np.ndarray, height: int, width: int, min_overlap:
     return refs, shifts
 
 
-def drift_entries(f: Features, layout: SegmentLayout, settings: EvalSettings, segment_seconds: float):
-    """Per-measure JSON entries (drift.summarise) plus the reference segments and shifts used."""
+def drift_entries(
+    f: Features, fps: float, layout: SegmentLayout, settings: EvalSettings, segment_seconds: float
+):
+    """Per-measure JSON entries (drift.summarise), the level measures (levels.level_entry), and the reference
+    segments and shifts used."""
     S, L = layout.segments, layout.segment_frames
     camera = segment_positions(np.array([np.mean(c, axis=0) for c in f.camera]), L)
     h, w = f.lightness_mean[0].shape
@@ -176,13 +212,16 @@ def drift_entries(f: Features, layout: SegmentLayout, settings: EvalSettings, se
         ref, seg, _ = A.overlap(f.lightness_mean[refs[k]], f.lightness_mean[k], shifts[k])
         cs = A.ssim_contrast_structure(ref * A.L_TO_GREY, seg * A.L_TO_GREY)
         structure.append(max(0.0, 1.0 - cs))
-    levels = {name: [float(np.mean(v)) for v in getattr(f, attr)] for name, attr in
-              (("chroma", "chroma"), ("sharpness", "sharpness"), ("warp_error", "warp"), ("motion", "motion"))}  # fmt: skip
+    levels = {spec.name: level_entry(spec, getattr(f, spec.name), f.start_counts[spec.name], fps)
+              for spec in LEVELS}  # fmt: skip
+    values = {name: entry["segments"] for name, entry in levels.items()}
+    for name, attr in (("sharpness", "sharpness"), ("warp_error", "warp"), ("motion", "motion")):
+        values[name] = [float(np.mean(v)) for v in getattr(f, attr)]
     curves = {"colour_tiles": (tiles, tiles), "structure": (structure, structure)}
-    for name, values in levels.items():
-        curves[name] = (values, level_curve(SPECS[name], values, refs))
+    for name, v in values.items():
+        curves[name] = (v, level_curve(SPECS[name], v, refs))
     entries = {spec.name: summarise(spec, *curves[spec.name], segment_seconds) for spec in METRICS}
-    return entries, refs, [[dx / f.scale, dy / f.scale] for dx, dy in shifts]
+    return entries, levels, refs, [[dx / f.scale, dy / f.scale] for dx, dy in shifts]
 
 
 def evaluate_frames(
@@ -204,10 +243,10 @@ def evaluate_frames(
         raise UserError(f"{name}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     layout = segment_layout(len(frames), fps, segment_seconds, name)
     if settings.frame_stride >= layout.segment_frames:
-        raise UserError(f"--frame-stride {settings.frame_stride} leaves no frame pair in a "
+        raise UserError(f"--frame-stride {settings.frame_stride} samples a single frame of a "
                         f"{layout.segment_frames}-frame segment; use at most {layout.segment_frames - 1}")  # fmt: skip
-    features = extract_features(frames, layout, settings)
-    metrics, refs, shifts = drift_entries(features, layout, settings, segment_seconds)
+    features = extract_features(frames, fps, layout, settings)
+    metrics, levels, refs, shifts = drift_entries(features, fps, layout, settings, segment_seconds)
     guards = guard_report(features.thumbs, features.pair_scores, fps, *frames.shape[1:3])
     first_tiles = A.tile_means(A.srgb_to_lab(frames[0]), min(settings.tile_grid, *frames.shape[1:3]))
     first_thumb = M.downscale(
@@ -233,6 +272,7 @@ def evaluate_frames(
         "camera_shift_px": shifts,
         "first_frame_lab_tiles": first_tiles.round(3).tolist(),  # for the seed-match check (pairs.py)
         "first_frame_thumb": first_thumb.round(2).tolist(),
+        "levels": levels,
         "metrics": metrics,
         "eval_seconds": round(time.perf_counter() - start, 3),
     }
