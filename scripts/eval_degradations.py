@@ -69,8 +69,9 @@ def main() -> None:
     for video in args.videos:
         frames, fps = read_video(video)
         rows += run(Path(video).stem, frames, fps, args.segment_seconds)
-    print("\n| video | copy | source as baseline | swapped | the copy's flags | the source's flags |")
-    print("|---|---|---|---|---|---|")
+    print("\n| video | copy | categories for source : copy | source as baseline | swapped | the copy's flags | "
+          "the source's flags |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         copy_flags = ", ".join(short(f) for f in r["copy_flags"]) or "–"
         source_flags = ", ".join(short(f) for f in r["source_flags"]) or "–"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_eval_scenes import FPS, SECONDS, frozen, global_cast, reference
+from test_eval_scenes import FPS, SECONDS, frozen, progressive_blur, reference
 
 from tokentrim.cli import main
 from tokentrim.eval import CATEGORIES, METRICS
@@ -30,10 +30,10 @@ def load_bridge():
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    """clean (the moving reference scene), cast (a slow warm cast), still (its first frame held): H.264 mp4s."""
+    """clean (the moving reference scene), blur (growing blur), still (its first frame held): H.264 mp4s."""
     folder = tmp_path_factory.mktemp("videos")
-    paths = {name: folder / f"{name}.mp4" for name in ("clean", "cast", "still")}
-    for name, make in (("clean", reference), ("cast", global_cast), ("still", frozen)):
+    paths = {name: folder / f"{name}.mp4" for name in ("clean", "blur", "still")}
+    for name, make in (("clean", reference), ("blur", progressive_blur), ("still", frozen)):
         write_video(paths[name], make(), fps=FPS)
     return paths
 
@@ -73,16 +73,17 @@ def test_eval_videos_writes_json_with_curves_flags_and_timing(videos, tmp_path, 
 
 
 def test_pair_verdict_prefers_clean_video_both_ways_round(videos, tmp_path, capsys):
-    clean, cast = videos["clean"], videos["cast"]
-    code, stdout, stderr = run(capsys, "eval", "--pair", cast, clean, "--json", tmp_path / "a.json")
-    assert code == 0 and "verdict: treated" in stdout and "categories: colour=treated" in stdout
+    clean, blur = videos["clean"], videos["blur"]
+    code, stdout, stderr = run(capsys, "eval", "--pair", blur, clean, "--json", tmp_path / "a.json")
+    assert code == 0 and "verdict: treated" in stdout and "detail=treated" in stdout
     assert stderr == ""  # same scene, same first frames: no warnings
     a = json.loads((tmp_path / "a.json").read_text())
-    assert a["verdict"] == "treated" and a["flags"] == {"baseline": [], "treated": []} and a["warnings"] == []
-    assert a["baseline"]["path"] == str(cast) and a["treated"]["path"] == str(clean)
+    assert a["verdict"] == "treated" and a["flags"]["treated"] == [] and a["warnings"] == []
+    assert [f for f in a["flags"]["baseline"] if f.startswith("increasingly less spatial information: ")]
+    assert a["baseline"]["path"] == str(blur) and a["treated"]["path"] == str(clean)
     assert set(a["categories"]) == set(CATEGORIES) and "majority" in a["rule"]
 
-    code, _, _ = run(capsys, "eval", "--pair", clean, cast, "--json", tmp_path / "b.json")
+    code, _, _ = run(capsys, "eval", "--pair", clean, blur, "--json", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert code == 0 and b["verdict"] == "baseline"
     assert b["votes"] == {"baseline": a["votes"]["treated"], "treated": a["votes"]["baseline"],
@@ -125,7 +126,7 @@ def test_user_errors_exit_2_with_one_line_and_no_json(videos, tmp_path, capsys):
         (["eval", "--pair", videos["clean"], short, "--json", out], "1.00 s (16 frames at 16 fps)"),
         (["eval", "--json", out], "exactly one of"),
         (
-            ["eval", videos["clean"], "--pair", videos["clean"], videos["cast"], "--json", out],
+            ["eval", videos["clean"], "--pair", videos["clean"], videos["blur"], "--json", out],
             "exactly one of",
         ),
         (["eval", videos["clean"], "--json", out, "--frame-stride", "0"], "frame_stride"),

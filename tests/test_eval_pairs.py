@@ -8,7 +8,7 @@ from math import comb
 
 import numpy as np
 import pytest
-from test_eval_scenes import FPS, finish, frozen, global_cast, reference, reference_float, texture
+from test_eval_scenes import FPS, finish, frozen, progressive_blur, reference, reference_float, texture
 
 from tokentrim.cli import main
 from tokentrim.errors import UserError
@@ -24,18 +24,23 @@ def other_seed() -> np.ndarray:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairs")
-    for name, make in (("clean", reference), ("cast", global_cast), ("still", frozen), ("other", other_seed)):
+    for name, make in (
+        ("clean", reference),
+        ("blur", progressive_blur),
+        ("still", frozen),
+        ("other", other_seed),
+    ):
         write_video(folder / f"{name}.mp4", make(), fps=FPS)
     shutil.copy(folder / "clean.mp4", folder / "copy.mp4")  # same bytes, another name
     return folder
 
 
 PAIRS = """# baseline treated
-cast.mp4 clean.mp4
+blur.mp4 clean.mp4
 still.mp4 clean.mp4
 
-cast.mp4 copy.mp4
-clean.mp4 cast.mp4
+blur.mp4 copy.mp4
+clean.mp4 blur.mp4
 still.mp4 other.mp4
 clean.mp4 copy.mp4
 """
@@ -87,7 +92,7 @@ def test_pairs_summary_statistics_and_warnings(folder, tmp_path, capsys):
     duplicates = [w for w in warnings if w.startswith("identical content")]
     seeds = [w for w in warnings if "not seed-matched" in w]
     assert len(duplicates) + len(seeds) == len(warnings)
-    # one warning per group of same content: cast (pairs 1, 3, 4), still (2, 5), clean + its copy (1, 2, 3, 4, 6)
+    # one warning per group of same content: blur (pairs 1, 3, 4), still (2, 5), clean + its copy (1, 2, 3, 4, 6)
     assert len(duplicates) == 3
     (group,) = [w for w in duplicates if "copy.mp4" in w]
     assert group.count("clean.mp4") == 4 and group.count("copy.mp4") == 2
@@ -96,7 +101,7 @@ def test_pairs_summary_statistics_and_warnings(folder, tmp_path, capsys):
 
 def test_sign_test_value_is_the_exact_binomial(folder, tmp_path, capsys):
     """Nine wins and one loss (the same two files repeated, which the duplicate warnings say): p = 2 * 11 / 1024."""
-    lines = ["cast.mp4 clean.mp4"] * 9 + ["clean.mp4 cast.mp4"]
+    lines = ["blur.mp4 clean.mp4"] * 9 + ["clean.mp4 blur.mp4"]
     (folder / "ten.txt").write_text("\n".join(lines) + "\n")
     code, _, _ = run(capsys, "eval", "--pairs", folder / "ten.txt", "--json", tmp_path / "ten.json")
     s = json.loads((tmp_path / "ten.json").read_text())["summary"]
@@ -120,13 +125,13 @@ def test_read_pairs_file_errors(tmp_path):
 def test_pairs_user_errors_exit_2_without_json(folder, tmp_path, capsys):
     out = tmp_path / "x.json"
     (folder / "missing.txt").write_text("clean.mp4 nowhere.mp4\n")
-    (folder / "three.txt").write_text("clean.mp4 cast.mp4 still.mp4\n")
+    (folder / "three.txt").write_text("clean.mp4 blur.mp4 still.mp4\n")
     cases = [
         (["--pairs", tmp_path / "none.txt"], "--pairs file not found"),
         (["--pairs", folder / "missing.txt"], "video file not found"),
         (["--pairs", folder / "three.txt"], "expected two paths"),
         (
-            ["--pairs", folder / "three.txt", "--pair", folder / "clean.mp4", folder / "cast.mp4"],
+            ["--pairs", folder / "three.txt", "--pair", folder / "clean.mp4", folder / "blur.mp4"],
             "exactly one of",
         ),
     ]
