@@ -69,6 +69,8 @@ def main() -> None:
     for video in args.videos:
         frames, fps = read_video(video)
         rows += run(Path(video).stem, frames, fps, args.segment_seconds)
+        if args.json:  # after every video, so a long run can be read before it ends
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| video | copy | categories for source : copy | source as baseline | swapped | the copy's flags | "
           "the source's flags |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")

@@ -69,7 +69,7 @@ def main() -> None:
         es, el = np.max(rows[spec.name]["encode"], axis=0)
         largest = max(hs, hl, es, el)
         print(
-            f"| {spec.name} | {hs:.3f} | {hl:.3f} | {es:.3f} | {el:.3f} | {2 * largest:.3f} | {spec.margin:g} |"
+            f"| {spec.name} | {hs:.3f} | {hl:.3f} | {es:.3f} | {el:.3f} | {2 * largest:.3f} | {spec.margin:.3f} |"
         )
 
 

@@ -27,10 +27,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="weight-free drift evaluation of videos, a pair verdict, or statistics over many pairs",
-        description="Drift curves per measure (distance of each segment to the reference segment), "
-        "degenerate-video flags (frozen, loop, blank); with --pair, which of two videos drifts less, by "
-        "category; with --pairs FILE, a verdict per line 'BASELINE TREATED' plus wins/ties/losses, an exact "
-        "sign test and a Clopper-Pearson interval. Definitions: docs/metrics.md.",
+        description="Drift curves per measure (distance of each segment to the reference segment), level "
+        "measures (colourfulness, detail, SI/TI, effective frame rate, content motion), degenerate-video flags "
+        "(frozen, loop, blank); with --pair, which of two videos drifts less, by category, never a video "
+        "markedly poorer than the other on a level measure; with --pairs FILE, a verdict per line 'BASELINE "
+        "TREATED' plus wins/ties/losses, an exact sign test and a Clopper-Pearson interval. Definitions: "
+        "docs/metrics.md.",
     )
     p.add_argument("videos", nargs="*", metavar="VIDEO", help="videos to evaluate (mp4)")
     p.add_argument("--pair", nargs=2, metavar=("BASELINE", "TREATED"), help="compare two videos")
@@ -39,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--segment-seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
                    help="segment length in seconds (default %(default)s)")  # fmt: skip
     p.add_argument("--frame-stride", type=int, default=EvalSettings.frame_stride,
-                   help="flow pairs and sharpness frames: every k-th frame of a segment (default %(default)s)")  # fmt: skip
+                   help="colour, sharpness and detail on every k-th frame of a segment; motion is measured on "
+                   "every frame pair (default %(default)s)")  # fmt: skip
     p.add_argument("--working-long-side", type=int, default=EvalSettings.working_long_side,
                    help="flow, colour and structure on frames downscaled to this long side (default %(default)s px)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
@@ -96,8 +99,8 @@ def _compare(evaluate: _Evaluator, index: int, baseline: Path, treated: Path) ->
     result = compare_reports(b, t)
     warnings = [w for w in [seed_warning(index, b, t)] if w]
     entry = {"verdict": result["verdict"], "reason": result["reason"], "flags": result["flags"],
-             "categories": result["categories"], "votes": result["votes"], "comparison": result["comparison"],
-             "baseline": b, "treated": t}  # fmt: skip
+             "levels": result["levels"], "categories": result["categories"], "votes": result["votes"],
+             "comparison": result["comparison"], "baseline": b, "treated": t}  # fmt: skip
     return entry, warnings
 
 

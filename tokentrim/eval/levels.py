@@ -71,16 +71,16 @@ class LevelSpec:
 LEVELS: tuple[LevelSpec, ...] = (
     LevelSpec("colourfulness", "less colour", "M", COLOURFULNESS_EPS, 0.074,
               description="Hasler-Suesstrunk colourfulness sqrt(s_rg^2 + s_yb^2) + 0.3 sqrt(m_rg^2 + m_yb^2)"),
-    LevelSpec("detail", "less detail", "grey levels^2", DETAIL_EPS, 0.139,
+    LevelSpec("detail", "less detail", "grey levels^2", DETAIL_EPS, 0.141,
               description="energy of the frame minus its Gaussian-blurred copy (sigma 1 px), full resolution"),
     LevelSpec("spatial_information", "less spatial information", "grey levels", SI_EPS, 0.054, p910=True,
               description="ITU-T P.910 SI of each frame: std of the Sobel gradient magnitude of the luma"),
-    LevelSpec("temporal_information", "less temporal information", "grey levels", TI_EPS, 0.050,
+    LevelSpec("temporal_information", "less temporal information", "grey levels", TI_EPS, 0.048,
               same_fps_only=True, p910=True,
               description="ITU-T P.910 TI of each frame pair: std of the luma difference"),
     LevelSpec("effective_frame_rate", "lower effective frame rate", "fps", FRAME_RATE_EPS, 0.0,
               description="frame rate times the share of consecutive frames that are not repeats"),
-    LevelSpec("content_motion", "less content motion", "%/s", CONTENT_MOTION_EPS, 0.418,
+    LevelSpec("content_motion", "less content motion", "%/s", CONTENT_MOTION_EPS, 0.411,
               description="mean length of the optical flow left after removing the camera's affine motion, "
               "in % of the frame's long side per second"),
 )  # fmt: skip

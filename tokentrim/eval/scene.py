@@ -43,7 +43,7 @@ def world(rng: np.random.Generator, h: int, w: int, unit: float) -> np.ndarray:
 
 def moving_scene(height: int = 96, width: int = 160, seconds: float = 8.0, fps: float = 16.0,
                  seed: int = 0) -> np.ndarray:  # fmt: skip
-    """Render the scene: uint8 [round(seconds * fps), height, width, 3]."""
+    """Render the scene: uint8 [round(seconds * fps), height, width, 3], one frame at a time."""
     rng = np.random.default_rng(seed)
     n = round(seconds * fps)
     unit = width / 160.0
@@ -51,35 +51,44 @@ def moving_scene(height: int = 96, width: int = 160, seconds: float = 8.0, fps: 
     pad = int(np.ceil(max(abs(vx), abs(vy)) * n)) + 4
     big = world(rng, height + pad, width + pad, unit)
     t = np.arange(n, dtype=np.float64)
-    frames = np.empty((n, height, width, 3), np.float32)
-    for i in range(n):  # camera: content moves by (-vx, -vy) per frame
-        m = np.float32([[1, 0, -2 - vx * i], [0, 1, -2 - vy * i]])
-        frames[i] = cv2.warpAffine(big, m, (width, height), flags=cv2.INTER_CUBIC)
+    discs = []  # (texture patch, alpha, x(t), y(t)) of each textured disc
     for _ in range(DISCS):
         r = rng.uniform(0.08, 0.14) * height
         size = int(2 * r) + 5
-        patch = world(rng, size, size, unit)  # a textured object
+        patch = world(rng, size, size, unit)
         yy, xx = np.mgrid[0:size, 0:size] - (size - 1) / 2
-        alpha = np.clip(r + 0.5 - np.hypot(xx, yy), 0, 1).astype(np.float32)[..., None]
-        speed = rng.uniform(0.6, 1.6) * unit
-        angle = rng.uniform(0, 2 * np.pi)
+        alpha = np.clip(r + 0.5 - np.hypot(xx, yy), 0, 1).astype(np.float32)
+        speed, angle = rng.uniform(0.6, 1.6) * unit, rng.uniform(0, 2 * np.pi)
         xs = _bounce(rng.uniform(r, width - r), speed * np.cos(angle), t, r, width - 1 - r)
         ys = _bounce(rng.uniform(r, height - r), speed * np.sin(angle), t, r, height - 1 - r)
-        for i in range(n):
-            x0, y0 = int(np.floor(xs[i])) - size // 2, int(np.floor(ys[i])) - size // 2
-            shift = np.float32([[1, 0, xs[i] - np.floor(xs[i])], [0, 1, ys[i] - np.floor(ys[i])]])
-            p = cv2.warpAffine(
-                patch, shift, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-            )
-            a = cv2.warpAffine(alpha, shift, (size, size), flags=cv2.INTER_LINEAR)[..., None]
-            ya, xa = max(0, y0), max(0, x0)
-            yb, xb = min(height, y0 + size), min(width, x0 + size)
-            if yb <= ya or xb <= xa:
-                continue
-            sl = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
-            frames[i, ya:yb, xa:xb] = (1 - a[sl]) * frames[i, ya:yb, xa:xb] + a[sl] * p[sl]
-    frames += rng.normal(0, SENSOR_SIGMA, frames.shape).astype(np.float32)
-    return frames.round().clip(0, 255).astype(np.uint8)
+        discs.append((patch, alpha, xs, ys))
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        camera = np.float32(
+            [[1, 0, -2 - vx * i], [0, 1, -2 - vy * i]]
+        )  # content moves by (-vx, -vy) per frame
+        frame = cv2.warpAffine(big, camera, (width, height), flags=cv2.INTER_CUBIC)
+        for patch, alpha, xs, ys in discs:
+            _paste(frame, patch, alpha, xs[i], ys[i])
+        frame += rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(SENSOR_SIGMA)
+        out[i] = np.clip(np.rint(frame), 0, 255)
+    return out
+
+
+def _paste(frame: np.ndarray, patch: np.ndarray, alpha: np.ndarray, x: float, y: float) -> None:
+    """Blend `patch` ([s, s, 3]) with coverage `alpha` ([s, s]) into `frame` in place, centred at (x, y) with
+    sub-pixel precision (the patch is shifted by the fractional part, placed at the integer part)."""
+    h, w = frame.shape[:2]
+    size = patch.shape[0]
+    x0, y0 = int(np.floor(x)) - size // 2, int(np.floor(y)) - size // 2
+    shift = np.float32([[1, 0, x - np.floor(x)], [0, 1, y - np.floor(y)]])
+    p = cv2.warpAffine(patch, shift, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    a = cv2.warpAffine(alpha, shift, (size, size), flags=cv2.INTER_LINEAR)[..., None]
+    ya, xa, yb, xb = max(0, y0), max(0, x0), min(h, y0 + size), min(w, x0 + size)
+    if yb <= ya or xb <= xa:
+        return
+    crop = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+    frame[ya:yb, xa:xb] = (1 - a[crop]) * frame[ya:yb, xa:xb] + a[crop] * p[crop]
 
 
 def _bounce(p0: float, v: float, t: np.ndarray, lo: float, hi: float) -> np.ndarray:
