@@ -80,7 +80,7 @@ def test_degraded_copy_is_never_preferred_and_is_flagged(source, source_report, 
     forward, _ = verdicts(source_report, report)
     assert forward["verdict"] != "treated", (name, forward["reason"])
     assert forward["flags"]["baseline"] == [], forward["flags"]  # the source is never the poorer one
-    flagged = {d["measure"] for d in forward["levels"]["treated"]}
+    flagged = {d["measure"] for d in forward["shortfalls"]["treated"]}
     assert EXPECTED[name] in flagged, (name, forward["flags"]["treated"])
     for text in forward["flags"]["treated"]:  # the flag names the measure and both values
         assert " vs " in text

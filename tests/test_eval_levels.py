@@ -191,7 +191,7 @@ def test_a_flagged_video_is_never_preferred_even_when_the_categories_favour_it()
     assert backward["verdict"] == "tie"
     assert forward["flags"] == {"baseline": [], "treated": ["less colour from the start: 0 vs 50 M"]}
     assert "treated is markedly poorer (less colour" in forward["reason"]
-    assert forward["levels"]["treated"][0]["measure"] == "colourfulness"
+    assert forward["shortfalls"]["treated"][0]["measure"] == "colourfulness"
     # the flagged video does not win; the other one still can, by the categories
     clean = report()
     assert (

@@ -99,7 +99,7 @@ def _compare(evaluate: _Evaluator, index: int, baseline: Path, treated: Path) ->
     result = compare_reports(b, t)
     warnings = [w for w in [seed_warning(index, b, t)] if w]
     entry = {"verdict": result["verdict"], "reason": result["reason"], "flags": result["flags"],
-             "levels": result["levels"], "categories": result["categories"], "votes": result["votes"],
+             "shortfalls": result["shortfalls"], "categories": result["categories"], "votes": result["votes"],
              "comparison": result["comparison"], "baseline": b, "treated": t}  # fmt: skip
     return entry, warnings
 

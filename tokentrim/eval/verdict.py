@@ -63,8 +63,8 @@ def compare_reports(baseline: dict, treated: dict) -> dict:
     """Measure-by-measure and category comparison of two `evaluate_video` reports, and the verdict.
 
     Returns {"rule", "verdict" ("baseline" | "treated" | "tie"), "reason", "flags" {side: [flag, ...]} (why a
-    video cannot be preferred: its degenerate-video flags, or else its level shortfalls as text), "levels" {side:
-    [shortfall details]},
+    video cannot be preferred: its degenerate-video flags, or else its level shortfalls as text), "shortfalls"
+    {side: [{"measure", "kind" ("start" | "increasing"), values, "margin"}]} (levels.comparability_flags),
     "categories" {category: {"vote", "measures"}}, "votes" {"baseline", "treated", "tie"} (category counts;
     "tie" = abstaining categories), "comparison" {measure: {...}}}.
     """
@@ -108,5 +108,5 @@ def compare_reports(baseline: dict, treated: dict) -> dict:
             )
             verdict = "tie"
     return {"rule": VERDICT_RULE, "verdict": verdict, "reason": reason, "flags": flags,
-            "levels": {s: shortfalls[s][1] for s in SIDES}, "categories": categories, "votes": votes,
+            "shortfalls": {s: shortfalls[s][1] for s in SIDES}, "categories": categories, "votes": votes,
             "comparison": comparison}  # fmt: skip
