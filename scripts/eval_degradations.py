@@ -77,9 +77,9 @@ def main() -> None:
     for r in rows:
         copy_flags = ", ".join(short(f) for f in r["copy_flags"]) or "–"
         source_flags = ", ".join(short(f) for f in r["source_flags"]) or "–"
-        print(
-            f"| {r['video']} | {r['copy']} | {r['verdict']} | {r['swapped']} | {copy_flags} | {source_flags} |"
-        )
+        votes = f"{r['votes']['baseline']} : {r['votes']['treated']}"
+        print(f"| {r['video']} | {r['copy']} | {votes} | {r['verdict']} | {r['swapped']} | {copy_flags} | "
+              f"{source_flags} |")  # fmt: skip
     preferred = [
         r for r in rows if "copy" in (r["verdict"], r["swapped"]) and r["copy"] != "H.264 round trip"
     ]
