@@ -30,21 +30,19 @@ START_SECONDS = 0.5
 # eps of each measure: its level on a featureless frame (flat grey) carrying noise of NOISE_LEVEL grey levels,
 # the guards' "no visible change" level (guards.STILL_LEVEL): differences among levels this low are noise.
 NOISE_LEVEL = STILL_LEVEL
-COLOURFULNESS_EPS = NOISE_LEVEL * math.sqrt(
-    3.5
-)  # noise in R, G, B: var(R - G) = 2 s^2, var((R + G)/2 - B) = 1.5 s^2
-DETAIL_EPS = (
-    NOISE_LEVEL**2 * 0.761
-)  # sum of (delta - Gaussian kernel, sigma 1 px)^2 = 0.761 (white-noise gain)
-SI_EPS = (
-    NOISE_LEVEL * math.sqrt(12.0) * math.sqrt(2.0 - math.pi / 2)
-)  # Rayleigh std of two Sobel(noise) N(0, 12 s^2)
-TI_EPS = NOISE_LEVEL * math.sqrt(2.0)  # std of the difference of two independent noise frames
+# Noise of variance s^2 in R, G and B: var(R - G) = 2 s^2, var((R + G) / 2 - B) = 1.5 s^2.
+COLOURFULNESS_EPS = NOISE_LEVEL * math.sqrt(3.5)
+# White noise through delta - Gaussian(sigma 1 px): variance gain sum((delta - g)^2) = 0.761.
+DETAIL_EPS = NOISE_LEVEL**2 * 0.761
+# Sobel x and y of white noise are independent N(0, 12 s^2): the magnitude is Rayleigh, std sqrt(12 (2 - pi/2)) s.
+SI_EPS = NOISE_LEVEL * math.sqrt(12.0 * (2.0 - math.pi / 2))
+# The difference of two independent noise frames.
+TI_EPS = NOISE_LEVEL * math.sqrt(2.0)
 # Content motion: the level measured on a camera panning over a still picture (tokentrim.eval.degrade.still_pan of
 # the synthetic scene), 0.13 %/s: flow estimation noise. Effective frame rate: half a frame per second.
 CONTENT_MOTION_EPS = 0.15
 FRAME_RATE_EPS = 0.5
-# Margins (docs/metrics.md, "Pair comparability"): twice the largest spread between two equally good videos of
+# Margins (docs/metrics.md §4.4): twice the largest spread between two equally good videos of
 # the same scene, and never under ln 1.25 (a shortfall of a fifth of the partner's level). A spread is the largest
 # |ln ratio| of the start levels or of the own losses between the two 8 s halves of a 16 s clip, or between a clip
 # and its H.264 round trip, over 8 renders of tokentrim.eval.scene (scripts/eval_margins.py prints them).
@@ -152,8 +150,8 @@ def comparability_flags(a: dict, b: dict) -> tuple[list[str], list[dict]]:
 
     On a measure, `a` is markedly poorer when
     - from the start: ln((b.start + eps) / (a.start + eps)) > margin, the two start windows compared; or
-    - increasingly: a.loss - b.loss > margin, i.e. `a` lost more of its own level between its first segment and
-      its last quarter than `b` did, by more than the margin. Each video is compared with its own start, so a
+    - increasingly: a.loss - b.loss > margin, i.e. `a` lost more of its own level between its start window and
+      its last quarter of segments than `b` did, by more than the margin. Each video is compared with its own start, so a
       partner whose level rises never makes a steady video look poorer.
     Returns (flag texts, details).
     """

@@ -85,27 +85,23 @@ def segment_layout(num_frames: int, fps: float, segment_seconds: float, name: st
 
 @dataclass
 class Features:
-    """What the single pass over the frames collects; per-segment lists are indexed by segment, and a frame pair
-    (t - 1, t) belongs to the segment of frame t."""
+    """What the single pass over the frames collects. Per-segment lists are indexed by segment and hold one value
+    per sampled frame or per frame pair; a pair (t - 1, t) belongs to the segment of frame t."""
 
-    lab_median: list[np.ndarray]  # per segment: per-pixel median of sampled CIELAB frames [h, w, 3] (colour)
-    lightness_mean: list[np.ndarray]  # per segment: mean L* of the sampled frames [h, w] (structure)
-    colourfulness: list[list[float]]  # per segment: Hasler-Suesstrunk colourfulness of each sampled frame
-    sharpness: list[list[float]]  # per segment: Laplacian variance of each sampled frame (full resolution)
-    detail: list[list[float]]  # per segment: high-frequency energy of each sampled frame (full resolution)
-    spatial_information: list[list[float]]  # per segment: P.910 SI of every frame (full resolution)
-    temporal_information: list[list[float]]  # per segment: P.910 TI of every pair (full resolution)
-    motion: list[list[float]]  # per segment: mean flow length of every pair (px/frame, original resolution)
-    content_motion: list[
-        list[float]
-    ]  # per segment: mean content flow of every pair (% of the long side per s)
-    warp: list[list[float]]  # per segment: warp error of every pair (grey levels, working resolution)
-    camera: list[list[np.ndarray]]  # per segment: camera velocity (dx, dy) of every pair, working px/frame
-    effective_frame_rate: list[list[float]]  # per segment: 1.0 per pair showing a new frame, 0.0 per repeat
-    start_counts: dict[
-        str, int
-    ]  # per level measure: how many of segment 0's values come from the start window
-    pair_scores: list[float]  # every pair in a segment: top-5 % flow length (px/frame, original resolution)
+    lab_median: list[np.ndarray]  # per-pixel median of the sampled CIELAB frames [h, w, 3] (colour tiles)
+    lightness_mean: list[np.ndarray]  # mean L* of the sampled frames [h, w] (structure)
+    colourfulness: list[list[float]]  # Hasler-Suesstrunk, sampled frames (working resolution)
+    sharpness: list[list[float]]  # Laplacian variance, sampled frames (full resolution)
+    detail: list[list[float]]  # high-frequency energy, sampled frames (full resolution)
+    spatial_information: list[list[float]]  # P.910 SI, every frame (full resolution)
+    temporal_information: list[list[float]]  # P.910 TI, every pair (full resolution)
+    motion: list[list[float]]  # mean flow length, every pair (px/frame, original resolution)
+    content_motion: list[list[float]]  # mean content flow, every pair (% of the long side per second)
+    warp: list[list[float]]  # warp error, every pair (grey levels, working resolution)
+    camera: list[list[np.ndarray]]  # camera velocity (dx, dy), every pair (working px/frame)
+    effective_frame_rate: list[list[float]]  # every pair: 1.0 for a new frame, 0.0 for a repeat
+    start_counts: dict[str, int]  # level measure -> how many of segment 0's values lie in the start window
+    pair_scores: list[float]  # top-5 % flow length of every pair in a segment (px/frame, original resolution)
     thumbs: np.ndarray  # float32 [T, th, tw] grey thumbnails of every frame
     scale: float  # working resolution / original resolution
 
