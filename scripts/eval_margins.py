@@ -1,5 +1,5 @@
 """How far apart the level measures of two equally good videos are: the spreads the margins of
-`tokentrim.eval.levels.LEVELS` are chosen from (docs/metrics.md, "Pair comparability").
+`tokentrim.eval.levels.LEVELS` are chosen from (docs/metrics.md#44-how-the-epsilons-and-the-margins-were-chosen).
 
 Renders the synthetic moving scene (`tokentrim.eval.scene`) with several seeds, 16 s each, and measures, per level
 measure, the two statistics the comparability check uses on pairs that show the same scene equally well:

@@ -42,10 +42,11 @@ TI_EPS = NOISE_LEVEL * math.sqrt(2.0)
 # the synthetic scene), 0.13 %/s: flow estimation noise. Effective frame rate: half a frame per second.
 CONTENT_MOTION_EPS = 0.15
 FRAME_RATE_EPS = 0.5
-# Margins (docs/metrics.md §4.4): twice the largest spread between two equally good videos of
-# the same scene, and never under ln 1.25 (a shortfall of a fifth of the partner's level). A spread is the largest
-# |ln ratio| of the start levels or of the own losses between the two 8 s halves of a 16 s clip, or between a clip
-# and its H.264 round trip, over 8 renders of tokentrim.eval.scene (scripts/eval_margins.py prints them).
+# Margins (docs/metrics.md#44-how-the-epsilons-and-the-margins-were-chosen): twice the largest spread between
+# two equally good videos of the same scene, and never under ln 1.25 (a shortfall of a fifth of the partner's
+# level). A spread is the largest |ln ratio| of the start levels or of the own losses between the two 8 s halves
+# of a 16 s clip, or between a clip and its H.264 round trip, over 8 renders of tokentrim.eval.scene
+# (scripts/eval_margins.py prints them).
 MIN_MARGIN = math.log(1.25)
 
 
