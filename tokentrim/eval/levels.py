@@ -152,8 +152,8 @@ def comparability_flags(a: dict, b: dict) -> tuple[list[str], list[dict]]:
     On a measure, `a` is markedly poorer when
     - from the start: ln((b.start + eps) / (a.start + eps)) > margin, the two start windows compared; or
     - increasingly: a.loss - b.loss > margin, i.e. `a` lost more of its own level between its start window and
-      its last quarter of segments than `b` did, by more than the margin. Each video is compared with its own start, so a
-      partner whose level rises never makes a steady video look poorer.
+      its last quarter of segments than `b` did, by more than the margin. Each video is compared with its own
+      start, so a partner whose level rises never makes a steady video look poorer.
     Returns (flag texts, details).
     """
     flags, details = [], []

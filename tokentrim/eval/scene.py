@@ -64,9 +64,8 @@ def moving_scene(height: int = 96, width: int = 160, seconds: float = 8.0, fps: 
         discs.append((patch, alpha, xs, ys))
     out = np.empty((n, height, width, 3), np.uint8)
     for i in range(n):
-        camera = np.float32(
-            [[1, 0, -2 - vx * i], [0, 1, -2 - vy * i]]
-        )  # content moves by (-vx, -vy) per frame
+        # the camera moves by (vx, vy) per frame: the content by (-vx, -vy)
+        camera = np.float32([[1, 0, -2 - vx * i], [0, 1, -2 - vy * i]])
         frame = cv2.warpAffine(big, camera, (width, height), flags=cv2.INTER_CUBIC)
         for patch, alpha, xs, ys in discs:
             _paste(frame, patch, alpha, xs[i], ys[i])
