@@ -4,7 +4,8 @@ over its source (tests/test_eval_degradations.py; `scripts/eval_degradations.py`
 
 Every function takes uint8 frames [T, H, W, 3] and the frame rate and returns (frames, fps); all but `low_fps`
 keep the length, size and frame rate. Progressive versions grow linearly from nothing at the first frame to full
-strength at the last (`ramp`).
+strength at the last (`ramp`). Frames are processed one at a time, so a 30 s 480x832 video needs no more than
+the input and its copy in memory.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def _luma(frames: Frames) -> np.ndarray:
-    """Rec.601 luma as float32 [T, H, W, 1]."""
-    return (frames.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))[..., None]
+def _blend(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    """(1 - w) a + w b for uint8 images, rounded."""
+    return cv2.addWeighted(a, 1.0 - float(w), b, float(w), 0.0)
 
 
 def _saturation(frames: Frames, keep: np.ndarray) -> Frames:
-    """Colour scaled towards the frame's luma: keep[t] = 1 unchanged, 0 grey."""
-    y = _luma(frames)
-    return _u8(y + keep[:, None, None, None] * (frames.astype(np.float32) - y))
+    """Each pixel moved towards its Rec.601 luma: keep[t] = 1 unchanged, 0 grey."""
+    out = np.empty_like(frames)
+    for t, frame in enumerate(frames):
+        luma = cv2.cvtColor(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        out[t] = _blend(luma, frame, keep[t])
+    return out
 
 
 def grey(frames: Frames, fps: float):
@@ -91,9 +95,12 @@ def shrinking(frames: Frames, fps: float):
 
 def _contrast(frames: Frames, keep: np.ndarray) -> Frames:
     """Each frame moved towards its own mean colour: keep[t] = 1 unchanged, 0 a flat frame."""
-    x = frames.astype(np.float32)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    return _u8(mean + keep[:, None, None, None] * (x - mean))
+    out = np.empty_like(frames)
+    for t, frame in enumerate(frames):
+        flat = np.empty_like(frame)
+        flat[:] = _u8(np.array(cv2.mean(frame)[:3]))
+        out[t] = _blend(flat, frame, keep[t])
+    return out
 
 
 def fade(frames: Frames, fps: float):
@@ -107,13 +114,12 @@ def fading(frames: Frames, fps: float):
 
 
 def _mask(frames: Frames, fraction: np.ndarray) -> Frames:
-    """The bottom `fraction[t]` of each frame replaced by that region's mean colour over the video (content lost)."""
+    """The bottom `fraction[t]` of each frame replaced by the video's mean colour (content lost)."""
+    colour = _u8(np.mean([cv2.mean(f)[:3] for f in frames], axis=0))
     out = frames.copy()
     h = frames.shape[1]
-    for i, f in enumerate(fraction):
-        rows = int(round(f * h))
-        if rows:
-            out[i, h - rows :] = _u8(frames[:, h - rows :].reshape(-1, 3).mean(axis=0))
+    for t, f in enumerate(fraction):
+        out[t, h - int(round(f * h)) :] = colour
     return out
 
 
@@ -139,10 +145,12 @@ def low_fps(frames: Frames, fps: float):
 
 def _retime(frames: Frames, times: np.ndarray) -> Frames:
     """Frames at fractional source times (linear blend of the two nearest frames)."""
-    lo = np.clip(np.floor(times).astype(int), 0, len(frames) - 1)
-    hi = np.clip(lo + 1, 0, len(frames) - 1)
-    w = (times - lo)[:, None, None, None].astype(np.float32)
-    return _u8((1 - w) * frames[lo].astype(np.float32) + w * frames[hi].astype(np.float32))
+    last = len(frames) - 1
+    out = np.empty_like(frames)
+    for t, source_t in enumerate(times):
+        lo = min(int(np.floor(source_t)), last)
+        out[t] = _blend(frames[lo], frames[min(lo + 1, last)], source_t - lo)
+    return out
 
 
 def slow(frames: Frames, fps: float):
