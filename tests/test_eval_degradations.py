@@ -25,7 +25,8 @@ EXPECTED = {
     "blur": "detail", "blurring": "detail", "down_up": "detail", "shrinking": "detail",
     "still_pan": "content_motion", "slow": "temporal_information", "slowing": "content_motion",
     "doubled": "effective_frame_rate", "low_fps": "effective_frame_rate", "stuttering": "effective_frame_rate",
-    "fade": "spatial_information", "fading": "spatial_information", "masked": "detail", "masking": "detail",
+    "fade": "spatial_information", "fading": "spatial_information", "masked": "textured_area",
+    "masking": "textured_area",
 }  # fmt: skip
 FLIP = {"baseline": "treated", "treated": "baseline", "tie": "tie"}
 

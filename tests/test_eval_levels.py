@@ -56,6 +56,18 @@ def test_spatial_information_of_white_noise():
     assert M.spatial_information(np.full((16, 16), 5, np.uint8)) == 0.0
 
 
+def test_textured_area_counts_blocks_with_visible_detail():
+    frame = np.full((32, 64), 100, np.uint8)  # 4 x 8 blocks of 8 px
+    frame[:8, :16] += (np.indices((8, 16)).sum(0) % 2 * 10).astype(np.uint8)  # 2 blocks: std 5
+    frame[8:16, :8] += (np.indices((8, 8)).sum(0) % 2 * 3).astype(np.uint8)  # 1 block: std 1.5, under 2
+    assert M.textured_area(frame, 8, 2.0) == pytest.approx(2 / 32)
+    assert M.textured_area(frame, 8, 1.0) == pytest.approx(3 / 32)
+    assert M.textured_area(frame[:, :60], 8, 2.0) == pytest.approx(
+        2 / 28
+    )  # partial blocks at the edge left out
+    assert M.textured_area(noise(LV.NOISE_LEVEL, (64, 64), seed=7), 8, 3 * LV.NOISE_LEVEL) == 0.0
+
+
 def test_temporal_information_of_two_noise_frames():
     a, b = noise(10.0, (200, 200), seed=2), noise(10.0, (200, 200), seed=3)
     assert M.temporal_information(a, b) == pytest.approx(math.sqrt(2 * (100 + 1 / 12)), rel=0.03)

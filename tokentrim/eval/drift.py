@@ -80,6 +80,7 @@ METRICS: tuple[MetricSpec, ...] = (
                eps=LAPLACIAN_QUANTISATION,
                description="variance of the Laplacian of the grey frame (full resolution), relative change"),
     _level("detail", "detail"),
+    _level("textured_area", "detail"),
     _level("spatial_information", "detail"),
     MetricSpec("warp_error", "temporal_stability", "log-increase", "ln ratio (rises only)", "grey levels",
                RELATIVE_FLOOR, eps=0.5,

@@ -38,6 +38,10 @@ DETAIL_EPS = NOISE_LEVEL**2 * 0.761
 SI_EPS = NOISE_LEVEL * math.sqrt(12.0 * (2.0 - math.pi / 2))
 # The difference of two independent noise frames.
 TI_EPS = NOISE_LEVEL * math.sqrt(2.0)
+# Textured area: blocks of 1/32 of the long side (8 px at the working resolution), textured above NOISE_LEVEL; a
+# featureless frame has none, so eps is 1 % of the picture (about 6 of the 576 blocks of a 16:9 frame).
+TEXTURE_BLOCK = 8
+TEXTURED_AREA_EPS = 0.01
 # Content motion: the level measured on a camera panning over a still picture (tokentrim.eval.degrade.still_pan of
 # the synthetic scene), 0.13 %/s: flow estimation noise. Effective frame rate: half a frame per second.
 CONTENT_MOTION_EPS = 0.15
@@ -72,6 +76,9 @@ LEVELS: tuple[LevelSpec, ...] = (
               description="Hasler-Suesstrunk colourfulness sqrt(s_rg^2 + s_yb^2) + 0.3 sqrt(m_rg^2 + m_yb^2)"),
     LevelSpec("detail", "less detail", "grey levels^2", DETAIL_EPS, 0.141,
               description="energy of the frame minus its Gaussian-blurred copy (sigma 1 px), full resolution"),
+    LevelSpec("textured_area", "less textured area", "share of the frame", TEXTURED_AREA_EPS, 0.002,
+              description=f"share of the {TEXTURE_BLOCK}-pixel blocks of the working-resolution grey frame whose "
+              f"standard deviation exceeds {NOISE_LEVEL:g} grey levels"),
     LevelSpec("spatial_information", "less spatial information", "grey levels", SI_EPS, 0.054, p910=True,
               description="ITU-T P.910 SI of each frame: std of the Sobel gradient magnitude of the luma"),
     LevelSpec("temporal_information", "less temporal information", "grey levels", TI_EPS, 0.048,

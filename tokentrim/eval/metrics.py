@@ -125,6 +125,20 @@ def detail_energy(grey_frame: np.ndarray) -> float:
     return float(cv2.mean(d * d)[0])
 
 
+def textured_area(grey_frame: np.ndarray, block: int, threshold: float) -> float:
+    """Share of the frame's `block` x `block` pixel blocks whose standard deviation exceeds `threshold` grey levels:
+    the part of the picture that shows any visible detail (a region replaced by a flat colour shows none).
+
+    Blocks that do not fit whole at the right and bottom edges are left out; a frame smaller than one block
+    counts as a single block.
+    """
+    h, w = grey_frame.shape
+    bh, bw = max(1, h // block), max(1, w // block)
+    size_h, size_w = min(h, block), min(w, block)
+    blocks = grey_frame[: bh * size_h, : bw * size_w].astype(np.float32).reshape(bh, size_h, bw, size_w)
+    return float((blocks.std(axis=(1, 3)) > threshold).mean())
+
+
 def spatial_information(grey_frame: np.ndarray) -> float:
     """ITU-T P.910 spatial information of one frame: std over pixels of the Sobel gradient magnitude of the luma
     (grey levels). The video's SI is the maximum over frames (P.910); so is a segment's here."""

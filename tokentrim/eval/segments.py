@@ -4,9 +4,9 @@ Segments are consecutive, non-overlapping runs of round(segment_seconds * fps) f
 remainder (less than one segment) at the end is not used by the drift measures (`frames_unused`), but is by the
 degenerate-video guards. What is measured at which resolution (also recorded in the report's `settings`):
 - working resolution (frames area-downscaled so the long side is <= `working_long_side`, default 256 px):
-  CIELAB and colourfulness of every `frame_stride`-th frame of a segment (the CIELAB per-pixel median for the
-  colour tiles, its mean L* for structure); Farneback flow, warp error and content motion on every consecutive
-  frame pair, and the camera translation as the median flow of a segment's pairs;
+  CIELAB, colourfulness and textured area of every `frame_stride`-th frame of a segment (the CIELAB per-pixel
+  median for the colour tiles, its mean L* for structure); Farneback flow, warp error and content motion on
+  every consecutive frame pair, and the camera translation as the median flow of a segment's pairs;
 - full resolution: Laplacian variance (sharpness) and detail energy of every `frame_stride`-th frame, P.910 SI
   of every frame and TI of every pair, because downscaling is a low-pass filter and would remove what they
   measure;
@@ -28,7 +28,14 @@ from tokentrim.eval import appearance as A
 from tokentrim.eval import metrics as M
 from tokentrim.eval.drift import METRICS, SPECS, level_curve, summarise
 from tokentrim.eval.guards import DYNAMIC_TOP_FRACTION, THUMB_LONG_SIDE, guard_report
-from tokentrim.eval.levels import LEVELS, level_entry, repeated_frames, start_window
+from tokentrim.eval.levels import (
+    LEVELS,
+    NOISE_LEVEL,
+    TEXTURE_BLOCK,
+    level_entry,
+    repeated_frames,
+    start_window,
+)
 
 DEFAULT_SEGMENT_SECONDS = 2.0  # VBench-Long's fixed clip length
 
@@ -93,6 +100,7 @@ class Features:
     colourfulness: list[list[float]]  # Hasler-Suesstrunk, sampled frames (working resolution)
     sharpness: list[list[float]]  # Laplacian variance, sampled frames (full resolution)
     detail: list[list[float]]  # high-frequency energy, sampled frames (full resolution)
+    textured_area: list[list[float]]  # share of textured blocks, sampled frames (working resolution)
     spatial_information: list[list[float]]  # P.910 SI, every frame (full resolution)
     temporal_information: list[list[float]]  # P.910 TI, every pair (full resolution)
     motion: list[list[float]]  # mean flow length, every pair (px/frame, original resolution)
@@ -119,8 +127,9 @@ def extract_features(
     S, L, stride = layout.segments, layout.segment_frames, settings.frame_stride
     wh, ww, scale = M.scaled_size(H, W, settings.working_long_side)
     th, tw, _ = M.scaled_size(wh, ww, THUMB_LONG_SIDE)
-    per_segment = ("colourfulness", "sharpness", "detail", "spatial_information", "temporal_information",
-                   "motion", "content_motion", "warp", "camera", "effective_frame_rate")  # fmt: skip
+    per_segment = ("colourfulness", "sharpness", "detail", "textured_area", "spatial_information",
+                   "temporal_information", "motion", "content_motion", "warp", "camera",
+                   "effective_frame_rate")  # fmt: skip
     f = Features(lab_median=[], lightness_mean=[], **{name: [[] for _ in range(S)] for name in per_segment},
                  start_counts={}, pair_scores=[], thumbs=np.empty((T, th, tw), np.float32), scale=scale)  # fmt: skip
     start_frames = start_window(fps, L)
@@ -140,6 +149,7 @@ def extract_features(
                 f.colourfulness[k].append(M.colourfulness(small))
                 f.sharpness[k].append(M.laplacian_variance(full))
                 f.detail[k].append(M.detail_energy(full))
+                f.textured_area[k].append(M.textured_area(g, TEXTURE_BLOCK, NOISE_LEVEL))
             if i == L - 1:  # the median plate drops objects that cross a pixel in under half the segment
                 f.lab_median.append(np.median(labs, axis=0))
                 f.lightness_mean.append(labs[..., 0].mean(axis=0))
