@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         "eval",
         help="weight-free drift evaluation of videos, a pair verdict, or statistics over many pairs",
         description="Drift curves per measure (distance of each segment to the reference segment), level "
-        "measures (colourfulness, detail, SI/TI, effective frame rate, content motion), degenerate-video flags "
+        "measures (colourfulness, detail, textured area, SI/TI, effective frame rate, content motion), "
+        "degenerate-video flags "
         "(frozen, loop, blank); with --pair, which of two videos drifts less, by category, never a video "
         "markedly poorer than the other on a level measure; with --pairs FILE, a verdict per line 'BASELINE "
         "TREATED' plus wins/ties/losses, an exact sign test and a Clopper-Pearson interval. Definitions: "

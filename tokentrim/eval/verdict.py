@@ -28,8 +28,8 @@ VERDICT_RULE = (
     "video more of its measures favour; equal counts abstain. "
     "4. The verdict is the video favoured by a majority of the deciding (non-abstaining) categories and by at "
     f"least {MIN_DECIDING_CATEGORIES} of them; otherwise 'tie'. "
-    "5. A video markedly poorer than the other on a level measure (colourfulness, detail, spatial or temporal "
-    "information, effective frame rate, content motion), from the first segment or losing more of its own level "
+    "5. A video markedly poorer than the other on a level measure (colourfulness, detail, textured area, "
+    "spatial or temporal information, effective frame rate, content motion), from the first segment or losing more of its own level "
     "over the video than the other by more than the measure's margin, is flagged and never preferred: a verdict "
     "for it becomes 'tie'."
 )
