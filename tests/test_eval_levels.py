@@ -182,6 +182,10 @@ def test_flags_respect_the_margin_and_ignore_a_partners_rise():
     assert comparability_flags(report(), noisy) == ([], [])
     both_lose = report({"detail": (50.0, 20.0)}), report({"detail": (50.0, 21.0)})  # the same loss: no flag
     assert comparability_flags(*both_lose) == ([], [])
+    # a colourful video that fades still ends richer than a grey partner: it lost more, but is not poorer
+    fading, grey = report({"colourfulness": (80.0, 40.0)}), report({"colourfulness": (0.0, 0.0)})
+    assert comparability_flags(fading, grey) == ([], [])
+    assert comparability_flags(grey, fading)[0] == ["less colour from the start: 0 vs 80 M"]
 
 
 def test_temporal_information_compares_only_at_the_same_frame_rate():

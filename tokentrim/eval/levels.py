@@ -159,8 +159,10 @@ def comparability_flags(a: dict, b: dict) -> tuple[list[str], list[dict]]:
     On a measure, `a` is markedly poorer when
     - from the start: ln((b.start + eps) / (a.start + eps)) > margin, the two start windows compared; or
     - increasingly: a.loss - b.loss > margin, i.e. `a` lost more of its own level between its start window and
-      its last quarter of segments than `b` did, by more than the margin. Each video is compared with its own
-      start, so a partner whose level rises never makes a steady video look poorer.
+      its last quarter of segments than `b` did, by more than the margin, and ends markedly poorer than `b`:
+      ln((b.late + eps) / (a.late + eps)) > margin. Each video is compared with its own start, so a partner whose
+      level rises never makes a steady video look poorer; and a video that keeps more than its partner ever had
+      (colour fading in a video against a grey one) is not poorer.
     Returns (flag texts, details).
     """
     flags, details = [], []
@@ -175,7 +177,7 @@ def comparability_flags(a: dict, b: dict) -> tuple[list[str], list[dict]]:
             )
             details.append({"measure": spec.name, "kind": "start", "value": la["start"], "partner": lb["start"],
                             "ln_ratio": gap, "margin": spec.margin})  # fmt: skip
-        if la["loss"] - lb["loss"] > spec.margin:
+        if la["loss"] - lb["loss"] > spec.margin and log_ratio(spec, lb["late"], la["late"]) > spec.margin:
             flags.append(f"increasingly {spec.label}: {_fmt(la['start'])} to {_fmt(la['late'])} vs "
                          f"{_fmt(lb['start'])} to {_fmt(lb['late'])} {spec.unit}")  # fmt: skip
             details.append({"measure": spec.name, "kind": "increasing", "value": la["late"], "partner": lb["late"],

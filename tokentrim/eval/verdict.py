@@ -29,9 +29,10 @@ VERDICT_RULE = (
     "4. The verdict is the video favoured by a majority of the deciding (non-abstaining) categories and by at "
     f"least {MIN_DECIDING_CATEGORIES} of them; otherwise 'tie'. "
     "5. A video markedly poorer than the other on a level measure (colourfulness, detail, textured area, "
-    "spatial or temporal information, effective frame rate, content motion), from the first segment or losing more of its own level "
-    "over the video than the other by more than the measure's margin, is flagged and never preferred: a verdict "
-    "for it becomes 'tie'."
+    "spatial or temporal information, effective frame rate, content motion) is flagged and never preferred: a "
+    "verdict for it becomes 'tie'. Markedly poorer: its level over the first half second is lower by more than "
+    "the measure's margin (a log ratio), or it lost more of its own level from then to the last quarter of the "
+    "segments than the other did, by more than the margin, and ends lower by more than the margin."
 )
 
 
