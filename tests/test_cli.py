@@ -132,7 +132,8 @@ def test_reproduce_tiny_writes_tables(tmp_path, capsys):
     csv_rows = (out / "table.csv").read_text().splitlines()
     header = (
         "pipeline,variant,videos,prune_rate,runtime_x,colour_tiles,colourfulness,structure,sharpness,detail,"
-        "spatial_information,warp_error,motion,content_motion,temporal_information,effective_frame_rate"
+        "textured_area,spatial_information,warp_error,motion,content_motion,temporal_information,"
+        "effective_frame_rate"
     )
     assert csv_rows[0] == header + ",degenerate" and len(csv_rows) == 7
     assert (out / "drift_rolling_forcing.png").exists() and (out / "drift_self_forcing.png").exists()
