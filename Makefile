@@ -12,7 +12,7 @@ DEMO_SCENE ?= 20000000
 # busy 2-core CPU, two threads (torch's default there) in 121 s, waiting on each other.
 DEMO_THREADS ?= 1
 
-.PHONY: install test lint demo reproduce figures clean
+.PHONY: install test test-slow test-all lint demo reproduce figures clean
 
 install: $(VENV)/.installed
 
@@ -23,8 +23,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,demo]"
 	touch $@
 
+# Test tiers (README: Tests). `make test`: the unit and fast integration tests; `make test-slow`: the rest (tests
+# marked slow or browser); `make test-all`: both in one run. Tests marked gpu need CUDA and are left out of all three.
+# One torch thread per test process (tests/conftest.py); a line per file, the 15 slowest tests at the end.
+PYTEST = $(BIN)/python -m pytest --durations=15
 test: install
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -m "not slow and not browser and not gpu"
+
+test-slow: install
+	$(PYTEST) -m "(slow or browser) and not gpu"
+
+test-all: install
+	$(PYTEST) -m "not gpu"
 
 lint: install
 	$(BIN)/ruff check tokentrim tokentrim_core tests scripts

@@ -1,11 +1,46 @@
 import os
+import resource
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENTRIM_CACHE", os.path.join(os.path.dirname(__file__), ".cache-tests"))
-torch.set_num_threads(2)
+# One thread per test process, and in every subprocess a test starts (they inherit this environment): the suite's
+# models are tiny, and on shared cores torch's default of a thread per core makes a process's threads wait on each
+# other (the golden rollouts: 14 s with one thread, 250 s with two beside a load of 8-13 on 2 cores). Tests about
+# threading set their own count and put this one back.
+os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+torch.set_num_threads(1)
+
+# The fast tier's guard: a test outside the slow tiers whose body used more than FAST_BUDGET_S seconds of CPU (this
+# process and the subprocesses it waited for: CPU time, which a busy machine does not inflate the way it does wall
+# time) is named at the end of the run, to be made cheaper or marked slow. A warning, never a failure.
+FAST_BUDGET_S = 3.0
+SLOW_TIERS = ("slow", "browser", "gpu")
+_over_budget: list[tuple[float, str]] = []
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    start = _cpu_seconds()
+    yield
+    used = _cpu_seconds() - start
+    if used > FAST_BUDGET_S and not any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+        _over_budget.append((used, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _over_budget:
+        terminalreporter.write_sep("=", f"fast-tier tests over {FAST_BUDGET_S:g} s of CPU", yellow=True)
+        for used, nodeid in sorted(_over_budget, reverse=True):
+            terminalreporter.write_line(f"{used:6.1f} s  {nodeid}")
+        terminalreporter.write_line("make them cheaper or mark them @pytest.mark.slow (README: tests)")
 
 
 @pytest.fixture

@@ -328,6 +328,7 @@ def _wait_for_temporaries(folder: Path, proc, timeout: float = 600.0) -> list[Pa
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_interrupt_leaves_no_temporary_or_partial_files(tmp_path, sig, code):
     out = tmp_path / "run.mp4"
@@ -338,6 +339,7 @@ def test_interrupt_leaves_no_temporary_or_partial_files(tmp_path, sig, code):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mp4, no PNG folder, no log, no temporaries
 
 
+@pytest.mark.slow
 def test_sigkill_litter_is_removed_by_the_next_run(tmp_path):
     out = tmp_path / "run.mp4"
     proc = _start(out)

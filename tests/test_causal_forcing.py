@@ -183,6 +183,7 @@ def test_past_the_rope_table_equals_a_long_enough_table(embeds):
         assert torch.equal(a, b), pipe.__name__
 
 
+@pytest.mark.slow
 def test_every_causal_forcing_setup_runs_through_the_cli(tmp_path, capsys):
     from tokentrim.app.cli import main
 

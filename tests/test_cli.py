@@ -120,6 +120,7 @@ def test_bench_compare_json(tmp_path, capsys):
     assert report["kv_cache_mb"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_reproduce_tiny_writes_tables(tmp_path, capsys):
     out = tmp_path / "results"
     code, stdout, _ = run(capsys, "reproduce", "--preset", "tiny", "--num-prompts", "1", "--latent-frames", "15",
@@ -146,6 +147,7 @@ def test_reproduce_tiny_writes_tables(tmp_path, capsys):
     assert [v.stat().st_mtime_ns for v in videos] == stamps
 
 
+@pytest.mark.slow
 def test_interrupted_batch_leaves_no_partial_output_and_resumes_identically(tmp_path, capsys, monkeypatch):
     """A KeyboardInterrupt in the middle of the second video, then a rerun, equals one uninterrupted run."""
     from tokentrim import video as video_module

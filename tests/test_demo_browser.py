@@ -46,7 +46,7 @@ class Server:
         script = Path(sys.executable).with_name("tokentrim")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "tokentrim.app.cli"]
         # One torch thread: on 2 shared cores, with Chromium beside it, more threads only contend.
-        env = {**os.environ, "TMPDIR": str(tmp), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "TMPDIR": str(tmp)}
         self.proc = subprocess.Popen([*command, "demo", "--preset", "toy", "--port", str(self.port)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()

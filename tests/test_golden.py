@@ -2,14 +2,22 @@
 
 import pytest
 import torch
-from golden_cases import GOLDEN, platform_key, run_cases
+from golden_cases import GOLDEN, RECORD_THREADS, platform_key, run_cases
 
 RECORDED = torch.load(GOLDEN, weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def fresh():
-    return run_cases()
+    """The cases run once; with the recording's thread count where the comparison is bit for bit (elsewhere the
+    suite's one thread: a tolerance covers rounding, and threads only slow shared cores down)."""
+    previous = torch.get_num_threads()
+    if RECORDED["platform"] == platform_key():
+        torch.set_num_threads(RECORD_THREADS)
+    try:
+        return run_cases()
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED["cases"]))

@@ -48,11 +48,13 @@ def numbers(node, path=""):
 
 
 def script(*args, env=None, cwd=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    """The script under this interpreter (`PYTHON`: it would otherwise pick .venv/bin/python or python3)."""
+    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 # The dry run, end to end ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dry_run_writes_every_step_with_finite_figures(tmp_path):
     out = tmp_path / "check"
     proc = script("--dry-run", str(out), cwd=tmp_path)  # from another folder: the script finds the project

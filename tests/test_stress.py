@@ -83,6 +83,7 @@ def test_the_fault_enters_through_the_commit_of_block_j_only(toy, monkeypatch):
             assert torch.equal(x, bad.latents[:, 9:12])
 
 
+@pytest.mark.slow
 def test_clean_runs_are_shared_by_the_kinds_and_change_nothing(toy, monkeypatch):
     """The clean rollouts do not depend on the fault: a seed's later kinds reuse them and get the very rows a
     fresh run of that kind gets (wall times aside)."""
@@ -103,6 +104,7 @@ def test_clean_runs_are_shared_by_the_kinds_and_change_nothing(toy, monkeypatch)
     assert again == fresh
 
 
+@pytest.mark.slow
 def test_stress_report_fields_are_finite(tmp_path, capsys):
     out = tmp_path / "stress.json"
     assert main(["stress", "--preset", "toy", "--seeds", "2", "--kind", "blob", "--at-block", "3",

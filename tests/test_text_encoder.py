@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import UMT5EncoderModel
 
 from tokentrim.errors import UserError
 from tokentrim.wan.text_encoder import (
@@ -271,6 +270,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 
 def test_umt5_is_transformers_model(encoder):
+    from transformers import UMT5EncoderModel
+
     assert isinstance(encoder.model, UMT5EncoderModel)
     blocks = encoder.model.encoder.block
     assert all(
@@ -279,7 +280,7 @@ def test_umt5_is_transformers_model(encoder):
 
 
 def test_umt5_xxl_config_size():
-    from transformers import UMT5Config
+    from transformers import UMT5Config, UMT5EncoderModel
 
     from tokentrim.wan.text_encoder import UMT5_XXL_CONFIG
 

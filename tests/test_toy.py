@@ -250,6 +250,7 @@ def colour_centroids(video: np.ndarray, colour) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 def test_shipped_model_keeps_the_observed_shapes_and_moves_them(toy):
     """From an observed first block, 8 generated blocks of held-out scenes: the shapes' colours stay on the
     screen (pixel count relative to the true world's), and their centres follow the true world's closer than a
@@ -277,6 +278,7 @@ def test_shipped_model_keeps_the_observed_shapes_and_moves_them(toy):
     assert np.nanmean(model_err) < np.mean(frozen_err), (model_err, frozen_err)
 
 
+@pytest.mark.slow
 def test_eight_step_rolling_forcing_holds_the_shapes_longer(toy):
     """configs/toy/rolling_forcing_8step.yaml against the default 5-step toy config, same scenes and seeds: over
     blocks 6..9 (2.2-3.7 s, where the 5-step window has lost the shapes) more of the shapes' colour stays on the

@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from tokentrim.errors import UserError
 from tokentrim.wan.vae import (
@@ -149,6 +148,8 @@ def diffusers_to_wan_vae_keys(sd):
 
 
 def test_inverse_key_map_matches_diffusers_converter(vae):
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
     sd = vae.model.state_dict()
     wan = diffusers_to_wan_vae_keys(sd)
     # Names from the table of docs/spec.md#vae.

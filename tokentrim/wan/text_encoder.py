@@ -16,13 +16,15 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from transformers import UMT5Config, UMT5EncoderModel
 
 from tokentrim.errors import UserError, shorten
 from tokentrim.wan.loading import read_torch_file
+
+if TYPE_CHECKING:  # transformers is imported where an encoder is built: importing this module stays cheap
+    from transformers import UMT5Config, UMT5EncoderModel
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,8 @@ def _umt5_on_meta(
     config: UMT5Config, state_dict: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> UMT5EncoderModel:
     """Build on the meta device and load `state_dict` with `assign=True` (strict), tying the two embeddings."""
+    from transformers import UMT5EncoderModel
+
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
     state_dict = {k: v.to(dtype) for k, v in state_dict.items()}
@@ -183,7 +187,7 @@ def load_original_text_encoder(
     config: dict | None = None,
 ) -> TextEncoder:
     """Wan's `models_t5_umt5-xxl-enc-bf16.pth` + the `google/umt5-xxl/` tokenizer folder (`config`: umT5-XXL)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, UMT5Config
 
     state_dict = read_torch_file(weights)
     umt5 = UMT5Config(**(config or UMT5_XXL_CONFIG))
@@ -201,7 +205,7 @@ def load_diffusers_text_encoder(
     dtype: torch.dtype,
 ) -> TextEncoder:
     """A Diffusers-layout `text_encoder/` + `tokenizer/` pair, read from disk only."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, UMT5EncoderModel
 
     model = UMT5EncoderModel.from_pretrained(str(text_encoder_dir), dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
@@ -357,6 +361,8 @@ def build_tiny_tokenizer():
 
 def tiny_umt5_config(d_model: int) -> UMT5Config:
     """2 layers, 2 heads, d_ff 2*d_model; 8 buckets / max distance 16 so a 16-token prompt uses log buckets too."""
+    from transformers import UMT5Config
+
     heads = 2
     return UMT5Config(
         vocab_size=len(TINY_VOCAB), d_model=d_model, d_kv=d_model // heads, num_heads=heads, d_ff=2 * d_model,
@@ -369,6 +375,8 @@ def build_tiny_text_encoder(
     seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TextEncoder:
     """Random-weight umT5 sized for the `tiny` DiT preset (d_model = text_dim, text_len from the preset)."""
+    from transformers import UMT5EncoderModel
+
     from tokentrim.wan.config import get_preset
 
     preset = get_preset("tiny")

@@ -9,14 +9,15 @@ causal-convolution feature cache across calls instead of clearing it, so its fra
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKLWan
-from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from tokentrim.errors import UserError
 from tokentrim.wan.loading import read_torch_file
+
+if TYPE_CHECKING:  # diffusers is imported where a VAE is built: importing this module stays cheap
+    from diffusers import AutoencoderKLWan
 
 # Wan2.1 VAE per-channel latent statistics (docs/spec.md#vae, Self Forcing's `WanVAEWrapper`; the same
 # numbers are AutoencoderKLWan's `latents_mean` / `latents_std` config defaults).
@@ -145,6 +146,8 @@ class StreamingDecoder:
 
     def __init__(self, vae: WanVAE):
         self.vae = vae
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
         # One cache slot per causal conv of the decoder, indexed in call order (as AutoencoderKLWan.clear_cache).
         self._num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.model.decoder.modules())
         self.reset()
@@ -180,6 +183,9 @@ def load_original_vae(
 
     `config`: `AutoencoderKLWan` arguments, default `WAN21_VAE_CONFIG`.
     """
+    from diffusers import AutoencoderKLWan
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
     state_dict = read_torch_file(path)
     converted = {k: v.to(dtype) for k, v in convert_wan_vae_to_diffusers(state_dict).items()}
     with torch.device("meta"):
@@ -195,6 +201,8 @@ def load_diffusers_vae(
     vae_dir: str | os.PathLike, *, device: torch.device | str, dtype: torch.dtype
 ) -> WanVAE:
     """A Diffusers-layout `vae/` folder, read from disk only."""
+    from diffusers import AutoencoderKLWan
+
     model = AutoencoderKLWan.from_pretrained(str(vae_dir), torch_dtype=dtype, local_files_only=True)
     return WanVAE(model.to(device))
 
@@ -208,6 +216,8 @@ def build_tiny_vae(
     seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> WanVAE:
     """Random-weight `AutoencoderKLWan` for the `tiny` preset: an 8x12 latent grid decodes to 64x96 frames."""
+    from diffusers import AutoencoderKLWan
+
     from tokentrim.wan.config import get_preset
 
     with torch.random.fork_rng(devices=[]):
