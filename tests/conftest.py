@@ -14,9 +14,10 @@ os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS
 torch.set_num_threads(1)
 
 # The fast tier's guard: a test outside the slow tiers whose body used more than FAST_BUDGET_S seconds of CPU (this
-# process and the subprocesses it waited for: CPU time, which a busy machine does not inflate the way it does wall
-# time) is named at the end of the run, to be made cheaper or marked slow. A warning, never a failure.
-FAST_BUDGET_S = 3.0
+# process and the subprocesses it waited for: CPU time, which a busy machine inflates far less than wall time) is
+# named at the end of the run, to be made cheaper or marked slow. A warning, never a failure. Tests over ~3 s on an
+# idle machine are slow; the guard allows 4 s for the first test to import a library and for a loaded machine.
+FAST_BUDGET_S = 4.0
 SLOW_TIERS = ("slow", "browser", "gpu")
 _over_budget: list[tuple[float, str]] = []
 
@@ -40,7 +41,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", f"fast-tier tests over {FAST_BUDGET_S:g} s of CPU", yellow=True)
         for used, nodeid in sorted(_over_budget, reverse=True):
             terminalreporter.write_line(f"{used:6.1f} s  {nodeid}")
-        terminalreporter.write_line("make them cheaper or mark them @pytest.mark.slow (README: tests)")
+        terminalreporter.write_line("make them cheaper or mark them @pytest.mark.slow (README: Tests)")
 
 
 @pytest.fixture
