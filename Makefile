@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,demo]"
 	touch $@
 
-# Test tiers (README: Tests). `make test`: the unit and fast integration tests; `make test-slow`: the rest (tests
+# Test tiers (README.md#tests). `make test`: the unit and fast integration tests; `make test-slow`: the rest (tests
 # marked slow or browser); `make test-all`: both in one run. Tests marked gpu need CUDA and are left out of all three.
 # One torch thread per test process (tests/conftest.py); a line per file, the 15 slowest tests at the end.
 PYTEST = $(BIN)/python -m pytest --durations=15

@@ -41,7 +41,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", f"fast-tier tests over {FAST_BUDGET_S:g} s of CPU", yellow=True)
         for used, nodeid in sorted(_over_budget, reverse=True):
             terminalreporter.write_line(f"{used:6.1f} s  {nodeid}")
-        terminalreporter.write_line("make them cheaper or mark them @pytest.mark.slow (README: Tests)")
+        terminalreporter.write_line("make them cheaper or mark them @pytest.mark.slow (README.md#tests)")
 
 
 @pytest.fixture
