@@ -1,5 +1,6 @@
 import os
 import resource
+import sys
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ torch.set_num_threads(1)
 # The fast tier's guard: a test outside the slow tiers whose body used more than FAST_BUDGET_S seconds of CPU (this
 # process and the subprocesses it waited for: CPU time, which a busy machine inflates far less than wall time) is
 # named at the end of the run, to be made cheaper or marked slow. A warning, never a failure. Tests over ~3 s on an
-# idle machine are slow; the guard allows 4 s for the first test to import a library and for a loaded machine.
+# idle machine are slow; the guard allows 4 s for a loaded machine. A test that imported over FIRST_IMPORTS modules
+# (the first to build a VAE or start the CLI: someone pays for diffusers once) is not named.
 FAST_BUDGET_S = 4.0
+FIRST_IMPORTS = 200
 SLOW_TIERS = ("slow", "browser", "gpu")
 _over_budget: list[tuple[float, str]] = []
 
@@ -29,10 +32,11 @@ def _cpu_seconds() -> float:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    start = _cpu_seconds()
+    start, modules = _cpu_seconds(), len(sys.modules)
     yield
-    used = _cpu_seconds() - start
-    if used > FAST_BUDGET_S and not any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+    used, imported = _cpu_seconds() - start, len(sys.modules) - modules
+    fast = not any(item.get_closest_marker(tier) for tier in SLOW_TIERS)
+    if fast and used > FAST_BUDGET_S and imported < FIRST_IMPORTS:
         _over_budget.append((used, item.nodeid))
 
 

@@ -52,6 +52,7 @@ def test_baseline_flag_logs_off(tmp_path, capsys):
     assert log["config"]["run"]["flowmo"]["mode"] == "off"
 
 
+@pytest.mark.slow
 def test_batch_is_resumable_and_deterministic(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat on a boat\n\n# comment\na bird in the sky\n")
@@ -85,6 +86,7 @@ def test_missing_model_files_error(tmp_path, capsys):
     assert code == 2 and "config.json" in err
 
 
+@pytest.mark.slow
 def test_figure_drift_from_a_generated_log(tmp_path, capsys):
     video = tmp_path / "v.mp4"
     run(capsys, "generate", "--preset", "tiny", "--prompt", PROMPT, "--latent-frames", "15", "--out", str(video),

@@ -123,6 +123,7 @@ def test_stress_report_fields_are_finite(tmp_path, capsys):
     assert 0.0 <= report["recall"] <= 1.0 and 0.0 <= report["false_trigger_rate"] <= 1.0
 
 
+@pytest.mark.slow
 def test_compare_writes_a_two_panel_video(tmp_path, capsys):
     from tokentrim.video import read_video
 
