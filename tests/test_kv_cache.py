@@ -37,10 +37,10 @@ def call(policy, start, n, commit):
     cache = policy.cache
     plan = policy.plan(start, n, commit=commit)
     frames = list(range(start, start + n))
-    out = None
+    out, view = None, cache.view(plan)
     for layer in range(C.num_layers):
-        kv = cache.layer_kv(layer, plan, tagged(frames), tagged(frames, raw=True), tagged(frames))
-        out = out or kv
+        k, v, _ = view.layer(layer).attend(tagged(frames), tagged(frames, raw=True), tagged(frames))
+        out = out or (k, v)
     cache.finish(plan)
     return out
 

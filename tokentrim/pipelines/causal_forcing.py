@@ -55,8 +55,8 @@ class CausalForcingFramewisePipeline(SelfForcingPipeline):
     title = "Causal Forcing frame-wise"
     config_class = CausalForcingFramewiseConfig
 
-    def __init__(self, model, config=None, vae=None):
-        super().__init__(model, config, vae)
+    def __init__(self, model, config=None, vae=None, *, cache: str = "dynamic"):
+        super().__init__(model, config, vae, cache=cache)
         first = self.config.first_block_steps
         self.first_timesteps = self._warp(first) if first else self.timesteps
 

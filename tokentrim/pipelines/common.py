@@ -24,6 +24,7 @@ from tokentrim.wan.config import WanConfig
 from tokentrim.wan.kv_cache import CallPlan, KVCache
 from tokentrim.wan.model import CausalWanModel, ContextCache
 from tokentrim.wan.scheduler import FlowMatchSchedule
+from tokentrim.wan.static_cache import StaticKVCache
 from tokentrim_core.flowmo import FlowMoConfig, flowmo_guidance
 from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 
@@ -84,6 +85,12 @@ class CachePolicy:
     def recache_plan(self, s: int, keep_pruning: bool) -> tuple[int, CallPlan, dict[int, torch.Tensor]]:
         """The re-cache call after a prompt switch before frame s (see `SinkCachePolicy.recache_plan`)."""
         raise NotImplementedError
+
+
+# The KV cache's layouts: "dynamic" (`KVCache`: a call's key set is exactly what it attends to, compacted in place)
+# or "static" (`StaticKVCache`: fixed shapes per call kind and a mask; for torch.compile without recompiles and CUDA
+# graphs). Both give the same keys; docs/benchmarks.md compares them.
+CACHE_LAYOUTS = ("dynamic", "static")
 
 
 # FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) keeps about 45 GB of them for one
@@ -278,8 +285,11 @@ class BlockPipeline:
     regen_noise_modes: ClassVar[tuple[str, ...]] = ("same",)  # how a pruned block may be regenerated
     switching: ClassVar[bool] = False  # whether the loop switches prompts (its policy can re-cache)
 
-    def __init__(self, model: CausalWanModel, config: Any = None, vae=None):
+    def __init__(self, model: CausalWanModel, config: Any = None, vae=None, *, cache: str = "dynamic"):
+        if cache not in CACHE_LAYOUTS:
+            raise UserError(f"`cache` must be one of {CACHE_LAYOUTS}, got {cache!r}", field="cache")
         self.model = model
+        self.cache_layout = cache
         self.config = config if config is not None else self.config_class()
         self.vae = vae
         self.schedule = FlowMatchSchedule(self.config.timestep_shift)
@@ -304,6 +314,22 @@ class BlockPipeline:
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> CachePolicy:
         raise NotImplementedError
+
+    def new_cache(
+        self,
+        batch: int,
+        capacity_frames: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        span_frames: int | None = None,
+    ) -> KVCache:
+        """KV storage in the pipeline's layout (`cache`) for `make_cache`; `span_frames`: the most frames one call
+        attends to, its own included (default: the capacity), which fixes the static layout's key length."""
+        config = self.model.config
+        if self.cache_layout == "static":
+            return StaticKVCache(config, batch, capacity_frames, span_frames=span_frames, device=device,
+                                 dtype=dtype)  # fmt: skip
+        return KVCache(config, batch, capacity_frames, device=device, dtype=dtype)
 
     def generate(self, r: Rollout) -> None:
         """Generate every block after the observed ones into `r.output` (calling `r.finished` for each)."""

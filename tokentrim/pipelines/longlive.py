@@ -103,7 +103,7 @@ class LongLivePipeline(SelfForcingPipeline):
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> SinkCachePolicy:
         c = self.config
-        cache = KVCache(self.model.config, batch, c.cache_frames, device=device, dtype=dtype)
+        cache = self.new_cache(batch, c.cache_frames, device, dtype)
         if c.rope == "slot":
             return SlotRopeCachePolicy(cache, c.sink_frames, c.global_sink, self.model.rope)
         return SinkCachePolicy(cache, c.sink_frames, c.global_sink)

@@ -126,7 +126,7 @@ class RollingForcingPipeline(BlockPipeline):
             )
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> AnchorCachePolicy:
-        cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
+        cache = self.new_cache(batch, self.config.cache_frames, device, dtype, self.config.attention_frames)
         return AnchorCachePolicy(cache, self.model.rope, self.frames_per_block,
                                  self.config.attention_frames)  # fmt: skip
 

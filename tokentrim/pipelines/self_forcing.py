@@ -107,7 +107,7 @@ class SinkCachePolicy(CachePolicy):
         if kept:  # the keep-mask as a key mask inside the re-cache
             rows = [torch.arange(base)] + [base + i * T + (kept[f] if f in kept else torch.arange(T))
                                            for i, f in enumerate(built)]  # fmt: skip
-            index = torch.cat(rows).to(self.cache.k.device)
+            index = torch.cat(rows)  # host rows; the cache moves them to the device once per call
         reads = (Segment(0, base + len(built) * T, index=index),)
         return CallPlan(rs, n, reads, False, base, commit=True, pin=pin, skip_frames=len(sink))
 
@@ -131,7 +131,7 @@ class SelfForcingPipeline(BlockPipeline):
             )
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> SinkCachePolicy:
-        cache = KVCache(self.model.config, batch, self.config.cache_frames, device=device, dtype=dtype)
+        cache = self.new_cache(batch, self.config.cache_frames, device, dtype)
         return SinkCachePolicy(cache, self.config.sink_frames, self.config.global_sink)
 
     # What a block is denoised with (a loop built on this one, e.g. Causal Forcing frame-wise, may change them)

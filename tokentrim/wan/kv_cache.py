@@ -8,13 +8,19 @@ synchronises with the device.
 
 What a model call reads and writes is described once by a `CallPlan` (host-side), which the pipeline's cache
 *policy* builds (`tokentrim/pipelines/`: what to attend to, what is pinned, what to evict); every layer then
-applies it with `layer_kv`, and `finish` records the committed frames. The named operations:
+applies it through the call's `view` (`CacheView.layer(i).attend(...)`), and `finish` records the committed
+frames. The named operations:
 
 * append a block: a plan whose `write_row` is `next_row(start, n)` for frames not cached yet, `commit=True`;
 * overwrite a cached block in place: the same for frames already cached (their rows are rewritten);
 * evict the oldest unpinned frames: `evict_oldest(n)` (pinned sink / anchor frames stay);
 * remove tokens by (frames, spatial positions): `remove_positions(positions, frames=None)`;
-* view the keys / values a call attends to: what `layer_kv` returns (planned segments, then the call's own).
+* view the keys / values a call attends to: what `view(plan).layer(i).attend(...)` returns (planned segments, then
+  the call's own).
+
+This is the dynamic layout: the key set of a call is exactly the tokens it attends to, so its length changes from
+call to call (as the cache fills, rolls and loses pruned tokens). `tokentrim.wan.static_cache.StaticKVCache` keeps
+every shape fixed instead (a validity mask, no data moved).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class CachedFrame:
     spatial: torch.Tensor  # long [n] (CPU), spatial positions held, ascending
     raw: bool  # keys stored without RoPE (rotated when read)
     pinned: bool  # never evicted, never pruned (unless asked explicitly)
+    page: int | None = (
+        None  # static layout only: the frame's rows are [page * T, (page + 1) * T) of the buffer
+    )
 
     @property
     def rows(self) -> int:
@@ -54,7 +63,7 @@ class Segment:
     start: int  # buffer rows [start, end)
     end: int
     rope_freqs: torch.Tensor | None = None  # rotate the stored (raw) keys by these factors when read
-    index: torch.Tensor | None = None  # long [L] on the device: gather these rows instead of [start, end)
+    index: torch.Tensor | None = None  # long [L] on the host: gather these rows instead of [start, end)
 
 
 @dataclass(frozen=True)
@@ -166,14 +175,16 @@ class KVCache:
             raise ValueError(
                 f"cannot fit {num_new_frames} frames: capacity {self.capacity_frames}, {first} pinned frames"
             )
-        start, mid, end = self.row_of(first), self.row_of(first + excess), self.length
-        keep = end - mid
-        # Shift the kept rows left over the evicted ones (through a copy: source and target overlap).
-        self.k[:, :, start : start + keep] = self.k[:, :, mid:end].clone()
-        self.v[:, :, start : start + keep] = self.v[:, :, mid:end].clone()
+        self._shift(self.row_of(first), self.row_of(first + excess), self.length)
         evicted = self.frames[first : first + excess]
         del self.frames[first : first + excess]
         return [f.index for f in evicted]
+
+    def _shift(self, start: int, mid: int, end: int) -> None:
+        """Move rows [mid, end) to `start` (through a copy: source and target overlap)."""
+        keep = end - mid
+        self.k[:, :, start : start + keep] = self.k[:, :, mid:end].clone()
+        self.v[:, :, start : start + keep] = self.v[:, :, mid:end].clone()
 
     def remove_positions(
         self,
@@ -229,32 +240,10 @@ class KVCache:
                 stop = min(start + chunk, n)
                 buf[:, :, start:stop] = buf.index_select(2, rows[start - first : stop - first])
 
-    # Per-layer application ----------------------------------------------------------------------------------
-    def layer_kv(
-        self, layer: int, plan: CallPlan, k: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the call's keys/values as planned and return the keys/values to attend to `[B, Lk, H, D]`."""
-        if plan.skip_frames:  # queries only for the first frames
-            skip = plan.skip_frames * self.tokens_per_frame
-            k, k_raw, v = k[:, skip:], k_raw[:, skip:], v[:, skip:]
-        if plan.write_row is not None:
-            rows = slice(plan.write_row, plan.write_row + k.shape[1])
-            self.k[layer, :, rows] = k_raw if plan.write_raw else k
-            self.v[layer, :, rows] = v
-        keys, values = [], []
-        for seg in plan.reads:
-            if seg.index is None:
-                kk, vv = self.k[layer, :, seg.start : seg.end], self.v[layer, :, seg.start : seg.end]
-            else:
-                kk, vv = self.k[layer].index_select(1, seg.index), self.v[layer].index_select(1, seg.index)
-            keys.append(kk if seg.rope_freqs is None else apply_rope(kk, seg.rope_freqs))
-            values.append(vv)
-        if plan.append_current:
-            keys.append(k)
-            values.append(v)
-        if len(keys) == 1:
-            return keys[0], values[0]
-        return torch.cat(keys, dim=1), torch.cat(values, dim=1)
+    # Per-call view ----------------------------------------------------------------------------------------
+    def view(self, plan: CallPlan) -> CacheView:
+        """What every layer of the call described by `plan` reads and writes (`CacheView.layer(i).attend`)."""
+        return DynamicView(self, plan)
 
     def finish(self, plan: CallPlan) -> None:
         """After all layers ran: record the committed frames (rows rewritten in place are already recorded)."""
@@ -262,5 +251,74 @@ class KVCache:
         if not plan.commit or self.slot_of(first) is not None:
             return
         full = torch.arange(self.tokens_per_frame)
-        for i in range(plan.num_frames - plan.skip_frames):
-            self.frames.append(CachedFrame(first + i, full.clone(), plan.write_raw, i < plan.pin))
+        for i, page in enumerate(self._pages(plan)):
+            self.frames.append(CachedFrame(first + i, full.clone(), plan.write_raw, i < plan.pin, page))
+
+    def _pages(self, plan: CallPlan) -> list[int | None]:
+        """The pages of the frames a call writes (the dynamic layout has none: rows follow the frames)."""
+        return [None] * (plan.num_frames - plan.skip_frames)
+
+
+class CacheView:
+    """One model call's use of the cache, prepared once for all layers (host bookkeeping, device indices).
+
+    `attend(k_buf, v_buf, k, k_raw, v)` writes the call's keys/values into one layer's buffers as planned and
+    returns `(keys [B, Lk, H, D], values, mask)`: what the call's queries attend to, `mask` a boolean `[1, Lk]`
+    (True = attend) or None (every key)."""
+
+    def __init__(self, cache: KVCache):
+        self.cache = cache
+
+    def layer(self, i: int) -> LayerKV:
+        return LayerKV(self.cache.k[i], self.cache.v[i], self)
+
+    def attend(self, k_buf, v_buf, k, k_raw, v) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LayerKV:
+    """One layer's key / value buffers `[B, rows, H, D]` and the call's view: what a DiT block receives."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    view: CacheView
+
+    def attend(self, k: torch.Tensor, k_raw: torch.Tensor, v: torch.Tensor):
+        """The call's keys after RoPE `k`, before RoPE `k_raw`, values `v`, each `[B, F*T, H, D]` ->
+        (keys, values, mask) to attend to (`CacheView.attend`)."""
+        return self.view.attend(self.k, self.v, k, k_raw, v)
+
+
+class DynamicView(CacheView):
+    """The dynamic layout's call: slices of the buffer in plan order, then the call's own keys/values; no mask."""
+
+    def __init__(self, cache: KVCache, plan: CallPlan):
+        super().__init__(cache)
+        self.plan = plan
+        self.skip = plan.skip_frames * cache.tokens_per_frame
+        # gather indices to the device once per call (not per layer)
+        self.indices = [None if s.index is None else _to_device(s.index, cache.k.device) for s in plan.reads]
+
+    def attend(self, k_buf, v_buf, k, k_raw, v):
+        plan = self.plan
+        if self.skip:  # queries only for the first frames
+            k, k_raw, v = k[:, self.skip :], k_raw[:, self.skip :], v[:, self.skip :]
+        if plan.write_row is not None:
+            rows = slice(plan.write_row, plan.write_row + k.shape[1])
+            k_buf[:, rows] = k_raw if plan.write_raw else k
+            v_buf[:, rows] = v
+        keys, values = [], []
+        for seg, index in zip(plan.reads, self.indices, strict=True):
+            if index is None:
+                kk, vv = k_buf[:, seg.start : seg.end], v_buf[:, seg.start : seg.end]
+            else:
+                kk, vv = k_buf.index_select(1, index), v_buf.index_select(1, index)
+            keys.append(kk if seg.rope_freqs is None else apply_rope(kk, seg.rope_freqs))
+            values.append(vv)
+        if plan.append_current:
+            keys.append(k)
+            values.append(v)
+        if len(keys) == 1:
+            return keys[0], values[0], None
+        return torch.cat(keys, dim=1), torch.cat(values, dim=1), None

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tokentrim.wan.attention import attention
 from tokentrim.wan.config import WanConfig, get_preset
-from tokentrim.wan.kv_cache import CallPlan, KVCache
+from tokentrim.wan.kv_cache import CallPlan, KVCache, LayerKV
 from tokentrim.wan.rope import RopeTable, apply_rope
 
 
@@ -84,7 +84,19 @@ class WanBlock(nn.Module):
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, config.dim) / math.sqrt(config.dim))
 
-    def forward(self, x, e0, freqs, ctx_k, ctx_v, layer, cache, plan, attn_mask, backend):
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        freqs: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        kv: LayerKV | None,
+        attn_mask: torch.Tensor | None,
+        backend: str,
+    ) -> torch.Tensor:
+        """x `[B, F*T, dim]` at modulation e0 `[B, F, 6, dim]`; freqs `[F*T, D/2]` the RoPE factors of its tokens;
+        ctx_k / ctx_v `[B, text_len, H, D]`; kv: this layer's share of the KV cache (None: no cache)."""
         b, f = e0.shape[:2]
         # (B, F, 6, dim) -> six (B, F, 1, dim) chunks broadcast over each frame's tokens
         sh1, sc1, g1, sh2, sc2, g2 = (self.modulation.unsqueeze(0) + e0).unsqueeze(3).unbind(2)
@@ -99,8 +111,8 @@ class WanBlock(nn.Module):
         k_raw = a.heads(a.norm_k(a.k(h)))
         v = a.heads(a.v(h))
         q, k = apply_rope(q, freqs), apply_rope(k_raw, freqs)
-        if cache is not None:
-            k, v = cache.layer_kv(layer, plan, k, k_raw, v)
+        if kv is not None:
+            k, v, attn_mask = kv.attend(k, k_raw, v)
         y = a.o(attention(q, k, v, backend, attn_mask).flatten(2))
         x = x + (per_frame(y) * g1).flatten(1, 2)
         # 2. cross-attention to the text (no gate, no modulation)
@@ -182,6 +194,7 @@ class CausalWanModel(nn.Module):
         cfg = self.config
         b, f, _, h, w = x.shape
         assert (cache is None) == (plan is None), "a cached call needs its plan"
+        assert cache is None or attn_mask is None, "a cached call's attention is what its plan says"
         assert plan is None or (plan.start_frame, plan.num_frames) == (start_frame, f), (
             "plan is for other frames"
         )
@@ -198,10 +211,20 @@ class CausalWanModel(nn.Module):
         # 3. RoPE factors for the call's frames at their absolute index
         rope_frame = start_frame if plan is None or plan.rope_frame is None else plan.rope_frame
         freqs = self.rope.grid_freqs(rope_frame, f, cfg.tokens_per_frame, x.device)
-        # 4. transformer blocks
+        # 4. transformer blocks, each with its layer of the cache
+        view = None if cache is None else cache.view(plan)
         for i, block in enumerate(self.blocks):
-            args = (tokens, e0, freqs, context.keys[i], context.values[i], i, cache, plan, attn_mask,
-                    self.attention_backend)  # fmt: skip
+            kv = None if view is None else view.layer(i)
+            args = (
+                tokens,
+                e0,
+                freqs,
+                context.keys[i],
+                context.values[i],
+                kv,
+                attn_mask,
+                self.attention_backend,
+            )
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = checkpoint(block, *args, use_reentrant=False)
             else:
