@@ -1,0 +1,67 @@
+"""`torch.compile` of the DiT, one transformer block at a time, and the count of what it compiled.
+
+Each `WanBlock`'s forward is compiled with the cache's per-call view traced inside it (`LayerKV.attend`), without
+graph breaks (`fullgraph=True`). The blocks are instances of one class with the same code, so they share their
+graphs: the graph count is per call kind, not per layer, and compiling costs one block's time rather than the whole
+model's. Patch and time embeddings, RoPE tables and the head stay eager (a few small ops per call).
+
+How many graphs a video compiles depends on the KV cache's layout:
+- static (`tokentrim.wan.static_cache`): every call of a kind has the same shapes, so the blocks are compiled
+  with `dynamic=False` and a whole rollout compiles one graph per call kind (frames per call, writing or not,
+  reading raw keys or not). A new kind (say, a Rolling Forcing head window of 6 frames) compiles once.
+- dynamic (`tokentrim.wan.kv_cache`): the key length changes as the cache fills, rolls and loses pruned tokens.
+  The first call of a kind compiles with its shapes fixed; the first change recompiles it with those sizes
+  symbolic (dynamo's automatic dynamic shapes), and that graph serves the rest. Not `dynamic=True`: in torch
+  2.13 it compiled graphs with the cache write's row specialised to 0 that inductor's FX graph cache then served
+  for other rows (wrong keys from the second block on; measured, docs/benchmarks.md).
+
+`COMPILE_LIMIT` bounds the recompilations of a block (dynamo's `recompile_limit`); `compile_counts` reads dynamo's
+counters so that a benchmark can report the graphs a run compiled.
+"""
+
+from __future__ import annotations
+
+from tokentrim.errors import UserError
+from tokentrim.wan.model import CausalWanModel
+
+COMPILE_LIMIT = 32  # graphs per block before dynamo falls back to eager; a rollout compiles far fewer
+COMPILE_BACKENDS = (
+    "inductor",
+    "aot_eager",
+    "eager",
+)  # inductor: the fast one; the others trace only (checks)
+
+
+def compile_dit(
+    model: CausalWanModel, cache_layout: str, backend: str = "inductor", mode: str | None = None
+) -> CausalWanModel:
+    """Compile every transformer block of `model` in place for calls on a `cache_layout` ("static" | "dynamic")
+    KV cache; `mode` is torch.compile's (None: the default; "reduce-overhead": CUDA graphs, static layout only).
+    Returns the model. The first call of each kind compiles; later calls reuse the graph."""
+    if backend not in COMPILE_BACKENDS:
+        raise UserError(f"`compile_backend` must be one of {COMPILE_BACKENDS}, got {backend!r}")
+    if mode == "reduce-overhead" and cache_layout != "static":
+        raise UserError("compile mode reduce-overhead (CUDA graphs) needs fixed shapes: use the static cache")
+    dynamic = False if cache_layout == "static" else None
+    for block in model.blocks:
+        block.compile(
+            fullgraph=True, dynamic=dynamic, backend=backend, mode=mode, recompile_limit=COMPILE_LIMIT
+        )
+    return model
+
+
+def compile_counts() -> dict[str, float]:
+    """Dynamo's process-wide counts so far: `graphs` compiled (one per call kind and recompilation) and
+    `compile_s` spent compiling. Take the difference of two readings for one run."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    return {
+        "graphs": counters["stats"]["unique_graphs"],
+        "compile_s": sum(compilation_time_metrics.get("_compile.compile_inner", [])),
+    }
+
+
+def counts_since(before: dict[str, float]) -> dict[str, float]:
+    """`compile_counts()` minus an earlier reading."""
+    now = compile_counts()
+    return {key: now[key] - before[key] for key in now}
