@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,demo]"
+	$(BIN)/pip install -q -e ".[dev,demo,quant]"
 	touch $@
 
 # Test tiers (README.md#tests). `make test`: the unit and fast integration tests; `make test-slow`: the rest (tests

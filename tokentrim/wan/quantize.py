@@ -26,16 +26,19 @@ QUANT_MODES = ("none", "int8", "fp8")
 
 
 def _torchao():
-    """torchao's quantisation API; its import logs one line per CUDA extension a CPU build cannot load."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torchao's quantisation API. Its import logs a line per CUDA extension a CPU build of torch cannot load,
+    and torch a deprecation notice about one of its enums: not the user's business."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
         raise UserError("weight quantisation needs torchao: pip install 'tokentrim[quant]'") from None
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return quantize_, Int8WeightOnlyConfig, Float8WeightOnlyConfig
 
 
@@ -72,7 +75,7 @@ def tensor_bytes(t: torch.Tensor) -> int:
     scales) rather than its logical dtype."""
     if hasattr(t, "__tensor_flatten__") and type(t) is not torch.Tensor and type(t) is not nn.Parameter:
         names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, name)) for name in names)
+        return sum(tensor_bytes(inner) for inner in (getattr(t, name) for name in names) if inner is not None)
     return t.numel() * t.element_size()
 
 
