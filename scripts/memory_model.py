@@ -1,4 +1,4 @@
-"""The memory model of docs/benchmarks.md ("Memory"): what a video needs on the GPU, part by part, per pipeline, and
+"""The memory model of docs/benchmarks.md#memory-model: what a video needs on the GPU, part by part, per pipeline, and
 its check against a measured peak RSS on the CPU.
 
     PYTHONPATH=. python scripts/memory_model.py table --json memory.json          # 480x832, bf16, on the meta device
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -50,7 +49,9 @@ def rollout_peak(name: str, model, frames: int, layout: str, decoder=None) -> in
     dtype = model.patch_embedding.weight.dtype
     pipe = REGISTRY[name].pipeline(model, run.sampler, cache=layout)
     embeds = torch.zeros(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
-    noise = torch.zeros(1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, device=device, dtype=dtype)
+    noise = torch.zeros(
+        1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, device=device, dtype=dtype
+    )
     stream = None if decoder is None else decoder.streaming()
     on_block = None if stream is None else (lambda start, x0: stream.decode(x0))
     with fused_attention(), DeviceReads(), PeakLiveBytes() as peak:
@@ -78,7 +79,7 @@ def text_encoder_parts(dtype: torch.dtype) -> tuple[int, int]:
     with torch.device("meta"):
         model = UMT5EncoderModel(UMT5Config(**UMT5_XXL_CONFIG)).to(dtype).eval()
     ids = torch.zeros(1, 512, dtype=torch.long, device="meta")
-    with torch.no_grad(), PeakLiveBytes() as peak:
+    with torch.no_grad(), DeviceReads(), PeakLiveBytes() as peak:  # its mask check reads one value
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return parameter_bytes(model), peak.peak
 
@@ -87,7 +88,9 @@ def table(args) -> dict:
     dtype = torch.bfloat16
     model = build_model("wan2.1-t2v-1.3b", device="meta").to(dtype)
     cfg = model.config
-    noise_frame = cfg.in_dim * cfg.latent_height * cfg.latent_width * torch.tensor([], dtype=dtype).element_size()
+    noise_frame = (
+        cfg.in_dim * cfg.latent_height * cfg.latent_width * torch.tensor([], dtype=dtype).element_size()
+    )
     vae = meta_vae(dtype)
     t5_weights, t5_peak = text_encoder_parts(dtype)
     out = {"dtype": "bf16", "grid": [cfg.latent_height, cfg.latent_width], "dit_weights": parameter_bytes(model),
@@ -106,7 +109,9 @@ def table(args) -> dict:
             start = time.time()
             plain = rollout_peak(name, model, frames, layout)
             decoded = rollout_peak(name, model, frames, layout, vae)
-            pipe = REGISTRY[name].pipeline(model, load_run_config(default_config_path(name)).sampler, cache=layout)
+            pipe = REGISTRY[name].pipeline(
+                model, load_run_config(default_config_path(name)).sampler, cache=layout
+            )
             cache = pipe.make_cache(1, torch.device("meta"), dtype).cache
             row = {"measured_frames": frames, "rollout_peak": plain, "rollout_peak_decoding": decoded,
                    "kv_cache": 2 * cache.k.numel() * cache.k.element_size(),
@@ -117,24 +122,45 @@ def table(args) -> dict:
     return out
 
 
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: resident now; VmHWM: its peak)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def rss(args) -> dict:
-    """Predicted vs measured peak RSS of one rollout of the full-size DiT at a reduced latent grid, on the CPU."""
+    """Predicted vs measured resident memory of the full-size DiT at a reduced latent grid, on the CPU (Linux):
+    the weights (resident memory after building the model, less before) and one rollout (the peak resident memory
+    during it, the kernel's high-water mark reset just before, less the resident memory at its start)."""
+    from tokentrim.wan.model import init_weights
+
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     config = get_preset("wan2.1-t2v-1.3b").replace(latent_height=args.latent[0], latent_width=args.latent[1])
-    predicted_peak = rollout_peak(args.pipeline, build_model(config, device="meta").to(dtype), args.frames, args.cache)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model = build_model(config, dtype=dtype, seed=0)
+    predicted_peak = rollout_peak(
+        args.pipeline, build_model(config, device="meta").to(dtype), args.frames, args.cache
+    )
+    before_model = status_bytes("VmRSS")
+    model = build_model(config, device="meta").to(dtype).to_empty(device="cpu")  # no fp32 copy on the way
+    init_weights(model, seed=0).eval().requires_grad_(False)
     weights = parameter_bytes(model)
+    before = status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
     start = time.time()
-    measured_peak = rollout_peak(args.pipeline, model, args.frames, args.cache)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    predicted = before + weights + predicted_peak
+    tracked_peak = rollout_peak(args.pipeline, model, args.frames, args.cache)
+    peak = status_bytes("VmHWM")
     out = {"pipeline": args.pipeline, "cache": args.cache, "latent": args.latent, "frames": args.frames,
-           "dtype": args.dtype, "tokens_per_frame": config.tokens_per_frame, "rss_before_model": before,
-           "weights": weights, "rollout_peak_meta": predicted_peak, "rollout_peak_cpu_tracked": measured_peak,
-           "predicted_rss": predicted, "measured_rss": after, "measured_over_predicted": after / predicted,
-           "rollout_s": round(time.time() - start, 1)}  # fmt: skip
-    print(json.dumps({k: (round(v / GIB, 3) if isinstance(v, int) and v > 2**20 else v) for k, v in out.items()}))
+           "dtype": args.dtype, "tokens_per_frame": config.tokens_per_frame,
+           "weights_predicted": weights, "weights_measured": before - before_model,
+           "rollout_predicted": predicted_peak, "rollout_measured": peak - before,
+           "rollout_tracked_on_cpu": tracked_peak, "rollout_s": round(time.time() - start, 1)}  # fmt: skip
+    print(
+        json.dumps(
+            {k: (round(v / GIB, 4) if isinstance(v, int) and v > 2**20 else v) for k, v in out.items()}
+        )
+    )
     return out
 
 

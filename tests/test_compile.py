@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines import RollingForcingConfig, RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
+from tokentrim.pipelines import (
+    RollingForcingConfig,
+    RollingForcingPipeline,
+    SelfForcingConfig,
+    SelfForcingPipeline,
+)
 from tokentrim.wan import build_model, get_preset
 from tokentrim.wan.compile import compile_counts, compile_dit, counts_since
 from tokentrim_core import TokenTrim, TokenTrimConfig
@@ -48,7 +53,9 @@ def rolling_forcing(model, layout):
 
 
 def same_decisions(a, b) -> bool:
-    return [(r.action, r.pruned_positions) for r in a.records] == [(r.action, r.pruned_positions) for r in b.records]
+    return [(r.action, r.pruned_positions) for r in a.records] == [
+        (r.action, r.pruned_positions) for r in b.records
+    ]
 
 
 @pytest.mark.slow

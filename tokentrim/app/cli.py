@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
-    for noisy in ("diffusers", "transformers"):  # their load-time notices are not the user's business
+    # Load-time notices of libraries are not the user's business: diffusers and transformers; torchao (installed with
+    # the quant extra, imported by diffusers) and torch's notice about one of torchao's enums.
+    for noisy in ("diffusers", "transformers", "torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
     previous = (
         signal.signal(signal.SIGTERM, _terminated)

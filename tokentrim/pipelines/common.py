@@ -89,7 +89,7 @@ class CachePolicy:
 
 # The KV cache's layouts: "dynamic" (`KVCache`: a call's key set is exactly what it attends to, compacted in place)
 # or "static" (`StaticKVCache`: fixed shapes per call kind and a mask; for torch.compile without recompiles and CUDA
-# graphs). Both give the same keys; docs/benchmarks.md compares them.
+# graphs). Both give the same keys; docs/benchmarks.md#static-shape-kv-cache compares them.
 CACHE_LAYOUTS = ("dynamic", "static")
 
 

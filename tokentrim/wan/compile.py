@@ -13,7 +13,7 @@ How many graphs a video compiles depends on the KV cache's layout:
   The first call of a kind compiles with its shapes fixed; the first change recompiles it with those sizes
   symbolic (dynamo's automatic dynamic shapes), and that graph serves the rest. Not `dynamic=True`: in torch
   2.13 it compiled graphs with the cache write's row specialised to 0 that inductor's FX graph cache then served
-  for other rows (wrong keys from the second block on; measured, docs/benchmarks.md).
+  for other rows (wrong keys from the second block on; docs/benchmarks.md#compiled-dit).
 
 `COMPILE_LIMIT` bounds the recompilations of a block (dynamo's `recompile_limit`); `compile_counts` reads dynamo's
 counters so that a benchmark can report the graphs a run compiled.

@@ -6,7 +6,7 @@ size and no memory, so a full-size run can be measured on any machine: what a GP
 at once, before its rounding and caching (CUDA's `max_memory_allocated` rounds each block up to 512 bytes).
 On the meta device SDPA has no fused kernel and would materialise every attention matrix; `fused_attention`
 stands in for the kernels a GPU (flash, memory-efficient) or a CPU runs, which allocate only their output and one
-log-sum-exp per query and head. docs/benchmarks.md, "Memory", builds its memory model from these figures and checks them against a
+log-sum-exp per query and head. docs/benchmarks.md#memory-model builds its memory model from these figures and checks them against a
 measured peak RSS on the CPU.
 """
 
@@ -40,7 +40,9 @@ class PeakLiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
         self._sweep()
         for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor):
@@ -68,7 +70,9 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
         out = torch.empty_like(q)
-        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32))
+        ctx.save_for_backward(
+            q, k, v, out, q.new_empty(q.shape[0], q.shape[2], q.shape[1], dtype=torch.float32)
+        )
         return out
 
     @staticmethod

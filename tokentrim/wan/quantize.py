@@ -8,8 +8,8 @@ the model dtype. Modes:
 - "fp8": torchao's `Float8WeightOnlyConfig`; its kernels need a CUDA GPU of compute capability 8.9 or later
   (Ada, Hopper).
 
-The weights shrink from 2 bytes (bf16) to 1 byte per parameter plus the scales; docs/benchmarks.md has the
-memory figures and the measured effect on the toy model's output.
+The weights shrink from 2 bytes (bf16) to 1 byte per parameter plus the scales (the memory figures and the effect
+on the toy model's output: docs/benchmarks.md#weight-quantisation).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ cannot use the flash kernels.
 Against the dynamic cache: the same keys and values in the same order. Keys stored without RoPE are rotated as
 read, the rows needing no rotation by exactly 1 + 0i (an exact multiplication). Where no row is padded (a full,
 unpruned cache) the attention result is the same bit for bit; with padded rows SDPA's reduction runs over a longer
-row, which changes fp32 results in the last bits (docs/benchmarks.md, "Static-shape cache").
+row, which changes fp32 results in the last bits (docs/benchmarks.md#static-shape-kv-cache).
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""Memory accounting (`tokentrim.wan.memory`): the peak of live tensors against hand-counted bytes, and the
+full-size model's parts measured on the meta device against their closed forms."""
+
+import torch
+
+from tokentrim.pipelines import SelfForcingPipeline
+from tokentrim.wan import build_model, get_preset
+from tokentrim.wan.memory import PeakLiveBytes, fused_attention, parameter_bytes
+
+
+def test_peak_counts_live_storages_once():
+    with PeakLiveBytes() as m:
+        a = torch.zeros(1000)  # 4000 bytes
+        b = torch.zeros(2000)  # 12000 alive
+        del a  # 8000
+        b.view(-1, 2).add_(1)  # a view, updated in place: no new storage
+        c = torch.empty(500, dtype=torch.float64)  # 12000 again
+        d = c[::2]  # a view
+        torch.empty(0)  # an operation, so the deletions are seen
+    assert m.peak == 12000 and m.current == 12000
+    del b, c, d
+
+
+def test_tensors_made_before_are_not_counted():
+    weights = torch.zeros(10_000)
+    with PeakLiveBytes() as m:
+        weights.mul_(2)
+        out = weights[:10] + 1
+    assert m.peak == 40 and out.numel() == 10
+
+
+def test_meta_tensors_are_counted_without_memory():
+    with PeakLiveBytes() as m:
+        x = torch.empty(2**30, device="meta", dtype=torch.bfloat16)  # 2 GiB that exist nowhere
+        y = x * 2
+    assert m.peak == 2 * 2**31 and y.is_meta
+
+
+def test_fused_attention_keeps_no_attention_matrix():
+    """On the meta device the model's attention allocates its output and a log-sum-exp, not Lq x Lk scores."""
+    lq, lk, h, d = 4096, 8192, 2, 8
+    q = torch.empty(1, lq, h, d, device="meta")
+    k = v = torch.empty(1, lk, h, d, device="meta")
+    from tokentrim.wan import model as wan_model
+
+    with fused_attention(), PeakLiveBytes() as fused:
+        wan_model.attention(q, k, v)
+    with PeakLiveBytes() as plain:
+        wan_model.attention(q, k, v)
+    output, lse = lq * h * d * 4, h * lq * 4
+    assert fused.peak == output + lse
+    assert plain.peak >= h * lq * lk * 4  # the unfused path materialises the scores
+
+
+def test_kv_cache_and_weights_of_the_full_size_model_match_their_closed_forms():
+    """Self Forcing at 480x832: K and V of 21 frames x 1560 tokens x 1536 channels x 30 layers, bf16; the DiT's
+    1,418,996,800 parameters (docs/benchmarks.md#memory-model)."""
+    model = build_model("wan2.1-t2v-1.3b", device="meta").to(torch.bfloat16)
+    c = get_preset("wan2.1-t2v-1.3b")
+    assert parameter_bytes(model) == 2 * 1_418_996_800
+    pipe = SelfForcingPipeline(model)
+    with PeakLiveBytes() as m:
+        cache = pipe.make_cache(1, torch.device("meta"), torch.bfloat16).cache
+    assert m.peak == 2 * 21 * 1560 * c.dim * c.num_layers * 2 == 2 * cache.k.numel() * 2
