@@ -187,6 +187,7 @@ def decisions(out) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ROLLOUTS))
 def test_rollouts_match_the_dynamic_cache(case):
     name, sampler, frames, flowmo, switch_at = ROLLOUTS[case]
@@ -208,3 +209,22 @@ def test_rollouts_match_the_dynamic_cache(case):
     torch.testing.assert_close(static.latents, dynamic.latents, rtol=0, atol=1e-5)
     if dynamic.flowmo_losses:
         torch.testing.assert_close(torch.tensor(static.flowmo_losses), torch.tensor(dynamic.flowmo_losses))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["self_forcing", "rolling_forcing"])
+def test_the_static_cache_reads_the_device_no_more_than_the_dynamic_one(name):
+    """Run on the meta device, where any host read of device data is counted (`DeviceReads`): the static
+    cache's host bookkeeping adds none (its indices go host to device)."""
+    from tokentrim.app.device_reads import DeviceReads
+
+    entry = REGISTRY[name]
+    counts = []
+    for layout in ("dynamic", "static"):
+        pipe = entry.pipeline(build_model(C, device="meta"), entry.config(), cache=layout)
+        noise = torch.zeros(1, 18, C.in_dim, C.latent_height, C.latent_width, device="meta")
+        with DeviceReads() as reads:
+            pipe(torch.zeros(1, 9, C.text_dim, device="meta"), 18, noise=noise, generator=torch.Generator(),
+                 hook=TokenTrim(PRUNING, C.patch_size[1:]), progress=False)  # fmt: skip
+        counts.append(reads.counts())
+    assert counts[1] == counts[0] and sum(counts[0].values()) > 0
