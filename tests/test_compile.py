@@ -97,7 +97,9 @@ def test_bad_compile_settings_are_user_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("g++") is None, reason="inductor on the CPU needs g++ (apt-get install -y g++)")
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="inductor on the CPU needs g++ (apt-get install -y g++)"
+)
 @pytest.mark.parametrize("layout", ["static", "dynamic"])
 def test_inductor_matches_eager_within_fp32_rounding(layout):
     """The generated C++ kernels (inductor on the CPU) against eager, fp32: within 1e-5, the same decisions."""

@@ -62,3 +62,23 @@ def test_kv_cache_and_weights_of_the_full_size_model_match_their_closed_forms():
     with PeakLiveBytes() as m:
         cache = pipe.make_cache(1, torch.device("meta"), torch.bfloat16).cache
     assert m.peak == 2 * 21 * 1560 * c.dim * c.num_layers * 2 == 2 * cache.k.numel() * 2
+
+
+def test_eviction_moves_rows_without_a_temporary():
+    """The dynamic cache shifts its kept rows over the evicted ones in place (per chunk, no clone)."""
+    from tokentrim.pipelines.self_forcing import SinkCachePolicy
+    from tokentrim.wan import KVCache
+
+    c = get_preset("tiny")
+    t = c.tokens_per_frame
+    cache = KVCache(c, 1, 9)
+    policy = SinkCachePolicy(cache, 3)
+    for s in range(0, 9, 3):
+        cache.finish(policy.plan(s, 3, commit=True))
+    frame_of_row = torch.arange(9).repeat_interleave(t).float()
+    cache.k[..., 0] = frame_of_row[None, None, :, None]
+    with PeakLiveBytes() as m:
+        assert policy.make_room(2) == [3, 4]
+    assert m.peak < 4 * t * c.dim  # a few index scalars, never the rows
+    expected = torch.tensor([0, 1, 2, 5, 6, 7, 8], dtype=torch.float32).repeat_interleave(t)
+    assert torch.equal(cache.k[0, 0, : 7 * t, 0, 0], expected)

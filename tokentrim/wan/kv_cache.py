@@ -181,10 +181,14 @@ class KVCache:
         return [f.index for f in evicted]
 
     def _shift(self, start: int, mid: int, end: int) -> None:
-        """Move rows [mid, end) to `start` (through a copy: source and target overlap)."""
-        keep = end - mid
-        self.k[:, :, start : start + keep] = self.k[:, :, mid:end].clone()
-        self.v[:, :, start : start + keep] = self.v[:, :, mid:end].clone()
+        """Move rows [mid, end) to `start`, in place: in ascending chunks of `mid - start` rows, so that no chunk
+        overlaps its own target and every row is read before it is overwritten. No temporary (a clone of the kept
+        rows was 2 GiB per buffer for Self Forcing at 1.3B size)."""
+        step = mid - start
+        for buf in (self.k, self.v):
+            for src in range(mid, end, step):
+                n = min(step, end - src)
+                buf[:, :, src - step : src - step + n].copy_(buf[:, :, src : src + n])
 
     def remove_positions(
         self,
