@@ -92,8 +92,6 @@ def test_bad_compile_settings_are_user_errors():
     model = build_model(C, device="meta")
     with pytest.raises(UserError, match="compile_backend"):
         compile_dit(model, "static", "tensorrt")
-    with pytest.raises(UserError, match="static cache"):
-        compile_dit(model, "dynamic", mode="reduce-overhead")
 
 
 @pytest.mark.slow

@@ -25,28 +25,18 @@ from tokentrim.errors import UserError
 from tokentrim.wan.model import CausalWanModel
 
 COMPILE_LIMIT = 32  # graphs per block before dynamo falls back to eager; a rollout compiles far fewer
-COMPILE_BACKENDS = (
-    "inductor",
-    "aot_eager",
-    "eager",
-)  # inductor: the fast one; the others trace only (checks)
+# inductor: the fast one; the others trace only (checks)
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
-def compile_dit(
-    model: CausalWanModel, cache_layout: str, backend: str = "inductor", mode: str | None = None
-) -> CausalWanModel:
+def compile_dit(model: CausalWanModel, cache_layout: str, backend: str = "inductor") -> CausalWanModel:
     """Compile every transformer block of `model` in place for calls on a `cache_layout` ("static" | "dynamic")
-    KV cache; `mode` is torch.compile's (None: the default; "reduce-overhead": CUDA graphs, static layout only).
-    Returns the model. The first call of each kind compiles; later calls reuse the graph."""
+    KV cache. Returns the model. The first call of each kind compiles; later calls reuse the graph."""
     if backend not in COMPILE_BACKENDS:
         raise UserError(f"`compile_backend` must be one of {COMPILE_BACKENDS}, got {backend!r}")
-    if mode == "reduce-overhead" and cache_layout != "static":
-        raise UserError("compile mode reduce-overhead (CUDA graphs) needs fixed shapes: use the static cache")
     dynamic = False if cache_layout == "static" else None
     for block in model.blocks:
-        block.compile(
-            fullgraph=True, dynamic=dynamic, backend=backend, mode=mode, recompile_limit=COMPILE_LIMIT
-        )
+        block.compile(fullgraph=True, dynamic=dynamic, backend=backend, recompile_limit=COMPILE_LIMIT)
     return model
 
 
