@@ -19,7 +19,7 @@ restates that arithmetic, and `ReferenceAttention` implements it from there:
   and the newest `L - sink` rows.
 
 With a `CachePruner` in "mask" mode, the rows it masks are left out of every read (gathered out), which is what a
-boolean key mask does. This project's DiT runs on the stand-in as its `cache` (`layer_kv` per layer, `finish`
+boolean key mask does. This project's DiT runs on the stand-in as its `cache` (`view(call).layer(i).attend`, i.e. `layer_kv` per layer, `finish`
 per call), so the project's loops run over a reference-layout cache through `ReferencePolicy`.
 """
 
@@ -104,6 +104,10 @@ class ReferenceAttention:
         if layer == 0:
             self.attended.append(keys.shape[1])
         return keys, values
+
+    def view(self, call: Call) -> ReferenceView:
+        """What the DiT asks a cache for once per call (`KVCache.view`): one layer at a time."""
+        return ReferenceView(self, call)
 
     # Shared steps -------------------------------------------------------------------------------------------
     @staticmethod
@@ -243,3 +247,22 @@ def split(code: str) -> tuple[str, str]:
     head, marker, tail = code.partition("\n# in the ")
     assert marker, "a loop recipe marks where its per-block part starts"
     return head, "# in the " + tail
+
+
+class ReferenceView:
+    """A model call's view of `ReferenceAttention`: `layer(i).attend(k, k_raw, v)` -> (keys, values, no mask)."""
+
+    def __init__(self, ref: ReferenceAttention, call: Call):
+        self.ref, self.call = ref, call
+
+    def layer(self, i: int) -> ReferenceLayer:
+        return ReferenceLayer(self, i)
+
+
+class ReferenceLayer:
+    def __init__(self, view: ReferenceView, i: int):
+        self.view, self.i = view, i
+
+    def attend(self, k, k_raw, v):
+        keys, values = self.view.ref.layer_kv(self.i, self.view.call, k, k_raw, v)
+        return keys, values, None
