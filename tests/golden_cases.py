@@ -24,7 +24,14 @@ def platform_key() -> str:
 
 
 def _case_list():
+    import numpy as np
+
+    from tokentrim.app.faults import Fault, injector, region, token_mask
     from tokentrim.pipelines import (
+        CausalForcingFramewiseConfig,
+        CausalForcingFramewisePipeline,
+        LongLiveConfig,
+        LongLivePipeline,
         RollingForcingConfig,
         RollingForcingPipeline,
         SelfForcingConfig,
@@ -52,6 +59,22 @@ def _case_list():
     with torch.no_grad():
         toy_embeds = toy_text([prompt])
     toy_patch = toy.config.patch_size[1:]
+    other = torch.randn(1, 9, tiny.text_dim, generator=torch.Generator().manual_seed(9))
+
+    def cf(cfg=CausalForcingFramewiseConfig(), m=model):
+        return CausalForcingFramewisePipeline(m, cfg)
+
+    def ll(cfg=LongLiveConfig(), m=model):
+        return LongLivePipeline(m, cfg)
+
+    def fault_run(pipe, kind):
+        """A fault of `kind` on 6 tokens of block 4 (`tokentrim stress`), TokenTrim at the paper's settings."""
+        cfg = toy.config
+        tokens = region((cfg.grid_height, cfg.grid_width), 6, np.random.default_rng(0))
+        fault = Fault(kind, 4, tokens, 0)
+        alter = injector(fault, cfg.frames_per_block, token_mask(tokens, (cfg.grid_height, cfg.grid_width), toy_patch))
+        return pipe(toy_embeds, 36 if kind == "blob" else 30, seed=0, hook=TokenTrim(TokenTrimConfig(), toy_patch),
+                    progress=False, prefix=prefix, alter=alter)
 
     cases = {
         "sf_tiny_plain_30": lambda: sf()(embeds, 30, seed=0, progress=False),
@@ -91,6 +114,38 @@ def _case_list():
             toy_embeds, 30, seed=0, hook=TokenTrim(TokenTrimConfig(lam=0.5), toy_patch), progress=False,
             prefix=prefix,
         ),
+        # Recorded before the stream refactor (Request / BlockEvent): FlowMo's current defaults, Causal Forcing
+        # frame-wise, LongLive (both RoPE modes) and prompt switches, and an injected fault on the toy.
+        "sf_tiny_default_flowmo_prune_18": lambda: sf()(
+            embeds, 18, seed=8, hook=TokenTrim(eager, patch), progress=False, flowmo=FlowMoConfig(mode="first_block"),
+        ),
+        "rf_tiny_default_flowmo_prune_30": lambda: rf()(
+            embeds, 30, seed=9, hook=TokenTrim(eager, patch), progress=False,
+            flowmo=FlowMoConfig(mode="first_block", steps=(0, 1)),
+        ),
+        "cf_tiny_fresh_flowmo_12": lambda: cf(CausalForcingFramewiseConfig(denoising_steps=(1000, 500),
+                                                                         first_block_steps=(1000, 750, 500, 250)))(
+            embeds, 12, seed=10, hook=TokenTrim(eager, patch), progress=False, regen_noise="fresh",
+            flowmo=FlowMoConfig(mode="first_block"),
+        ),
+        "cf_tiny_prefix_every_block_9": lambda: cf()(
+            embeds, 9, seed=11, hook=TokenTrim(eager, patch), progress=False,
+            flowmo=FlowMoConfig(mode="every_block"),
+            prefix=torch.randn(1, 1, 16, 8, 12, generator=torch.Generator().manual_seed(12)),
+        ),
+        "ll_tiny_switch_keep_24": lambda: ll()(
+            embeds, 24, seed=12, hook=TokenTrim(eager, patch), progress=False,
+            switches=[(9, other), (18, embeds)], switch_pruning="keep",
+        ),
+        "ll_tiny_slot_switch_reset_30": lambda: ll(LongLiveConfig(rope="slot", global_sink=False))(
+            embeds, 30, seed=13, hook=TokenTrim(eager, patch), progress=False, switches=[(21, other)],
+            switch_pruning="reset",
+        ),
+        "sf_tiny_rolling_switch_keep_27": lambda: sf(SelfForcingConfig(cache_frames=9, sink_frames=3))(
+            embeds, 27, seed=14, hook=TokenTrim(eager, patch), progress=False, switches=[(15, other)],
+        ),
+        "sf_toy_fault_blob_36": lambda: fault_run(sf(SelfForcingConfig(timestep_shift=1.0), toy), "blob"),
+        "rf_toy_fault_noise_30": lambda: fault_run(rf(RollingForcingConfig(timestep_shift=1.0), toy), "noise"),
     }  # fmt: skip
     return cases
 
@@ -130,7 +185,8 @@ if __name__ == "__main__":
         print(
             f"{name}: latents {list(r['latents'].shape)}, {pruned} prunes, {len(r['flowmo_losses'])} guided"
         )
-    if args.record:
-        cases = torch.load(GOLDEN, weights_only=True)["cases"] if args.only else {}
-        torch.save({"platform": platform_key(), "cases": {**cases, **results}}, GOLDEN)
+    if args.record:  # each case keeps the platform it was recorded on (`platform` of the file: the default)
+        kept = torch.load(GOLDEN, weights_only=True) if args.only else {"platform": platform_key(), "cases": {}}
+        results = {name: {**r, "platform": platform_key()} for name, r in results.items()}
+        torch.save({"platform": kept["platform"], "cases": {**kept["cases"], **results}}, GOLDEN)
         print(f"recorded {GOLDEN}")

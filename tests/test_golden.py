@@ -1,4 +1,5 @@
-"""Golden rollouts recorded before refactors (tests/golden_cases.py) are reproduced bit for bit."""
+"""Golden rollouts recorded before refactors (tests/golden_cases.py) are reproduced bit for bit on the platform
+each was recorded on (elsewhere to 1e-4: other CPU kernels round differently in the last bits)."""
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def test_golden_rollout_is_reproduced(fresh, name):
     want, got = RECORDED["cases"][name], fresh[name]
     assert got["records"] == want["records"]
     assert len(got["flowmo_losses"]) == len(want["flowmo_losses"])
-    if RECORDED["platform"] == platform_key():
+    if want.get("platform", RECORDED["platform"]) == platform_key():
         assert torch.equal(got["latents"], want["latents"]), "latents differ from the recorded golden run"
         assert got["flowmo_losses"] == want["flowmo_losses"]
     else:  # another torch build or CPU kernel family: rounding may differ in the last bits
