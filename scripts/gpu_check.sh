@@ -14,7 +14,7 @@
 # and as a step measures, so what was measured is on disk even if a later step fails, hangs or the slot ends.
 # Exit status: 0 when every step passed or was skipped, 1 when one failed or ran out of time, 2 for bad usage.
 #
-# Time budgets on the GPU, in seconds (`GPU.budgets` in tokentrim/app/gpu_check.py; a step that runs out is
+# Time budgets on the GPU, in seconds (`GPU.budgets` in tools/gpu_check/check.py; a step that runs out is
 # stopped and keeps what it measured). Expected: estimates (FLOP counts; the model build timed on a CPU), not yet
 # measured on a GPU.
 #   step                   budget  expected
@@ -33,7 +33,7 @@
 # Running it on a GPU machine
 # ---------------------------
 # Nothing needs installing: this script puts the project on PYTHONPATH (so does `PYTHONPATH=/path/to/repo
-# python -m tokentrim.app.gpu_check OUTDIR`). It runs $PYTHON if set, else .venv/bin/python if there is one, else
+# python -m tools.gpu_check OUTDIR`). It runs $PYTHON if set, else .venv/bin/python if there is one, else
 # python3; that Python needs torch with CUDA and the project's other dependencies (checked first). A machine with
 # torch preinstalled and no network gets the others as wheels downloaded beforehand:
 #
@@ -103,4 +103,4 @@ if [[ ${#DRY[@]} -gt 0 ]]; then
     LIMIT=1260  # the dry run takes about a minute; it stops starting steps at 1200 s (a CPU shared with others)
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny models gain nothing from threads; shared cores lose
 fi
-exec timeout -k 10 "$LIMIT" "$PY" -m tokentrim.app.gpu_check "${DRY[@]}" "$OUTDIR"
+exec timeout -k 10 "$LIMIT" "$PY" -m tools.gpu_check "${DRY[@]}" "$OUTDIR"

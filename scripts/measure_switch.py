@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tokentrim.app import backends
-from tokentrim.app import generate as gen
+from tokentrim.app.api import Pipeline
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.toy.world import sample_scene
 
@@ -43,13 +43,15 @@ def measure(seeds: int, frames: int, switch: int) -> dict:
     rows = {}
     for name, overrides in SETTINGS.items():
         run = load_run_config(path, overrides)
+        pipe = Pipeline(backend, run, offload="none")
         at, after, late, before, ratio, wall = [], [], [], [], [], 0.0
         for seed in range(seeds):
             prompts = [sample_scene(2 * seed).prompt, sample_scene(2 * seed + 1).prompt]
-            embeds = gen.encode(backend, prompts, "none")
+            embeds = pipe.embed(prompts)
             start = time.perf_counter()
-            result = gen.run_video(backend, run, embeds[:1], latent_frames=frames, seed=seed, progress=False,
-                                   switches=[(switch, embeds[1:2])])  # fmt: skip
+            result = pipe.generate(
+                embeds[:1], latent_frames=frames, seed=seed, switches=[(switch, embeds[1:2])]
+            )
             wall += time.perf_counter() - start
             recs = result.records
             pruned = [r.action == "prune" for r in recs]

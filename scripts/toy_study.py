@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tokentrim.app.api import Pipeline
 from tokentrim.app.backends import PRESETS
 from tokentrim.app.figures import plot_drift, plot_frame_strips
-from tokentrim.app.generate import run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.eval import evaluate_frames
 from tokentrim.eval.metrics import bhattacharyya_distance, channel_histograms
@@ -147,9 +147,11 @@ def rollout(backend, pipeline: str, variant: str, embeds, prefix, frames: int, s
     run = load_run_config(
         default_config_path(pipeline, "toy"), VARIANTS[variant] + pipeline_overrides(pipeline, extra)
     )
-    result = run_video(backend, run, embeds, latent_frames=frames, seed=seed, prefix=prefix, progress=False)
+    result = Pipeline(backend, run).generate(
+        embeds, latent_frames=frames, seed=seed, start=prefix, decode=False
+    )
     video = backend.decoder.decode(result.latents)[0].cpu().numpy()
-    return video, [r.to_dict() for r in result.records], result.timings["wall_s"]
+    return video, [r.to_dict() for r in result.records], result.wall_s
 
 
 def main() -> None:

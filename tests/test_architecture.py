@@ -100,18 +100,107 @@ def test_no_import_cycles(graph):
             visit(node, [node])
 
 
+# The loops' interface: one request in, a stream of blocks out; the package leaves torch alone ------------------
+def loop_classes():
+    from tokentrim.pipelines import REGISTRY, BlockPipeline
+
+    return [BlockPipeline, *(entry.pipeline for entry in REGISTRY.values())]
+
+
+CALLBACKS = ("on_block", "alter", "progress", "callback", "on_run")
+
+
+@pytest.mark.parametrize("method", ["stream", "__call__"])
+def test_loop_entries_take_a_request_and_no_callbacks(method):
+    import inspect
+    import typing
+
+    from tokentrim.pipelines import Request
+
+    for cls in loop_classes():
+        entry = getattr(cls, method)
+        params = list(inspect.signature(entry).parameters)
+        assert params == ["self", "request"], f"{cls.__name__}.{method}{params}"
+        assert typing.get_type_hints(entry)["request"] is Request, f"{cls.__name__}.{method}"
+
+
+def test_no_function_of_the_loops_takes_a_callback():
+    for path in sorted((ROOT / "tokentrim" / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [a.arg for a in (*node.args.args, *node.args.kwonlyargs)]
+                bad = [n for n in names if n in CALLBACKS]
+                assert not bad, f"{path.name}:{node.name} takes {bad}"
+
+
+def torch_patches(source: str) -> list[str]:
+    """Assignments to (or setattr / delattr on) an attribute of torch, `torch.Tensor` or anything bound to them in
+    the module (`import torch as t`, `from torch import Tensor`, `cls = torch.Tensor`)."""
+    tree = ast.parse(source)
+    roots = {"torch"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.asname or a.name for a in node.names if a.name.split(".")[0] == "torch"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+            roots |= {a.asname or a.name for a in node.names}
+
+    def rooted(expr) -> bool:
+        while isinstance(expr, ast.Attribute | ast.Subscript):
+            expr = expr.value
+        return isinstance(expr, ast.Name) and expr.id in roots
+
+    for node in ast.walk(tree):  # aliases: `cls = torch.Tensor`
+        if isinstance(node, ast.Assign) and rooted(node.value) and isinstance(node.value, ast.Attribute):
+            roots |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    found = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        elif isinstance(node, ast.Delete):
+            targets = node.targets
+        for target in targets:
+            for t in target.elts if isinstance(target, ast.Tuple) else [target]:
+                if isinstance(t, ast.Attribute) and rooted(t):
+                    found.append(f"line {t.lineno}: {ast.unparse(t)}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("setattr", "delattr")
+        ):
+            if node.args and rooted(node.args[0]):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_patch_finder_finds_patches():
+    """Guard for the check below: what the GPU check's tools did before they left the package is found."""
+    source = ("import torch\nimport torch as t\nfrom torch import Tensor\ntorch.randn = f\nt.Tensor.item = g\n"
+              "cls = torch.Tensor\nsetattr(cls, 'cpu', h)\ndelattr(Tensor, 'to')\n"
+              "torch.backends.cudnn.allow_tf32 = False\nmodel.gradient_checkpointing = True\nx = torch.zeros(1)\n")  # fmt: skip
+    assert len(torch_patches(source)) == 5
+    assert len(torch_patches((ROOT / "tools" / "gpu_check" / "device_reads.py").read_text())) > 0
+
+
+def test_nothing_in_the_package_assigns_to_torch():
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            assert not torch_patches(path.read_text()), (
+                f"{path.relative_to(ROOT)}: {torch_patches(path.read_text())}"
+            )
+
+
 # A third pipeline, defined here -----------------------------------------------------------------------------
-from tokentrim.pipelines import BlockPipeline, Rollout, register, unregister  # noqa: E402
+from tokentrim.pipelines import BlockPipeline, Rollout, SamplerConfig, register, unregister  # noqa: E402
 from tokentrim.pipelines.self_forcing import SinkCachePolicy  # noqa: E402
 from tokentrim.wan.kv_cache import KVCache  # noqa: E402
 
 
 @dataclass(frozen=True)
-class TwoStepConfig:
+class TwoStepConfig(SamplerConfig):
     denoising_steps: tuple[float, ...] = (1000, 500)
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
     window_frames: int = 6  # a sliding cache of two blocks, no sink
 
 
@@ -125,7 +214,7 @@ class TwoStepPipeline(BlockPipeline):
         cache = KVCache(self.model.config, batch, self.config.window_frames, device=device, dtype=dtype)
         return SinkCachePolicy(cache, sink_frames=0)
 
-    def generate(self, r: Rollout) -> None:
+    def generate(self, r: Rollout):
         for j in range(r.observed, r.num_blocks):
             s = j * r.block
             r.cache.make_room(r.block)
@@ -139,7 +228,7 @@ class TwoStepPipeline(BlockPipeline):
 
             x0, _ = r.judge(j, denoise(), denoise)
             r.commit(x0, s)
-            r.finished(s, x0)
+            yield r.finished(j, x0)
 
 
 @pytest.fixture

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from tokentrim.app.run_config import load_run_config
-from tokentrim.pipelines import CausalForcingFramewisePipeline, RollingForcingPipeline, SelfForcingPipeline
+from tokentrim.pipelines import (
+    CausalForcingFramewisePipeline,
+    Request,
+    RollingForcingPipeline,
+    SelfForcingPipeline,
+)
 from tokentrim.wan import build_model, get_preset, load_dit_checkpoint
 from tokentrim.wan.scheduler import FlowMatchSchedule
 
@@ -56,7 +61,7 @@ def test_framewise_calls_step_lists_and_draws(model, embeds, monkeypatch, name, 
     draw."""
     calls, draws = instrument(model), draws_of(monkeypatch)
     frames = 6
-    CausalForcingFramewisePipeline(model, sampler(name))(embeds, frames, seed=0, progress=False)
+    CausalForcingFramewisePipeline(model, sampler(name))(Request(embeds, frames, seed=0))
     expected, expected_draws = [], [(1, frames, 16, 8, 12)]
     for j in range(frames):
         lst = first if j == 0 else steps
@@ -72,7 +77,7 @@ def test_framewise_image_start_uses_the_first_list_on_frame_one(model, embeds, m
     image = torch.randn(1, 1, 16, 8, 12, generator=torch.Generator().manual_seed(1))
     calls, draws = instrument(model), draws_of(monkeypatch)
     out = CausalForcingFramewisePipeline(model, sampler("framewise_1step"))(
-        embeds, 4, seed=0, prefix=image, progress=False
+        Request(embeds, 4, seed=0, start=image)
     )
     assert calls[0] == (0, 1, 0.0, True) and torch.equal(out.latents[:, :1], image)
     assert [c for c in calls[1:6]] == [(1, 1, WARPED[s], False) for s in (1000, 750, 500, 250)] + [
@@ -85,7 +90,7 @@ def test_framewise_image_start_uses_the_first_list_on_frame_one(model, embeds, m
 def test_framewise_noise_order_against_a_hand_replay(model, embeds):
     """The whole frame-wise rollout replayed from the spec with the same generator: same latents bit for bit."""
     cfg = sampler("framewise_2step")
-    out = CausalForcingFramewisePipeline(model, cfg)(embeds, 3, seed=5, progress=False)
+    out = CausalForcingFramewisePipeline(model, cfg)(Request(embeds, 3, seed=5))
     sched = FlowMatchSchedule(5.0)
     first, steps = sched.warp(cfg.first_block_steps), sched.warp(cfg.denoising_steps)
     gen = torch.Generator().manual_seed(5)
@@ -120,18 +125,18 @@ def test_chunkwise_is_self_forcing_and_longvideo_is_rolling_forcing_with_four_le
     chunk = load_run_config(CONFIGS / "chunkwise.yaml")
     assert chunk.pipeline == "self_forcing" and chunk.sampler == load_run_config(
         CONFIGS.parent / "self_forcing.yaml").sampler  # fmt: skip
-    a = SelfForcingPipeline(model, chunk.sampler)(embeds, 9, seed=2, progress=False).latents
-    b = SelfForcingPipeline(model)(embeds, 9, seed=2, progress=False).latents
+    a = SelfForcingPipeline(model, chunk.sampler)(Request(embeds, 9, seed=2)).latents
+    b = SelfForcingPipeline(model)(Request(embeds, 9, seed=2)).latents
     assert torch.equal(a, b)
     long = load_run_config(CONFIGS / "longvideo.yaml")
     assert long.pipeline == "rolling_forcing" and long.sampler.denoising_steps == (1000, 750, 500, 250)
     calls = instrument(model)
-    RollingForcingPipeline(model, long.sampler)(embeds, 12, seed=0, progress=False)
+    RollingForcingPipeline(model, long.sampler)(Request(embeds, 12, seed=0))
     assert len(calls) == 2 * (4 + 3)  # docs/spec.md#long-video: 2 (nb + 3) calls
     windows = [(s, n) for s, n, _, commit in calls if not commit]
     assert windows == [(0, 3), (0, 6), (0, 9), (0, 12), (3, 9), (6, 6), (9, 3)]
     with pytest.raises(Exception, match="at least 12 latent frames"):
-        RollingForcingPipeline(model, long.sampler)(embeds, 9, seed=0, progress=False)
+        RollingForcingPipeline(model, long.sampler)(Request(embeds, 9, seed=0))
 
 
 def test_framewise_flowmo_and_tokentrim(model, embeds):
@@ -140,14 +145,13 @@ def test_framewise_flowmo_and_tokentrim(model, embeds):
 
     pipe = CausalForcingFramewisePipeline(model, sampler("framewise"))
     hook = TokenTrim(TokenTrimConfig(lam=0.0, warmup=1), (2, 2))
-    out = pipe(embeds, 6, seed=1, hook=hook, flowmo=FlowMoConfig(mode="every_block", steps=(0,), iterations=2),
-               progress=False)  # fmt: skip
+    out = pipe(Request(embeds, 6, seed=1, hook=hook, flowmo=FlowMoConfig(mode="every_block", steps=(0,), iterations=2)))  # fmt: skip
     guided = len(out.flowmo_losses)
     regenerated = sum(r.regenerations for r in out.records if r.frames[0] >= 2)
     assert guided == (6 - 2) + regenerated  # frames 2..5 and their regenerations
     assert all(len(losses) == 3 and losses[-1] <= losses[0] + 1e-6 for losses in out.flowmo_losses)
     assert [r.frames for r in out.records] == [(j, j + 1) for j in range(6)]
-    first = pipe(embeds, 6, seed=1, flowmo=FlowMoConfig(mode="first_block", steps=(0,)), progress=False)
+    first = pipe(Request(embeds, 6, seed=1, flowmo=FlowMoConfig(mode="first_block", steps=(0,))))
     assert len(first.flowmo_losses) == 1  # frame 2 only: the first 3-frame chunk's scorable frame
 
 
@@ -178,8 +182,8 @@ def test_past_the_rope_table_equals_a_long_enough_table(embeds):
     short = build_model(get_preset("tiny").replace(rope_max_seq_len=64), seed=3)
     long = build_model(get_preset("tiny"), seed=3)
     for pipe in (SelfForcingPipeline, RollingForcingPipeline):
-        a = pipe(short)(embeds, 120, seed=0, progress=False).latents
-        b = pipe(long)(embeds, 120, seed=0, progress=False).latents
+        a = pipe(short)(Request(embeds, 120, seed=0)).latents
+        b = pipe(long)(Request(embeds, 120, seed=0)).latents
         assert torch.equal(a, b), pipe.__name__
 
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,9 @@ import pytest
 import torch
 
 from tokentrim.app import backends
-from tokentrim.app.block_stream import BlockStream
+from tokentrim.app.api import Pipeline
 from tokentrim.app.demo import Sessions, check_port, port_number, remove_stale_folders
-from tokentrim.app.demo_run import DISPLAY_SIZE, PRUNE_RED, DemoRequest, DemoRunner, mark_pruned, upscale
-from tokentrim.app.generate import BlockEvent, run_video
+from tokentrim.app.demo_run import DISPLAY_SIZE, PRUNE_RED, DemoRunner, mark_pruned, upscale
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
 from tokentrim.pipelines import pipeline_names
@@ -41,16 +39,18 @@ def runner(toy, tmp_path):
     return DemoRunner(toy, "toy", max_latent_frames=60, embed_cache=tmp_path / "embeddings")
 
 
-def toy_request(**changes) -> DemoRequest:
-    return DemoRequest(
-        **{"pipeline": "self_forcing", "latent_frames": 12, "seed": 0, "scene": SCENE, **changes}
-    )
+# The page's keys of the declared options (`tokentrim.app.demo_run.PAGE_OPTIONS`), by short names
+KEYS = {"p": "tokentrim.p", "lam": "tokentrim.lam", "flowmo": "flowmo.mode", "tokentrim": "tokentrim.enabled"}
+
+
+def toy_request(**changes) -> dict:
+    """The page's values: a scene, 12 latent frames, seed 0, the rest at the page's defaults."""
+    values = {"pipeline": "self_forcing", "latent_frames": 12, "seed": 0, "scene": SCENE}
+    return values | {KEYS.get(k, k): v for k, v in changes.items()}
 
 
 def direct_run(backend, *, enabled: bool, flowmo: str, frames: int, seed: int, lam: float = 2.0):
-    """The same rollout through `run_video` directly (what the CLI does), for comparison."""
-    from tokentrim.wan.text_encoder import encode_prompts
-
+    """The same rollout through the Python API directly (what the CLI does), for comparison."""
     prompt, prefix = observed_start(SCENE)
     updates = {
         "pipeline": "self_forcing",
@@ -58,12 +58,15 @@ def direct_run(backend, *, enabled: bool, flowmo: str, frames: int, seed: int, l
         "flowmo": {"mode": flowmo},
     }
     run = load_run_config(default_config_path("self_forcing", "toy"), [], updates)
-    embeds = encode_prompts([prompt], backend.encoder_factory)
-    return run_video(backend, run, embeds, latent_frames=frames, seed=seed, prefix=prefix, progress=False)
+    return Pipeline(backend, run).generate(prompt, latent_frames=frames, seed=seed, start=prefix)
 
 
 def demo_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "tokentrim-block-stream"]
+    """Threads besides the test's own: the demo's runs are streams read in the caller's thread, none start."""
+    return [t for t in threading.enumerate() if t not in STARTING_THREADS and t.is_alive()]
+
+
+STARTING_THREADS = set(threading.enumerate())
 
 
 def test_stream_shows_every_block_as_it_is_decoded(runner, toy, tmp_path):
@@ -76,7 +79,8 @@ def test_stream_shows_every_block_as_it_is_decoded(runner, toy, tmp_path):
     assert [u.panels[0].frames for u in running] == [3, 6, 9, 12]
     assert [len(u.panels[0].records) for u in running] == [1, 2, 3, 4]
     # Each preview is the newest decoded frame, upscaled nearest-neighbour to the display size.
-    reference = list(direct_run(toy, enabled=True, flowmo="first_block", frames=12, seed=0).frames())
+    video = direct_run(toy, enabled=True, flowmo="first_block", frames=12, seed=0).frames
+    reference = [video[i : i + 3] for i in range(0, 12, 3)]
     factor = DISPLAY_SIZE // TOY_SIZE
     for update, block in zip(running, reference, strict=True):
         preview = update.panels[0].preview
@@ -162,18 +166,18 @@ def test_a_dropped_stream_stops_its_run(runner, tmp_path):
     "changes, message",
     [
         ({"latent_frames": 10}, "Latent frames must be a positive multiple of 3 for Self Forcing, got 10"),
-        ({"latent_frames": None}, "Latent frames is empty"),
-        ({"latent_frames": 10.5}, "Latent frames must be a whole number, got 10.5"),
-        ({"latent_frames": 63}, "Latent frames must be from 1 to 60, got 63"),
+        ({"latent_frames": None}, "Latent frames is empty: enter an int >= 1"),
+        ({"latent_frames": 10.5}, "Latent frames must be an int >= 1, got 10.5"),
+        ({"latent_frames": 63}, "Latent frames must be at most 60 on this server, got 63"),
         ({"latent_frames": 3}, "needs at least 6 latent frames"),  # the observed block plus one
         ({"pipeline": "rolling_forcing", "latent_frames": 9}, "Rolling Forcing"),
-        ({"seed": -1}, "Seed must be from 0 to"),
-        ({"seed": "x"}, "Seed must be a whole number, got 'x'"),
-        ({"p": 0.0}, "p must be a number with 0 < p < 1, got 0.0"),
-        ({"lam": float("nan")}, "λ must be a number >= 0"),
-        ({"lam": None}, "λ is empty: enter a number >= 0"),
+        ({"seed": -1}, "Seed must be an int >= 0 and <= 9223372036854775807, got -1"),
+        ({"seed": "x"}, "Seed must be an int >= 0 and <= 9223372036854775807, got x"),
+        ({"p": 0.0}, "p must be a finite number > 0 and < 1, got 0.0"),
+        ({"lam": float("nan")}, "λ must be a finite number >= 0"),
+        ({"lam": None}, "λ is empty: enter a finite number >= 0"),
         ({"pipeline": "nope"}, f"Pipeline must be one of {', '.join(pipeline_names())}, got 'nope'"),
-        ({"flowmo": "always"}, "FlowMo must be one of off, first_block, every_block"),
+        ({"flowmo": "always"}, "FlowMo must be one of ('off', 'first_block', 'every_block')"),
         ({"scene": None}, "Toy scene is empty"),
     ],
 )  # fmt: skip
@@ -191,7 +195,7 @@ def test_an_internal_error_is_one_line_and_the_runner_goes_on(runner, tmp_path, 
         raise RuntimeError("boom")
 
     with monkeypatch.context() as patch:
-        patch.setattr(demo_run, "run_video", broken)
+        patch.setattr(demo_run.Pipeline, "run", broken)
         updates = list(runner.stream(toy_request(), tmp_path, threading.Event()))
     assert [u.state for u in updates] == ["error"]
     assert updates[0].status.startswith("Internal error (RuntimeError: boom)")
@@ -203,45 +207,47 @@ def test_a_model_that_reads_text_streams_its_vae_frames(tmp_path):
     tiny = backends.load_backend(preset="tiny", model_dir=None, checkpoint=None, device=torch.device("cpu"),
                                  dtype=torch.float32)  # fmt: skip
     runner = DemoRunner(tiny, "tiny", max_latent_frames=60, embed_cache=tmp_path / "embeddings")
-    ask = DemoRequest(pipeline="self_forcing", latent_frames=6, seed=0, prompt="a red car on a street")
+    ask = {"pipeline": "self_forcing", "latent_frames": 6, "seed": 0, "prompt": "a red car on a street"}
     updates = list(runner.stream(ask, tmp_path, threading.Event()))
     assert updates[-1].state == "done", updates[-1].status
     block = tiny.model.config.frames_per_block
     assert [u.panels[0].frames for u in updates[:-1]] == [1 + 4 * (block - 1), 1 + 4 * (2 * block - 1)]
-    empty = list(runner.stream(DemoRequest(pipeline="self_forcing", latent_frames=6, seed=0, prompt="  "),
-                               tmp_path, threading.Event()))  # fmt: skip
+    empty = list(runner.stream(ask | {"prompt": "  "}, tmp_path, threading.Event()))
     assert [u.state for u in empty] == ["error"] and "Prompt is empty" in empty[0].status
 
 
-def test_a_block_stream_runs_only_while_it_is_read():
-    ran = []
+def test_a_stream_runs_only_while_it_is_read(toy, monkeypatch):
+    """A run is a generator: nothing happens before the first read, each read runs one block, and closing it
+    ends the run (no thread, no callback)."""
+    from tokentrim.wan.model import CausalWanModel
 
-    def start(on_block):
-        for s in range(3):
-            ran.append(s)
-            on_block(BlockEvent(s, torch.zeros(1), []))
-        return "finished"
-
-    stream = BlockStream(start)
-    time.sleep(0.05)
-    assert ran == []  # nothing before the first read
-    assert stream.next_block().start == 0
-    time.sleep(0.05)
-    assert ran == [0]  # paused at the block boundary
+    calls, forward = [], CausalWanModel.forward
+    monkeypatch.setattr(
+        CausalWanModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k)
+    )
+    prompt, prefix = observed_start(SCENE)
+    run = load_run_config(default_config_path("self_forcing", "toy"), ["flowmo.mode=off"])
+    stream = Pipeline(toy, run).stream(prompt, latent_frames=12, seed=0, start=prefix)
+    assert calls == []  # nothing before the first read
+    assert next(stream).observed and len(calls) == 1  # the observed block: its clean pass
+    assert next(stream).block == 1 and len(calls) == 1 + 5  # a generated block: 4 steps and the clean pass
     stream.close()
-    assert ran == [0] and not demo_threads()
-    whole = BlockStream(start)
-    assert [whole.next_block().start for _ in range(3)] == [0, 1, 2]
-    assert whole.next_block() is None and whole.result == "finished" and whole.next_block() is None
+    assert next(stream, None) is None and len(calls) == 6 and not demo_threads()
 
 
-def test_a_block_stream_hands_its_error_to_the_reader():
-    def start(on_block):
-        raise ValueError("bad latents")
+def test_a_stream_hands_its_error_to_the_reader(toy):
+    from tokentrim.pipelines.common import NoHook
 
-    with pytest.raises(ValueError, match="bad latents"):
-        BlockStream(start).next_block()
-    assert not demo_threads()
+    class Failing(NoHook):
+        def propose(self, block, frames, x0):
+            raise FloatingPointError("bad latents")
+
+    prompt, prefix = observed_start(SCENE)
+    run = load_run_config(default_config_path("self_forcing", "toy"), ["flowmo.mode=off"])
+    stream = Pipeline(toy, run).stream(prompt, latent_frames=12, seed=0, start=prefix, hook=Failing(),
+                                       tokentrim=None)  # fmt: skip
+    with pytest.raises(FloatingPointError, match="bad latents"):
+        next(stream)
 
 
 def test_the_drift_plot_is_redrawn_once_both_runs_reached_a_block(runner, tmp_path):

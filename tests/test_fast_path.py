@@ -1,14 +1,14 @@
 """The GPU fast path, judged on the CPU (issue 21): TokenTrim's removal compacts the KV cache in place, the
 TokenTrim decision is the one device-to-host transfer of a block, and nothing else in the block loops reads
 device data on the host. Host reads are counted by running the loops on the meta device (values-free tensors,
-`tokentrim.app.device_reads`), where any read other than the counted ones fails."""
+`tools.gpu_check.device_reads`, a verification tool beside the package), where any read other than the counted ones fails."""
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tokentrim.app.device_reads import DeviceReads
 from tokentrim.pipelines import (
+    Request,
     RollingForcingConfig,
     RollingForcingPipeline,
     SelfForcingConfig,
@@ -19,6 +19,7 @@ from tokentrim.wan.kv_cache import CachedFrame
 from tokentrim_core import FlowMoConfig, TokenTrim, TokenTrimConfig
 from tokentrim_core.drift import unstable_set
 from tokentrim_core.trim import _decision_to_host
+from tools.gpu_check.device_reads import DeviceReads
 
 C = get_preset("tiny")
 T = C.tokens_per_frame
@@ -202,9 +203,7 @@ def test_block_loop_reads_the_device_once_per_decision_and_output(loop, flowmo):
     hook = TokenTrim(TokenTrimConfig(lam=0.0, warmup=1), C.patch_size[1:])
     fm = FlowMoConfig(mode=flowmo, steps=(0,), iterations=1)
     with DeviceReads(rising_severities()) as reads:
-        pipeline(
-            embeds, frames, noise=noise, generator=torch.Generator(), hook=hook, flowmo=fm, progress=False
-        )
+        pipeline(Request(embeds, frames, noise=noise, generator=torch.Generator(), hook=hook, flowmo=fm))
     actions = [r.action for r in hook.records]
     assert actions == ["warmup", "warmup"] + ["prune"] * (blocks - 2)
     judged = (blocks - 1) + (blocks - 2)  # block 0 has no previous block; blocks 2.. are judged twice

@@ -126,7 +126,7 @@ def test_applies():
         ("temperature", 0.0, "temperature must be"),
         ("keep_best", "yes", "keep_best must be a bool"),
         ("scope", "frames", "scope must be one of"),
-        ("checkpointing", "on", "checkpointing must be a bool, or None"),
+        ("checkpointing", "on", "checkpointing must be a bool, got 'on'"),
     ],
 )
 def test_config_validation(field, value, message):

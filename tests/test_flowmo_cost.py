@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from tokentrim.pipelines import RollingForcingPipeline, Rollout, SelfForcingPipeline
+from tokentrim.pipelines import Request, RollingForcingPipeline, Rollout, SelfForcingPipeline
+from tokentrim.pipelines.common import NoHook
 from tokentrim_core import FlowMoConfig, Verdict, motion_variance
 
 
@@ -64,7 +65,7 @@ def count_passes(model, monkeypatch) -> Passes:
 
 def run(model, embeds, monkeypatch, pipeline, frames, flowmo, hook=None) -> Passes:
     passes = count_passes(model, monkeypatch)
-    pipeline(model)(embeds, frames, seed=2, flowmo=flowmo, hook=hook, progress=False)
+    pipeline(model)(Request(embeds, frames, seed=2, flowmo=flowmo, hook=hook))
     passes.recomputed = passes.block_runs - len(passes.plain) - len(passes.grad)
     return passes
 
@@ -130,7 +131,7 @@ def test_rolling_forcing_passes(model, embeds, monkeypatch, name):
     assert passes.recomputed == (len(grad) if cfg.checkpointing else 0)
 
 
-class PruneOnce:
+class PruneOnce(NoHook):
     """A hook that prunes block 1 once (position 0) and accepts everything else."""
 
     records: list = []
@@ -173,9 +174,9 @@ def test_reused_x0_is_a_fresh_evaluation_bit_for_bit(model, embeds, monkeypatch,
 
     # (FlowMoConfig.legacy runs reuse x0 too: the golden FlowMo rollouts, recorded with a second evaluation,
     # are reproduced bit for bit by tests/test_golden.py)
-    reused = pipeline(model)(embeds, frames, seed=2, flowmo=cfg, progress=False)
+    reused = pipeline(model)(Request(embeds, frames, seed=2, flowmo=cfg))
     monkeypatch.setattr(Rollout, "guide", checking)
-    evaluated = pipeline(model)(embeds, frames, seed=2, flowmo=cfg, progress=False)
+    evaluated = pipeline(model)(Request(embeds, frames, seed=2, flowmo=cfg))
     assert compared and all(compared)
     assert torch.equal(reused.latents, evaluated.latents)
     assert reused.flowmo_losses == evaluated.flowmo_losses
@@ -193,7 +194,7 @@ def test_every_guided_call_lowers_its_objective(model, embeds, monkeypatch, pipe
         return guided, x0
 
     monkeypatch.setattr(Rollout, "guide", recording)
-    out = pipeline(model)(embeds, frames, seed=2, flowmo=FlowMoConfig(mode="every_block"), progress=False)
+    out = pipeline(model)(Request(embeds, frames, seed=2, flowmo=FlowMoConfig(mode="every_block")))
     assert len(out.flowmo_losses) == frames // 3  # one guided step per block (step 0)
     for losses, score in zip(out.flowmo_losses, kept, strict=True):
         assert len(losses) == 2 and losses[1] < losses[0]
@@ -202,11 +203,9 @@ def test_every_guided_call_lowers_its_objective(model, embeds, monkeypatch, pipe
 
 @pytest.mark.parametrize("pipeline, frames", [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)])
 def test_off_is_the_plain_loop_pass_for_pass(model, embeds, monkeypatch, pipeline, frames):
-    plain = pipeline(model)(embeds, frames, seed=2, progress=False)
+    plain = pipeline(model)(Request(embeds, frames, seed=2))
     passes = count_passes(model, monkeypatch)
-    off = pipeline(model)(
-        embeds, frames, seed=2, flowmo=FlowMoConfig(mode="off", steps=(0, 1)), progress=False
-    )
+    off = pipeline(model)(Request(embeds, frames, seed=2, flowmo=FlowMoConfig(mode="off", steps=(0, 1))))
     assert torch.equal(plain.latents, off.latents)
     assert passes.grad == [] and passes.backward == 0
     assert len(passes.plain) == (15 if pipeline is SelfForcingPipeline else 18)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokentrim.pipelines import RollingForcingPipeline, Rollout, SelfForcingPipeline
+from tokentrim.pipelines import Request, RollingForcingPipeline, Rollout, SelfForcingPipeline
 from tokentrim_core import FlowMoConfig
 
 PIPELINES = [(SelfForcingPipeline, 9), (RollingForcingPipeline, 15)]
@@ -24,10 +24,8 @@ def record_guided(monkeypatch):
 
 @pytest.mark.parametrize("pipeline, frames", PIPELINES)
 def test_off_is_bit_identical_to_no_flowmo(model, embeds, pipeline, frames):
-    plain = pipeline(model)(embeds, frames, seed=2, progress=False)
-    off = pipeline(model)(
-        embeds, frames, seed=2, flowmo=FlowMoConfig(mode="off", steps=(0, 1)), progress=False
-    )
+    plain = pipeline(model)(Request(embeds, frames, seed=2))
+    off = pipeline(model)(Request(embeds, frames, seed=2, flowmo=FlowMoConfig(mode="off", steps=(0, 1))))
     assert torch.equal(plain.latents, off.latents)
     assert off.flowmo_losses == []
 
@@ -36,8 +34,8 @@ def test_off_is_bit_identical_to_no_flowmo(model, embeds, pipeline, frames):
 def test_objective_falls_and_weights_stay(model, embeds, pipeline, frames):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = FlowMoConfig(mode="first_block", steps=(0,), iterations=6, lr=0.05, keep_best=False)
-    guided = pipeline(model)(embeds, frames, seed=2, flowmo=cfg, progress=False)
-    plain = pipeline(model)(embeds, frames, seed=2, progress=False)
+    guided = pipeline(model)(Request(embeds, frames, seed=2, flowmo=cfg))
+    plain = pipeline(model)(Request(embeds, frames, seed=2))
     assert len(guided.flowmo_losses) == 1  # block 0, step 0, once
     losses = guided.flowmo_losses[0]
     assert len(losses) == cfg.iterations + 1 and losses[-1] < losses[0]
@@ -50,17 +48,17 @@ def test_objective_falls_and_weights_stay(model, embeds, pipeline, frames):
 def test_self_forcing_guides_the_chosen_blocks(model, embeds, monkeypatch):
     calls = record_guided(monkeypatch)
     cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
-    SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=cfg, progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 9, seed=2, flowmo=cfg))
     assert calls == [(0, [(0, 3)]), (0, [(0, 3)])]  # block 0 at steps 0 and 1, nothing later
     calls.clear()
-    SelfForcingPipeline(model)(embeds, 9, seed=2, flowmo=FlowMoConfig(mode="every_block"), progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 9, seed=2, flowmo=FlowMoConfig(mode="every_block")))
     assert calls == [(0, [(0, 3)]), (3, [(0, 3)]), (6, [(0, 3)])]
 
 
 def test_rolling_forcing_guides_block_zero_rows_only(model, embeds, monkeypatch):
     calls = record_guided(monkeypatch)
     cfg = FlowMoConfig(mode="first_block", steps=(0, 1))
-    RollingForcingPipeline(model)(embeds, 15, seed=2, flowmo=cfg, progress=False)
+    RollingForcingPipeline(model)(Request(embeds, 15, seed=2, flowmo=cfg))
     # window 0 holds block 0 at level 0; window 1 holds blocks 0-1 with block 0 (its rows 0-2) at level 1
     assert calls == [(0, [(0, 3)]), (0, [(0, 3)])]
 
@@ -69,7 +67,7 @@ def test_rolling_forcing_guides_block_zero_rows_only(model, embeds, monkeypatch)
 def test_rolling_forcing_every_block_guides_each_window_once(model, embeds, monkeypatch, scope, guide_calls):
     calls = record_guided(monkeypatch)
     cfg = FlowMoConfig(mode="every_block", steps=(0, 1), scope=scope)
-    out = RollingForcingPipeline(model)(embeds, 15, seed=2, flowmo=cfg, progress=False)
+    out = RollingForcingPipeline(model)(Request(embeds, 15, seed=2, flowmo=cfg))
     # 5 blocks, windows 0..8: block b is at level 0 in window b and at level 1 in window b + 1, so windows 1-4
     # hold two guided blocks (the newest at rows 3w..3w+2 while w <= 4, the one before it just below)
     assert calls == [(0, [(0, 3)])] + [(0, [(3 * w - 3, 3 * w), (3 * w, 3 * w + 3)]) for w in range(1, 5)] + [
@@ -90,11 +88,11 @@ def test_checkpointing_default_follows_the_model_size(model, embeds, monkeypatch
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "forward", spy)
-    SelfForcingPipeline(model)(embeds, 3, seed=2, flowmo=FlowMoConfig(mode="first_block"), progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 3, seed=2, flowmo=FlowMoConfig(mode="first_block")))
     assert seen == [False]  # tiny: activations are small, nothing recomputed
     seen.clear()
     cfg = FlowMoConfig(mode="first_block", checkpointing=True)
-    SelfForcingPipeline(model)(embeds, 3, seed=2, flowmo=cfg, progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 3, seed=2, flowmo=cfg))
     assert seen == [True] and model.gradient_checkpointing is False
     assert flowmo_checkpointing(FlowMoConfig(), get_preset("wan2.1-t2v-1.3b")) is True
     assert flowmo_checkpointing(FlowMoConfig(), tiny_config) is False
@@ -105,7 +103,7 @@ def test_checkpointing_is_exact_and_restored(model, embeds):
     runs = []
     for checkpointing in (False, True):
         cfg = FlowMoConfig(mode="first_block", iterations=3, lr=0.05, checkpointing=checkpointing)
-        runs.append(SelfForcingPipeline(model)(embeds, 6, seed=2, flowmo=cfg, progress=False))
+        runs.append(SelfForcingPipeline(model)(Request(embeds, 6, seed=2, flowmo=cfg)))
         assert model.gradient_checkpointing is False
     assert runs[0].flowmo_losses[0] == pytest.approx(runs[1].flowmo_losses[0], rel=1e-5)
     torch.testing.assert_close(runs[0].latents, runs[1].latents, rtol=1e-4, atol=1e-5)

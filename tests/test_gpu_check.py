@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokentrim.app.check_report import Figure, Report, Skip, json_safe, lookup, markdown
-from tokentrim.app.gpu_check import FIGURES, GPU
-from tokentrim.app.host_syncs import count_syncs, cuda_syncs, sync_sites
 from tokentrim.wan import get_preset
+from tools.gpu_check.check import FIGURES, GPU
+from tools.gpu_check.host_syncs import count_syncs, cuda_syncs, sync_sites
+from tools.gpu_check.report import Figure, Report, Skip, json_safe, lookup, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -144,7 +144,7 @@ def test_a_step_past_its_budget_is_stopped_and_keeps_its_figures(tmp_path):
 
 
 def test_steps_past_the_total_budget_are_skipped(tmp_path, monkeypatch):
-    monkeypatch.setattr("tokentrim.app.check_report.MIN_STEP_S", 0.2)  # the least a step may start with
+    monkeypatch.setattr("tools.gpu_check.report.MIN_STEP_S", 0.2)  # the least a step may start with
     report = Report(tmp_path, {}, (), total_s=0.5)
     report.run("first", lambda fig: time.sleep(0.6), 10)
     report.run("second", lambda fig: fig.update(ran=True), 10)
@@ -253,14 +253,12 @@ def test_sync_sites_name_the_function_that_synchronised():
 
 @pytest.mark.gpu
 def test_cuda_syncs_of_the_tiny_preset_are_the_documented_ones():
-    from tokentrim.app.gpu_check import PRUNING, tiny_backend
-    from tokentrim.app.run_config import default_config_path, load_run_config
+    from tools.gpu_check.check import PRUNING, tiny_pipeline
 
     device = torch.device("cuda")
-    backend = tiny_backend(device, torch.float32)
-    run = load_run_config(default_config_path("self_forcing", "tiny"), PRUNING)
-    embeds = torch.randn(1, 16, backend.model.config.text_dim, device=device)
-    found = cuda_syncs(backend, run, embeds, 15, device)
+    pipe = tiny_pipeline("self_forcing", device, torch.float32, PRUNING)
+    embeds = torch.randn(1, 16, pipe.backend.model.config.text_dim, device=device)
+    found = cuda_syncs(pipe, embeds, 15, device)
     assert (
         found["observed"] and found["decision"] == found["judgements"] and found["output"] == found["blocks"]
     )

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from tokentrim.app.api import Pipeline
 from tokentrim.app.backends import PRESETS
-from tokentrim.app.generate import run_video
 from tokentrim.app.inputs import image_start, latent_frames_of, resize, video_frames_of, video_start
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
+from tokentrim.pipelines import Request
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +54,11 @@ def test_image_start_is_a_still_block_encoded_by_the_vae(tmp_path, tiny):
     assert obs.latent_frames == 3 and obs.drop == (1, 9)
     run = load_run_config(default_config_path("self_forcing"), ["tokentrim.enabled=false", "flowmo.mode=off"])
     embeds = torch.randn(1, 16, tiny.model.config.text_dim, generator=torch.Generator().manual_seed(1))
-    result = run_video(tiny, run, embeds, latent_frames=9, seed=0, observation=obs, progress=False)
+    result = Pipeline(tiny, run).generate(embeds, latent_frames=9, seed=0, start=obs)
     encoded = tiny.decoder.encode(torch.from_numpy(obs.frames)[None])
     assert torch.equal(result.latents[:, :3], encoded)  # the prefix is exactly the VAE encoding
-    frames = np.concatenate(list(result.frames()))
-    assert len(frames) == 1 + 4 * 8 - 8  # the still clip's repeats are not shown
-    assert result.settings["init"]["kind"] == "image" and len(result.settings["init"]["sha256"]) == 64
+    assert len(result.frames) == 1 + 4 * 8 - 8  # the still clip's repeats are not shown
+    assert obs.settings["kind"] == "image" and len(obs.settings["sha256"]) == 64
 
 
 def test_image_start_commits_the_encoding_as_a_generated_block_would_be(tmp_path, tiny, captured_caches):
@@ -70,7 +70,7 @@ def test_image_start_commits_the_encoding_as_a_generated_block_would_be(tmp_path
     path, _ = picture(tmp_path, seed=3)
     prefix = tiny.decoder.encode(torch.from_numpy(image_start(path, (64, 96), 3, 4).frames)[None])
     embeds = torch.randn(1, 16, tiny.model.config.text_dim, generator=torch.Generator().manual_seed(2))
-    SelfForcingPipeline(tiny.model)(embeds, 6, seed=0, prefix=prefix, progress=False)
+    SelfForcingPipeline(tiny.model)(Request(embeds, 6, seed=0, start=prefix))
     cache = captured_caches[0]
     policy = SinkCachePolicy(KVCache(tiny.model.config, 1, 21), 3)
     ctx = tiny.model.encode_context(embeds)
@@ -104,13 +104,13 @@ def test_video_extension_on_the_toy(tmp_path, toy):
     )
     run = load_run_config(default_config_path("self_forcing", "toy"))
     embeds = toy.encoder_factory.get().encode([scene.prompt])
-    result = run_video(toy, run, embeds, latent_frames=15, seed=0, observation=obs, progress=False)
+    result = Pipeline(toy, run).generate(embeds, latent_frames=15, seed=0, start=obs)
     assert torch.equal(result.latents[:, :6], toy.decoder.encode(torch.from_numpy(given[-6:])[None]))
-    frames = np.concatenate(list(result.frames()))
+    frames = result.frames
     assert len(frames) == 12 + 9 and np.array_equal(frames[:12], given)  # the given video, then 9 new frames
     plain = video_start(path, (32, 32), block=3, temporal=1, frames=6)
-    result = run_video(toy, run, embeds, latent_frames=15, seed=0, observation=plain, progress=False)
-    assert len(np.concatenate(list(result.frames()))) == 9  # the generated frames only
+    result = Pipeline(toy, run).generate(embeds, latent_frames=15, seed=0, start=plain)
+    assert len(result.frames) == 9  # the generated frames only
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 
 from tokentrim.app.cli import main
 from tokentrim.errors import UserError
-from tokentrim.pipelines import get_pipeline
+from tokentrim.pipelines import Request, get_pipeline
 from tokentrim.pipelines.common import Rollout
 from tokentrim.pipelines.longlive import LongLiveConfig, LongLivePipeline, SlotRopeCachePolicy
 from tokentrim.pipelines.self_forcing import SinkCachePolicy
@@ -196,12 +196,12 @@ def test_cache_policy_matches_the_spec_arithmetic(tiny_config, rope):
 
 def test_slot_rope_equals_absolute_inside_the_window_and_longlive_is_self_forcing_on_12_frames(model, embeds):
     absolute, slot = (LongLivePipeline(model, LongLiveConfig(rope=r)) for r in ("absolute", "slot"))
-    short = [p(embeds, 12, seed=2, progress=False).latents for p in (absolute, slot)]
+    short = [p(Request(embeds, 12, seed=2)).latents for p in (absolute, slot)]
     assert torch.equal(*short)  # slots are the absolute frames until the first eviction
-    long = [p(embeds, 18, seed=2, progress=False).latents for p in (absolute, slot)]
+    long = [p(Request(embeds, 18, seed=2)).latents for p in (absolute, slot)]
     assert torch.equal(long[0][:, :12], long[1][:, :12]) and not torch.equal(long[0], long[1])
     sf = get_pipeline("self_forcing")
-    same = sf.pipeline(model, sf.config(cache_frames=12))(embeds, 18, seed=2, progress=False).latents
+    same = sf.pipeline(model, sf.config(cache_frames=12))(Request(embeds, 18, seed=2)).latents
     assert torch.equal(same, long[0])
 
 
@@ -257,7 +257,7 @@ def test_recache_writes_the_rows_of_the_spec_table(
     model, embeds, switch_spy, s, global_sink, rows, frames, pinned
 ):
     pipe = LongLivePipeline(model, LongLiveConfig(global_sink=global_sink))
-    pipe(embeds, s + 3, seed=1, progress=False, switches=[(s, other_prompt(embeds))])
+    pipe(Request(embeds, s + 3, seed=1, switches=[(s, other_prompt(embeds))]))
     [(start, (k0, v0, _), (k1, v1, after))] = switch_spy
     T = model.config.tokens_per_frame
     changed = [
@@ -276,7 +276,7 @@ def test_a_switch_draws_no_random_numbers_and_uses_the_new_prompt(model, embeds)
     runs = []
     for switches in ([], [(9, other_prompt(embeds))]):
         g = torch.Generator().manual_seed(4)
-        out = pipe(embeds, 15, generator=g, progress=False, switches=switches)
+        out = pipe(Request(embeds, 15, generator=g, switches=switches))
         runs.append((out.latents, g.get_state()))
     assert torch.equal(runs[0][1], runs[1][1])  # the same number of draws
     assert torch.equal(runs[0][0][:, :9], runs[1][0][:, :9]) and not torch.equal(
@@ -286,10 +286,9 @@ def test_a_switch_draws_no_random_numbers_and_uses_the_new_prompt(model, embeds)
 
 @pytest.mark.parametrize("pruning", ["keep", "reset"])
 def test_pruned_positions_after_a_recache(model, embeds, switch_spy, pruning):
-    pipe = LongLivePipeline(model, LongLiveConfig())
-    hook = TokenTrim(TokenTrimConfig(lam=0.0, warmup=1, switch_pruning=pruning), model.config.patch_size[1:])
-    out = pipe(embeds, 21, seed=1, hook=hook, progress=False, switches=[(18, other_prompt(embeds))],
-               switch_pruning=pruning)  # fmt: skip
+    pipe = LongLivePipeline(model, LongLiveConfig(switch_pruning=pruning))
+    trim = TokenTrimConfig(lam=0.0, warmup=1)
+    out = pipe(Request(embeds, 21, seed=1, tokentrim=trim, switches=[(18, other_prompt(embeds))]))
     assert any(r.action == "prune" for r in out.records[:6])
     [(_, (_, _, before), (_, _, after))] = switch_spy
     T = model.config.tokens_per_frame
@@ -437,7 +436,7 @@ def test_generate_longlive_with_a_timeline_on_tiny(tmp_path, capsys):
 def test_other_loops_switch_prompts_too(model, embeds, switch_spy, pipeline):
     entry = get_pipeline(pipeline)
     out = entry.pipeline(model, entry.config())(
-        embeds, 9, seed=1, progress=False, switches=[(6, other_prompt(embeds))]
+        Request(embeds, 9, seed=1, switches=[(6, other_prompt(embeds))])
     )
     assert len(switch_spy) == 1 and switch_spy[0][0] == 6 and out.latents.shape[1] == 9
 
@@ -478,7 +477,7 @@ def test_shipped_configs_hold_the_spec_values():
             c.denoising_steps == (1000, 750, 500, 250) and c.timestep_shift == shift and c.context_noise == 0
         )
         t = run.tokentrim
-        assert (t.switch_exempt, t.switch_stats, t.switch_pruning) == (True, "reset", "keep"), name
+        assert (t.switch_exempt, t.switch_stats, c.switch_pruning) == (True, "reset", "keep"), name
 
 
 def test_run_script_merges_once_and_passes_the_setup(tmp_path):

@@ -6,6 +6,7 @@ import torch
 
 from tokentrim.errors import UserError
 from tokentrim.pipelines import (
+    Request,
     RollingForcingConfig,
     RollingForcingPipeline,
     SelfForcingConfig,
@@ -45,7 +46,7 @@ def record_draws(monkeypatch):
 
 def test_self_forcing_calls_for_21_frames(model, embeds):
     calls = instrument(model)
-    SelfForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 21, seed=0))
     assert len(calls) == 7 * (4 + 1)
     for j in range(7):
         block = calls[5 * j : 5 * j + 5]
@@ -63,7 +64,7 @@ def test_rolling_forcing_window_table_for_21_frames(model, embeds):
         (15, 21, [555.56, 769.23]), (18, 21, [555.56]),
     ]  # fmt: skip
     calls = instrument(model)
-    RollingForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    RollingForcingPipeline(model)(Request(embeds, 21, seed=0))
     assert len(calls) == 2 * (7 + 4)
     for w, (s, e, per_block) in enumerate(table):
         denoise, clean = calls[2 * w], calls[2 * w + 1]
@@ -74,13 +75,13 @@ def test_rolling_forcing_window_table_for_21_frames(model, embeds):
 
 def test_rng_order_self_forcing(model, embeds, monkeypatch):
     draws = record_draws(monkeypatch)
-    SelfForcingPipeline(model)(embeds, 9, seed=0, progress=False)
+    SelfForcingPipeline(model)(Request(embeds, 9, seed=0))
     assert draws == [(1, 9, 16, 8, 12)] + [(1, 3, 16, 8, 12)] * (3 * 3)
 
 
 def test_rng_order_rolling_forcing(model, embeds, monkeypatch):
     draws = record_draws(monkeypatch)
-    RollingForcingPipeline(model)(embeds, 21, seed=0, progress=False)
+    RollingForcingPipeline(model)(Request(embeds, 21, seed=0))
     expected = [(1, 21, 16, 8, 12)]
     for w in range(11):  # head windows draw w + 1 times; later ones (blocks - 1) times, full-window shapes
         first, last = max(0, w - 4), min(6, w)
@@ -92,13 +93,13 @@ def test_rng_order_rolling_forcing(model, embeds, monkeypatch):
 
 @pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
 def test_same_seed_same_latents_and_explicit_noise(model, embeds, pipeline):
-    a = pipeline(model)(embeds, 15, seed=7, progress=False).latents
-    b = pipeline(model)(embeds, 15, seed=7, progress=False).latents
-    c = pipeline(model)(embeds, 15, seed=8, progress=False).latents
+    a = pipeline(model)(Request(embeds, 15, seed=7)).latents
+    b = pipeline(model)(Request(embeds, 15, seed=7)).latents
+    c = pipeline(model)(Request(embeds, 15, seed=8)).latents
     assert torch.equal(a, b) and not torch.equal(a, c)
     gen = torch.Generator().manual_seed(7)
     noise = torch.randn(1, 15, 16, 8, 12, generator=gen)
-    d = pipeline(model)(embeds, 15, noise=noise, generator=gen, progress=False).latents
+    d = pipeline(model)(Request(embeds, 15, noise=noise, generator=gen)).latents
     assert torch.equal(a, d)
 
 
@@ -126,7 +127,7 @@ def recomputed_kv(model, embeds, latents, mask):
 
 def test_self_forcing_cache_equals_recomputation(model, embeds, tiny_config, captured_caches):
     """The final cached keys/values equal a from-scratch block-causal pass over the accepted latents at t = 0."""
-    out = SelfForcingPipeline(model)(embeds, 9, seed=1, progress=False)
+    out = SelfForcingPipeline(model)(Request(embeds, 9, seed=1))
     cache = captured_caches[0]
     kv = recomputed_kv(model, embeds, out.latents, block_causal_mask(9, 3, tiny_config.tokens_per_frame))
     assert cache.frame_indices == list(range(9))
@@ -140,7 +141,7 @@ def test_self_forcing_rolling_cache_equals_recomputation(model, embeds, tiny_con
     block j was committed attending to block 0, block j-1 and itself; one forward with that mask recomputes it.
     The cache ends with frames 0-2 and 12-17."""
     config = SelfForcingConfig(cache_frames=9, sink_frames=3)
-    out = SelfForcingPipeline(model, config)(embeds, 18, seed=1, progress=False)
+    out = SelfForcingPipeline(model, config)(Request(embeds, 18, seed=1))
     cache, T = captured_caches[0], tiny_config.tokens_per_frame
     blocks = 6
     seen = torch.zeros(blocks, blocks, dtype=torch.bool)
@@ -159,7 +160,7 @@ def test_self_forcing_rolling_cache_equals_recomputation(model, embeds, tiny_con
 def test_self_forcing_long_rollout_evicts_with_sink(model, embeds):
     calls = instrument(model)
     config = SelfForcingConfig(cache_frames=9, sink_frames=3)
-    out = SelfForcingPipeline(model, config)(embeds, 24, seed=0, progress=False)
+    out = SelfForcingPipeline(model, config)(Request(embeds, 24, seed=0))
     assert out.latents.shape[1] == 24 and torch.isfinite(out.latents).all()
     assert [c[0] for c in calls if c[3]] == list(range(0, 24, 3))
 
@@ -173,24 +174,22 @@ def test_self_forcing_sink_frames_stay(model, embeds, monkeypatch):
         return evicted
 
     monkeypatch.setattr(kv_cache.KVCache, "evict_oldest", spy)
-    SelfForcingPipeline(model, SelfForcingConfig(cache_frames=9, sink_frames=3))(
-        embeds, 18, seed=0, progress=False
-    )
+    SelfForcingPipeline(model, SelfForcingConfig(cache_frames=9, sink_frames=3))(Request(embeds, 18, seed=0))
     assert seen[3] == ([3, 4, 5], [0, 1, 2, 6, 7, 8])
     assert seen[5] == ([9, 10, 11], [0, 1, 2, 12, 13, 14])
 
 
 def test_input_errors(model, embeds):
     with pytest.raises(UserError, match="multiple of 3"):
-        SelfForcingPipeline(model)(embeds, 10, seed=0, progress=False)
+        SelfForcingPipeline(model)(Request(embeds, 10, seed=0))
     with pytest.raises(UserError, match="at least 15 latent frames"):
-        RollingForcingPipeline(model)(embeds, 12, seed=0, progress=False)
+        RollingForcingPipeline(model)(Request(embeds, 12, seed=0))
     with pytest.raises(UserError, match="global cache"):
-        SelfForcingPipeline(model, SelfForcingConfig(rolling=False))(embeds, 24, seed=0, progress=False)
+        SelfForcingPipeline(model, SelfForcingConfig(rolling=False))(Request(embeds, 24, seed=0))
     with pytest.raises(UserError, match="prompt_embeds"):
-        SelfForcingPipeline(model)(torch.randn(1, 9, 7), 9, seed=0, progress=False)
+        SelfForcingPipeline(model)(Request(torch.randn(1, 9, 7), 9, seed=0))
     with pytest.raises(UserError, match="seed"):
-        SelfForcingPipeline(model)(embeds, 9, progress=False)
+        SelfForcingPipeline(model)(Request(embeds, 9))
     with pytest.raises(ValueError, match="sink_frames"):
         SelfForcingConfig(cache_frames=3, sink_frames=3)
     with pytest.raises(ValueError, match="attention_frames"):
@@ -221,7 +220,7 @@ def test_rolling_forcing_data_flow_follows_the_spec(model, embeds, monkeypatch):
     F, K, B = 21, 5, 3
     gen = torch.Generator().manual_seed(4)
     noise = randn(1, F, 16, 8, 12, generator=gen)
-    out = RollingForcingPipeline(model)(embeds, F, noise=noise, generator=gen, progress=False)
+    out = RollingForcingPipeline(model)(Request(embeds, F, noise=noise, generator=gen))
     sched = FlowMatchSchedule(5.0)
     steps = sched.warp([1000, 800, 600, 400, 200])
     noisy, final, calls_iter, draw_iter = (
@@ -263,20 +262,14 @@ def test_self_forcing_observed_block_equal_to_its_own_gives_the_same_video(model
         return TokenTrim(TokenTrimConfig(p=0.2, lam=0.0, warmup=1), tiny_config.patch_size[1:])
 
     pipe = SelfForcingPipeline(model)
-    first = pipe(embeds, 24, seed=4, hook=hook(), progress=False)
+    first = pipe(Request(embeds, 24, seed=4, hook=hook()))
     gen = torch.Generator().manual_seed(4)
     noise = torch.randn(first.latents.shape, generator=gen)
     for _ in range(len(SF_STEPS) - 1):  # block 0's re-noising draws
         torch.randn(1, 3, *first.latents.shape[2:], generator=gen)
     # the initial noise covers the generated frames only
     second = pipe(
-        embeds,
-        24,
-        noise=noise[:, 3:],
-        generator=gen,
-        prefix=first.latents[:, :3],
-        hook=hook(),
-        progress=False,
+        Request(embeds, 24, noise=noise[:, 3:], generator=gen, start=first.latents[:, :3], hook=hook())
     )
     assert torch.equal(second.latents, first.latents)
     actions = [[r.action for r in out.records] for out in (first, second)]
@@ -289,14 +282,14 @@ def test_rolling_forcing_after_observed_blocks_is_the_same_loop_shifted(model, e
     the remaining frames with every start frame shifted by 3 P (same windows and levels), except the head
     windows' clean passes of a not yet final block (in the unobserved run they only overwrite block 0)."""
     calls = instrument(model)
-    plain = RollingForcingPipeline(model)(embeds, 15, seed=0, progress=False)
+    plain = RollingForcingPipeline(model)(Request(embeds, 15, seed=0))
     head = len(RF_STEPS) - 1  # windows 0..3 commit block 0 before it is final
     kept = [c for i, c in enumerate(calls) if not (i % 2 == 1 and i // 2 < head)]
     assert len(kept) == len(calls) - head and all(c[0] == 0 and c[3] for c in calls[1 : 2 * head : 2])
     expected = [(s + 3 * blocks, n, t, c) for s, n, t, c in kept]
     calls.clear()
     prefix = torch.randn(1, 3 * blocks, *plain.latents.shape[2:], generator=torch.Generator().manual_seed(1))
-    out = RollingForcingPipeline(model)(embeds, 15 + 3 * blocks, seed=0, prefix=prefix, progress=False)
+    out = RollingForcingPipeline(model)(Request(embeds, 15 + 3 * blocks, seed=0, start=prefix))
     assert calls[:blocks] == [(3 * b, 3, [0.0] * 3, True) for b in range(blocks)]
     assert calls[blocks:] == expected
     assert torch.equal(out.latents[:, : 3 * blocks], prefix)
@@ -306,7 +299,7 @@ def test_self_forcing_observed_blocks_are_committed_and_returned(model, embeds, 
     prefix = torch.randn(1, 6, 16, 8, 12, generator=torch.Generator().manual_seed(2))
     calls = instrument(model)
     draws = record_draws(monkeypatch)
-    out = SelfForcingPipeline(model)(embeds, 12, seed=0, prefix=prefix, progress=False)
+    out = SelfForcingPipeline(model)(Request(embeds, 12, seed=0, start=prefix))
     assert torch.equal(out.latents[:, :6], prefix)
     assert calls[:2] == [(0, 3, [0.0] * 3, True), (3, 3, [0.0] * 3, True)]
     assert [c[0] for c in calls[2:]] == [6] * 5 + [9] * 5
@@ -317,10 +310,10 @@ def test_self_forcing_observed_blocks_are_committed_and_returned(model, embeds, 
 
 def test_observed_frames_errors(model, embeds):
     with pytest.raises(UserError, match="multiple of 3"):
-        SelfForcingPipeline(model)(embeds, 9, seed=0, prefix=torch.zeros(1, 2, 16, 8, 12), progress=False)
+        SelfForcingPipeline(model)(Request(embeds, 9, seed=0, start=torch.zeros(1, 2, 16, 8, 12)))
     with pytest.raises(UserError, match=r"latents \[1, P, 16, 8, 12\]"):
-        SelfForcingPipeline(model)(embeds, 9, seed=0, prefix=torch.zeros(1, 3, 16, 8, 8), progress=False)
+        SelfForcingPipeline(model)(Request(embeds, 9, seed=0, start=torch.zeros(1, 3, 16, 8, 8)))
     with pytest.raises(UserError, match="at least 6 latent frames"):
-        SelfForcingPipeline(model)(embeds, 3, seed=0, prefix=torch.zeros(1, 3, 16, 8, 12), progress=False)
+        SelfForcingPipeline(model)(Request(embeds, 3, seed=0, start=torch.zeros(1, 3, 16, 8, 12)))
     with pytest.raises(UserError, match="at least 18 latent frames"):
-        RollingForcingPipeline(model)(embeds, 15, seed=0, prefix=torch.zeros(1, 3, 16, 8, 12), progress=False)
+        RollingForcingPipeline(model)(Request(embeds, 15, seed=0, start=torch.zeros(1, 3, 16, 8, 12)))

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from tokentrim.app.api import Pipeline
 from tokentrim.app.backends import PRESETS
 from tokentrim.app.cli import main
-from tokentrim.app.faults import Fault, corrupt, injector, region, token_mask
-from tokentrim.app.generate import run_video
+from tokentrim.app.faults import Fault, FaultHook, corrupt, region, token_mask
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.toy import HELD_OUT_SCENES, observed_start
 from tokentrim.wan.model import CausalWanModel
+from tokentrim_core.trim import TokenTrim
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +64,23 @@ def test_the_fault_enters_through_the_commit_of_block_j_only(toy, monkeypatch):
         default_config_path("self_forcing", "toy"), ["tokentrim.enabled=false", "flowmo.mode=off"]
     )
     prompt, prefix = observed_start(HELD_OUT_SCENES)
-    embeds = toy.encoder_factory.get().encode([prompt])
+    pipe = Pipeline(toy, run)
     fault = Fault("blob", 3, region((8, 8), 6, np.random.default_rng(0)), 0)
     mask = token_mask(fault.tokens, (8, 8), (2, 2))
-    clean = run_video(toy, run, embeds, latent_frames=18, seed=4, prefix=prefix, progress=False)
+    clean = pipe.generate(prompt, latent_frames=18, seed=4, start=prefix, decode=False)
     clean_calls = list(calls)
     calls.clear()
-    alter = injector(fault, 3, mask)
-    bad = run_video(toy, run, embeds, latent_frames=18, seed=4, prefix=prefix, progress=False, alter=alter)
+    hook = FaultHook(TokenTrim(run.tokentrim, (2, 2)), fault, mask)
+    bad = pipe.generate(
+        prompt, latent_frames=18, seed=4, start=prefix, decode=False, hook=hook, tokentrim=None
+    )
     assert torch.equal(bad.latents[:, :9], clean.latents[:, :9])  # blocks 0..2
     diff = bad.latents[:, 9:12] - clean.latents[:, 9:12]
     assert diff[..., ~mask].abs().max() == 0 and diff[..., mask].abs().max() > 0  # block J: the region only
-    assert len(calls) == len(clean_calls) and float(alter.applied[0]) > 0
+    assert len(calls) == len(clean_calls) and float(hook.applied[0]) > 0
+    assert [r.to_dict() | {"score_ms": 0} for r in bad.records[:4]] == [
+        r.to_dict() | {"score_ms": 0} for r in clean.records[:4]
+    ]  # the wrapped TokenTrim decides as it would alone, up to the fault
     for (s, commit, x), (s0, commit0, x0) in zip(calls, clean_calls, strict=True):
         assert (s, commit) == (s0, commit0)
         if s < 9 or (s == 9 and not commit):  # up to block J's denoising: the very same inputs
@@ -87,19 +93,18 @@ def test_the_fault_enters_through_the_commit_of_block_j_only(toy, monkeypatch):
 def test_clean_runs_are_shared_by_the_kinds_and_change_nothing(toy, monkeypatch):
     """The clean rollouts do not depend on the fault: a seed's later kinds reuse them and get the very rows a
     fresh run of that kind gets (wall times aside)."""
-    from tokentrim.app import generate, stress
+    from tokentrim.app import stress
 
-    path = default_config_path("self_forcing", "toy")
-    runs = {"baseline": load_run_config(path, ["tokentrim.enabled=false", "flowmo.mode=off"]),
-            "tokentrim": load_run_config(path, ["flowmo.mode=off"])}  # fmt: skip
-    start = stress._starts(toy, "toy")
-    fresh = stress.run_seed(toy, runs, 1, "noise", 6, 3, 2, 18, start)
+    trimmed = load_run_config(default_config_path("self_forcing", "toy"), ["flowmo.mode=off"])
+    pipes = {"baseline": Pipeline(toy, trimmed.baseline()), "tokentrim": Pipeline(toy, trimmed)}
+    start = stress._starts("toy")
+    fresh = stress.run_seed(pipes, 1, "noise", 6, 3, 2, 18, start)
     shared: dict = {}
-    stress.run_seed(toy, runs, 1, "blob", 6, 3, 2, 18, start, shared)
-    calls, real = [], generate.run_video
-    monkeypatch.setattr(generate, "run_video", lambda *a, **k: calls.append(k.get("alter")) or real(*a, **k))
-    again = stress.run_seed(toy, runs, 1, "noise", 6, 3, 2, 18, start, shared)
-    assert len(calls) == 2 and all(alter is not None for alter in calls)  # the faulted runs only
+    stress.run_seed(pipes, 1, "blob", 6, 3, 2, 18, start, shared)
+    calls, real = [], Pipeline.generate
+    monkeypatch.setattr(Pipeline, "generate", lambda *a, **k: calls.append(k.get("hook")) or real(*a, **k))
+    again = stress.run_seed(pipes, 1, "noise", 6, 3, 2, 18, start, shared)
+    assert len(calls) == 2 and all(hook is not None for hook in calls)  # the faulted runs only
     fresh.pop("wall_s"), again.pop("wall_s")
     assert again == fresh
 

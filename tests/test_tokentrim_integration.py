@@ -4,7 +4,8 @@ detected, pruned from the cache (never from the sink / anchor), and regenerated 
 import pytest
 import torch
 
-from tokentrim.pipelines import RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
+from tokentrim.pipelines import Request, RollingForcingPipeline, SelfForcingConfig, SelfForcingPipeline
+from tokentrim.pipelines.common import NoHook
 from tokentrim_core import TokenTrim, TokenTrimConfig, Verdict
 
 CORRUPTED = [3, 10, 17]  # spatial token indices on the tiny 4x6 patch grid; p = 0.125 -> ceil(3.0) = 3
@@ -30,6 +31,9 @@ class Corrupting:
     def regenerated(self, block, x0, tokens_removed, regenerations) -> Verdict:
         return self.inner.regenerated(block, x0, tokens_removed, regenerations)
 
+    def accepted(self, block, x0):
+        return self.inner.accepted(block, x0)
+
     @property
     def records(self):
         return self.inner.records
@@ -37,11 +41,11 @@ class Corrupting:
 
 @pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
 def test_disabled_or_idle_tokentrim_is_bit_identical(model, embeds, pipeline):
-    base = pipeline(model)(embeds, 18, seed=3, progress=False).latents
+    base = pipeline(model)(Request(embeds, 18, seed=3)).latents
     off = TokenTrim(TokenTrimConfig(enabled=False), (2, 2))
-    run_off = pipeline(model)(embeds, 18, seed=3, hook=off, progress=False)
+    run_off = pipeline(model)(Request(embeds, 18, seed=3, hook=off))
     idle = TokenTrim(TokenTrimConfig(lam=1e9), (2, 2))  # armed, never triggers
-    run_idle = pipeline(model)(embeds, 18, seed=3, hook=idle, progress=False)
+    run_idle = pipeline(model)(Request(embeds, 18, seed=3, hook=idle))
     assert torch.equal(base, run_off.latents) and torch.equal(base, run_idle.latents)
     assert [r.action for r in run_off.records] == ["off"] * 6
     assert [r.action for r in run_idle.records] == ["warmup"] * 3 + ["accept"] * 3
@@ -54,7 +58,7 @@ def test_self_forcing_corruption_is_flagged_pruned_and_regenerated(
     config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
     hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
     sampler = SelfForcingConfig(cache_frames=21, sink_frames=3)
-    out = SelfForcingPipeline(model, sampler)(embeds, 18, seed=3, hook=hook, progress=False)
+    out = SelfForcingPipeline(model, sampler)(Request(embeds, 18, seed=3, hook=hook))
     record = out.records[4]
     assert record.action == "prune" and record.pruned_positions == CORRUPTED
     assert record.tokens_removed == len(CORRUPTED) * 9  # 3 positions x 9 unpinned cached frames (3..11)
@@ -75,7 +79,7 @@ def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, ti
     caches = captured_caches
     config = TokenTrimConfig(p=0.125, lam=2.0, warmup=2)
     hook = Corrupting(TokenTrim(config, (2, 2)), 4, CORRUPTED, tiny_config.grid_width)
-    out = RollingForcingPipeline(model)(embeds, 21, seed=3, hook=hook, progress=False)
+    out = RollingForcingPipeline(model)(Request(embeds, 21, seed=3, hook=hook))
     record = out.records[4]
     assert record.action == "prune" and record.pruned_positions == CORRUPTED
     # at block 4's decision the cache holds the anchor (0..2) and working frames 3..11
@@ -89,7 +93,7 @@ def test_rolling_forcing_prunes_working_cache_never_the_anchor(model, embeds, ti
     assert cache.positions(12).tolist() == full
 
 
-class KeepCandidate:
+class KeepCandidate(NoHook):
     """Prunes block 2 once, then asks the pipeline to commit the candidate (attempt 0) instead of the regeneration."""
 
     records = []
@@ -111,8 +115,8 @@ class KeepCandidate:
 @pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
 def test_a_kept_candidate_is_what_is_committed(model, embeds, pipeline):
     hook = KeepCandidate()
-    out = pipeline(model)(embeds, 15, seed=3, hook=hook, progress=False)
+    out = pipeline(model)(Request(embeds, 15, seed=3, hook=hook))
     assert not torch.equal(hook.candidate, hook.regenerated_x0)  # the pruned cache changed the regeneration
     assert torch.equal(out.latents[:, 6:9], hook.candidate)
-    plain = pipeline(model)(embeds, 15, seed=3, progress=False)
+    plain = pipeline(model)(Request(embeds, 15, seed=3))
     assert torch.equal(out.latents[:, :9], plain.latents[:, :9])  # up to block 2 nothing else differs

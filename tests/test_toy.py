@@ -6,7 +6,7 @@ import torch
 
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.errors import UserError
-from tokentrim.pipelines import SelfForcingPipeline
+from tokentrim.pipelines import Request, SelfForcingPipeline
 from tokentrim.pipelines.self_forcing import SinkCachePolicy
 from tokentrim.toy import CODEC, HELD_OUT_SCENES, TOY_CONFIG, VOCAB, load_toy, observed_start
 from tokentrim.toy.codec import ToyCodec
@@ -262,8 +262,7 @@ def test_shipped_model_keeps_the_observed_shapes_and_moves_them(toy):
     for k in range(4):
         prompt, prefix = observed_start(HELD_OUT_SCENES + k)
         scene = sample_scene(HELD_OUT_SCENES + k)
-        out = SelfForcingPipeline(model, run.sampler)(text.encode([prompt]), frames, seed=k, prefix=prefix,
-                                                         progress=False)  # fmt: skip
+        out = SelfForcingPipeline(model, run.sampler)(Request(text.encode([prompt]), frames, seed=k, start=prefix))  # fmt: skip
         video, truth = codec.decode(out.latents)[0].numpy()[fpb:], scene.render(frames)[fpb:]
         frozen = np.repeat(scene.render(fpb)[-1:], frames - fpb, axis=0)
         for shape in scene.shapes:
@@ -296,8 +295,7 @@ def test_eight_step_rolling_forcing_holds_the_shapes_longer(toy):
         for k in range(2):
             prompt, prefix = observed_start(HELD_OUT_SCENES + k)
             scene = sample_scene(HELD_OUT_SCENES + k)
-            out = RollingForcingPipeline(model, sampler)(text.encode([prompt]), frames, seed=k, prefix=prefix,
-                                                          progress=False)  # fmt: skip
+            out = RollingForcingPipeline(model, sampler)(Request(text.encode([prompt]), frames, seed=k, start=prefix))  # fmt: skip
             video, truth = codec.decode(out.latents)[0].numpy()[6 * fpb :], scene.render(frames)[6 * fpb :]
             for shape in scene.shapes:
                 got, want = (colour_centroids(v, COLORS[shape.color])[:, 2].sum() for v in (video, truth))

@@ -10,6 +10,7 @@ from .drift import consecutive_block_drift, latent_summary, num_unstable, token_
 from .flowmo import FlowMoConfig, Guided, applies, flowmo_guidance, motion_variance
 from .hook import BlockHook, BlockRecord, Verdict
 from .ref_cache import CachePruner, Pruned
+from .options import Option, check_options, option, option_of, options
 from .stats import RunningStats
 from .trim import TokenTrim, TokenTrimConfig, TokenTrimController
 
@@ -22,17 +23,22 @@ __all__ = [
     "Guided",
     "PaperRule",
     "Pruned",
+    "Option",
     "RunningStats",
     "TokenTrim",
     "TokenTrimConfig",
     "TokenTrimController",
     "Verdict",
     "applies",
+    "check_options",
     "consecutive_block_drift",
     "flowmo_guidance",
     "latent_summary",
     "motion_variance",
     "num_unstable",
+    "option",
+    "option_of",
+    "options",
     "token_drift",
     "unstable_set",
 ]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .options import check_options, option
+
 MODES = ("off", "first_block", "every_block")
 REDUCTIONS = ("max", "softmax")
 SCOPES = ("window", "block")
@@ -44,15 +46,19 @@ class FlowMoConfig:
       Wan2.1-1.3B, off for the tiny and toy models).
     """
 
-    mode: str = "off"
+    mode: str = option("off", "FlowMo guidance: off, the first block (TokenTrim's initialisation) or every block",
+                       choices=MODES, flag="--flowmo", label="FlowMo")  # fmt: skip
     steps: tuple[int, ...] = (0,)
-    iterations: int = 1
-    lr: float = 1e-3
-    reduce: str = "max"
-    temperature: float = 1.0
-    keep_best: bool = True
-    scope: str = "window"
-    checkpointing: bool | None = None
+    iterations: int = option(1, "Adam steps per guided step", low=1)
+    lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    reduce: str = option("max", "per-token variances to one loss", choices=REDUCTIONS)
+    temperature: float = option(1.0, "softmax temperature of reduce=softmax", low=0.0, low_open=True)
+    keep_best: bool = option(True, "return the lowest-loss latent seen instead of the last one")
+    scope: str = option("window", "what one guidance call optimises when a call holds several blocks",
+                        choices=SCOPES)  # fmt: skip
+    checkpointing: bool | None = option(
+        None, "recompute activations in the backward pass (null: by model size)"
+    )
 
     @classmethod
     def legacy(cls, **fields) -> FlowMoConfig:
@@ -60,8 +66,7 @@ class FlowMoConfig:
         return cls(**{**LEGACY_SETTINGS, **fields})
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_options(self)
         if not isinstance(self.steps, tuple) or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.steps
         ):
@@ -72,26 +77,6 @@ class FlowMoConfig:
             raise ValueError(f"steps must not repeat an index, got {self.steps!r}")
         if self.mode != "off" and not self.steps:
             raise ValueError(f"steps must name at least one step when mode is {self.mode!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
-        if not isinstance(self.lr, int | float) or isinstance(self.lr, bool) or not 0.0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.reduce not in REDUCTIONS:
-            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
-        if (
-            not isinstance(self.temperature, int | float)
-            or isinstance(self.temperature, bool)
-            or not 0.0 < self.temperature < math.inf
-        ):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if not isinstance(self.keep_best, bool):
-            raise ValueError(f"keep_best must be a bool, got {self.keep_best!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.checkpointing is not None and not isinstance(self.checkpointing, bool):
-            raise ValueError(
-                f"checkpointing must be a bool, or None (chosen from the model size), got {self.checkpointing!r}"
-            )
 
 
 def applies(cfg: FlowMoConfig, block_index: int) -> bool:

@@ -1,9 +1,11 @@
-"""The typed interface between a sampling loop and the TokenTrim controller.
+"""The one extension point of a sampling loop: `BlockHook`, the typed interface between a loop and the TokenTrim
+controller (or anything else that judges or changes blocks, such as an injected fault wrapping it).
 
 A pipeline calls `propose` once per block with the candidate block's final x0, before the block is committed
 to the KV cache. If the verdict says prune, the pipeline removes `positions` (spatial indices n = h * grid_w + w)
 from the cached frames it is allowed to prune, regenerates the block, and calls `regenerated` with the new x0;
-it repeats while that verdict also says prune. Then it commits the accepted block.
+it repeats while that verdict also says prune. Then `accepted` sees the kept block and returns the latents the
+pipeline commits to the cache and outputs (TokenTrim returns them unchanged).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class BlockRecord:
 
 @runtime_checkable
 class BlockHook(Protocol):
-    """Accept / prune-and-regenerate decisions, one block at a time."""
+    """Accept / prune-and-regenerate decisions, one block at a time; a hook serves one video."""
 
     def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
         """Judge a candidate block. x0 [B, F_block, C, H, W]: the block's final x0; `frames` its latent frames.
@@ -84,6 +86,11 @@ class BlockHook(Protocol):
         regenerations: regenerations done for this block so far, this one included (1 for the first).
         Returns prune=True only to prune and regenerate again, which needs regenerations < max_regen.
         """
+        ...
+
+    def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
+        """The kept attempt of a generated block, before its clean pass: returns the latents to commit and output
+        (x0 itself unless the hook changes blocks). Observed blocks are not passed here."""
         ...
 
     def switched(self, block: int) -> None:

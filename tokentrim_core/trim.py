@@ -35,74 +35,46 @@ import torch
 from .detectors import Detector, PaperRule
 from .drift import latent_summary, token_drift
 from .hook import BlockRecord, Verdict
+from .options import check_options, option
 from .stats import RunningStats
 
 STATS_AFTER_REGEN = ("regenerated", "candidate", "skip")
-REGEN_NOISE = ("same", "fresh")
 ACCEPT = ("regenerated", "lower")
 
 
 @dataclass(frozen=True)
 class TokenTrimConfig:
-    """TokenTrim settings; defaults are the paper's (p = 0.1, lambda = 2, T_warm = 2, R = 1).
-
-    regen_noise is read by the pipelines: "same" regenerates a pruned block from the noise of its first
-    attempt, "fresh" draws new noise. The controller itself does not use it.
+    """TokenTrim settings; the defaults are the paper's (p = 0.1, lambda = 2, T_warm = 2, R = 1). Each field is
+    declared once here (`tokentrim_core.options`): its range, its help, and where a front end shows it.
 
     At a prompt switch (an addition of this project; docs/longlive.md): switch_exempt makes the first block after
     the switch a new reference (action "switch": scored, never pruned, not in the statistics); switch_stats
-    "reset" starts the statistics and the warm-up again, "keep" keeps them; switch_pruning is read by the
-    pipelines: "keep" re-applies the removed positions to the rows a re-cache rebuilds (and masks them inside
-    it), "reset" lets the re-cache rebuild whole frames.
+    "reset" starts the statistics and the warm-up again, "keep" keeps them. How a regeneration draws its noise and
+    whether a re-cache keeps pruned positions are the loops' settings (`regen_noise`, `switch_pruning` of the
+    sink-cache samplers).
     """
 
-    enabled: bool = True
-    p: float = 0.1
-    lam: float = 2.0
-    warmup: int = 2
-    max_regen: int = 1
-    stats_after_regen: str = "regenerated"
-    regen_noise: str = "same"
-    min_std: float = 0.0
-    accept: str = "regenerated"
-    switch_exempt: bool = True
-    switch_stats: str = "reset"
-    switch_pruning: str = "keep"
+    enabled: bool = option(True, "prune and regenerate; false: score and log every block only (the baseline)",
+                           label="TokenTrim")  # fmt: skip
+    p: float = option(0.1, "pruning fraction: the top p of spatial tokens by drift form the unstable set (Eq. 6)",
+                      low=0.0, high=1.0, low_open=True, high_open=True, flag="--p", label="p")  # fmt: skip
+    lam: float = option(2.0, "trigger when D_t > mean + lam * std of the accepted blocks (Eq. 8)", low=0.0,
+                        flag="--lam", label="λ")  # fmt: skip
+    warmup: int = option(2, "blocks with a drift value that only feed the statistics (T_warm)", low=0,
+                         flag="--warmup")  # fmt: skip
+    max_regen: int = option(1, "regenerations per block (R); 0: detect only", low=0, flag="--max-regen")
+    stats_after_regen: str = option("regenerated", "what a regenerated block adds to the statistics",
+                                    choices=STATS_AFTER_REGEN)  # fmt: skip
+    min_std: float = option(0.0, "floor on the statistics' std (0: the paper's rule)", low=0.0)
+    accept: str = option("regenerated", "which attempt is kept: the last regeneration (the paper) or the lower "
+                         "severity (an ablation)", choices=ACCEPT)  # fmt: skip
+    switch_exempt: bool = option(True, "the first block after a prompt switch is the new reference")
+    switch_stats: str = option(
+        "reset", "the statistics and the warm-up at a prompt switch", choices=("keep", "reset")
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
-        if isinstance(self.p, bool) or not isinstance(self.p, int | float) or not 0.0 < self.p < 1.0:
-            raise ValueError(f"p must be a number with 0 < p < 1, got {self.p!r}")
-        if (
-            isinstance(self.lam, bool)
-            or not isinstance(self.lam, int | float)
-            or not 0.0 <= self.lam < math.inf
-        ):
-            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
-        for name in ("warmup", "max_regen"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if self.stats_after_regen not in STATS_AFTER_REGEN:
-            raise ValueError(
-                f"stats_after_regen must be one of {STATS_AFTER_REGEN}, got {self.stats_after_regen!r}"
-            )
-        if self.regen_noise not in REGEN_NOISE:
-            raise ValueError(f"regen_noise must be one of {REGEN_NOISE}, got {self.regen_noise!r}")
-        if self.accept not in ACCEPT:
-            raise ValueError(f"accept must be one of {ACCEPT}, got {self.accept!r}")
-        if not isinstance(self.switch_exempt, bool):
-            raise ValueError(f"switch_exempt must be a bool, got {self.switch_exempt!r}")
-        for name in ("switch_stats", "switch_pruning"):
-            if getattr(self, name) not in ("keep", "reset"):
-                raise ValueError(f"{name} must be 'keep' or 'reset', got {getattr(self, name)!r}")
-        if (
-            isinstance(self.min_std, bool)
-            or not isinstance(self.min_std, int | float)
-            or not 0.0 <= self.min_std < math.inf
-        ):
-            raise ValueError(f"min_std must be a finite number >= 0, got {self.min_std!r}")
+        check_options(self)
 
 
 def _decision_to_host(severity: torch.Tensor, indices: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -421,6 +393,10 @@ class TokenTrim:
         if not verdict.prune:
             self._settle(verdict.keep)
         return verdict
+
+    def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
+        """TokenTrim does not change accepted latents."""
+        return x0
 
     def switched(self, block: int) -> None:
         """The prompt changes before `block` (the pipeline re-caches under the new prompt)."""

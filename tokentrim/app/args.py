@@ -4,15 +4,15 @@ ranges, and the options shared by the commands that run a model (generate, bench
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from tokentrim.app.backends import PRESETS
-from tokentrim.app.run_config import RunConfig, default_config_path, load_run_config
-from tokentrim.pipelines import pipeline_names
+from tokentrim.app.run_config import BASELINE, RUN_DEFAULTS, RunConfig, default_config_path, load_run_config
+from tokentrim.pipelines import Request, SamplerConfig, pipeline_names
 from tokentrim.wan.attention import BACKENDS
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer; the reference's seeds are >= 0
+from tokentrim_core.flowmo import FlowMoConfig
+from tokentrim_core.options import Option, options
+from tokentrim_core.trim import TokenTrimConfig
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -42,33 +42,58 @@ class Parser(argparse.ArgumentParser):
 
 def _number(kind, name: str, low=None, high=None, low_open=False, high_open=False):
     """An argparse type: a `kind` (int or float) in [low, high] (open where asked), finite."""
+    return option_type(Option("", low, high, low_open, high_open), name, kind)
+
+
+def option_type(opt: Option, name: str, kind: type):
+    """An argparse type from a declared option: the value parsed and checked as `Option.parse` does."""
 
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text[:40]!r}") from None  # fmt: skip
-        bad = (kind is float and not math.isfinite(value)) or (low is not None and (value < low or low_open and
-               value == low)) or (high is not None and (value > high or high_open and value == high))  # fmt: skip
-        if bad:
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-            raise argparse.ArgumentTypeError(
-                f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {text}"
-            )
-        return value
+            return opt.parse(name, text, kind)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     parse.__name__ = name
     return parse
 
 
-SEED = _number(int, "the seed", 0, MAX_SEED)
+SEED = option_type(options(Request)["seed"][0], "the seed", int)  # a seed or a toy scene (their range)
 POSITIVE_INT = _number(int, "the value", 1)
 NONNEG_INT = _number(int, "the value", 0)
-FRACTION = _number(float, "p", 0.0, 1.0, low_open=True, high_open=True)
 NONNEG_FLOAT = _number(float, "the value", 0.0)
 POSITIVE_FLOAT = _number(float, "the value", 0.0, low_open=True)
+
+
+def add_option(group, cls: type, name: str, dest: str, default=None, help_default=None) -> None:
+    """The command-line option declared on field `name` of dataclass `cls` (`tokentrim_core.options`): its flag,
+    type and range, help with the range and the default (`help_default`, the run config's, when `default` is
+    None: the flag then only overrides the config)."""
+    opt, kind, _ = options(cls)[name]
+    shown = help_default if default is None else default
+    text = f"{opt.help}; {opt.expected(kind)}" + ("" if shown is None else f" (config default {shown})")
+    if kind is bool:
+        group.add_argument(opt.flag, dest=dest, default=default, action=argparse.BooleanOptionalAction,
+                           help=text)  # fmt: skip
+    elif opt.choices is not None:
+        group.add_argument(opt.flag, dest=dest, default=default, choices=list(opt.choices), help=text)
+    else:
+        group.add_argument(opt.flag, dest=dest, default=default, type=option_type(opt, name, kind),
+                           help=text if default is None else f"{opt.help}; {opt.expected(kind)}")  # fmt: skip
+
+
+def run_options() -> list[tuple[str, type, str]]:
+    """(section, dataclass, field) of every option with a flag in the run config: TokenTrim, FlowMo, and the
+    samplers' shared fields (section "sampler": the chosen pipeline's)."""
+    sections = [("tokentrim", TokenTrimConfig), ("flowmo", FlowMoConfig), ("sampler", SamplerConfig)]
+    return [(section, cls, name) for section, cls in sections for name, (opt, _, _) in options(cls).items()
+            if opt.flag is not None]  # fmt: skip
+
+
+def flag_names() -> dict[str, str]:
+    """Field names as library messages write them (`tokentrim.p`, `latent_frames`) -> their command-line flags."""
+    names = {name: opt.flag for name, (opt, _, _) in options(Request).items() if opt.flag}
+    return names | {f"{section}.{name}": options(cls)[name][0].flag for section, cls, name in run_options()}
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,26 +122,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_run_args(p: argparse.ArgumentParser, frames: int = 21) -> None:
+    """What every command that runs a model takes: the pipeline, its run config, the request's length and seed,
+    and every run option with a flag (declared on its dataclass field; they override the config file)."""
     names = pipeline_names()
     p.add_argument("--pipeline", default=names[0], choices=names, help="sampling loop")
     p.add_argument(
         "--config", help="run config YAML (default: configs/<pipeline>.yaml; configs/toy/ for the toy)"
     )
-    p.add_argument("--latent-frames", type=POSITIVE_INT, default=frames,
-                   help="latent frames, a multiple of 3 (video frames = 1 + 4 (F - 1); Rolling Forcing: >= 15)")  # fmt: skip
-    p.add_argument("--seed", type=SEED, default=0, help=f"random seed, 0 .. {MAX_SEED}")
-    g = p.add_argument_group("TokenTrim (override the config file)")
+    add_option(p, Request, "latent_frames", "latent_frames", default=frames)
+    add_option(p, Request, "seed", "seed", default=0)
+    g = p.add_argument_group("TokenTrim, FlowMo and the sampler (override the config file)")
     g.add_argument("--no-tokentrim", action="store_true", help="the baseline: no pruning (and FlowMo off)")
-    g.add_argument("--p", type=FRACTION, help="pruning fraction, 0 < p < 1 (config default 0.1)")
-    g.add_argument(
-        "--lam", type=NONNEG_FLOAT, help="threshold mean + lam * std, lam >= 0 (config default 2.0)"
-    )
-    g.add_argument(
-        "--warmup", type=NONNEG_INT, help="blocks that only feed the statistics, >= 0 (config default 2)"
-    )
-    g.add_argument("--max-regen", type=NONNEG_INT, help="regenerations per block, >= 0 (config default 1)")
-    g.add_argument("--flowmo", choices=["off", "first_block", "every_block"],
-                   help="FlowMo guidance (config default first_block)")  # fmt: skip
+    for section, cls, name in run_options():
+        default = getattr(RUN_DEFAULTS.get(section, cls()), name)
+        add_option(g, cls, name, f"{section}.{name}", help_default=default)
     p.add_argument(
         "overrides",
         nargs="*",
@@ -127,17 +146,17 @@ def add_run_args(p: argparse.ArgumentParser, frames: int = 21) -> None:
 def run_config_from_args(args: argparse.Namespace, baseline: bool = False) -> RunConfig:
     """The run config of the chosen pipeline: its YAML, `key=value` overrides, then the flags (typed values).
     `baseline`: TokenTrim and FlowMo off whatever the flags say (bench --compare)."""
-    tokentrim = {k: v for k, v in {"p": args.p, "lam": args.lam, "warmup": args.warmup,
-                                   "max_regen": args.max_regen}.items() if v is not None}  # fmt: skip
-    flowmo = {} if args.flowmo is None else {"mode": args.flowmo}
+    updates: dict = {"pipeline": args.pipeline, "tokentrim": {}, "flowmo": {}, args.pipeline: {}}
+    for section, _, name in run_options():
+        value = getattr(args, f"{section}.{name}")
+        if value is not None:
+            updates[args.pipeline if section == "sampler" else section][name] = value
     if args.no_tokentrim or baseline:
-        tokentrim["enabled"] = False
-        if args.flowmo is None or baseline:
-            flowmo["mode"] = "off"
-    updates = {"pipeline": args.pipeline, "tokentrim": tokentrim, "flowmo": flowmo}
-    return load_run_config(
-        args.config or default_config_path(args.pipeline, args.preset), args.overrides, updates
-    )
+        updates["tokentrim"] |= BASELINE["tokentrim"]
+        if baseline or "mode" not in updates["flowmo"]:
+            updates["flowmo"] |= BASELINE["flowmo"]
+    path = args.config or default_config_path(args.pipeline, args.preset)
+    return load_run_config(path, args.overrides, updates)
 
 
 def ema_choice(args: argparse.Namespace) -> bool | None:

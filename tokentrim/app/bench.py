@@ -14,7 +14,7 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 
@@ -35,29 +35,26 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.device) -> dict:
-    """One generation without decoding; per-block wall times measured at block boundaries."""
-    from tokentrim.app.generate import run_video
-
-    marks: list[float] = []
-
-    def on_block(event) -> None:
-        _sync(device)
-        marks.append(time.perf_counter())
-
+    """One generation without decoding, timed between the blocks its stream yields (the device synchronised at
+    each block boundary only)."""
+    loop = run.loop(backend.model)
+    request = run.request(embeds, latent_frames, seed=seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    records, marks = [], []
     _sync(device)
     t0 = time.perf_counter()
-    out = run_video(
-        backend, run, embeds, latent_frames=latent_frames, seed=seed, on_block=on_block, progress=False
-    )
-    _sync(device)
+    for event in loop.stream(request):
+        _sync(device)
+        marks.append(time.perf_counter())
+        if event.record is not None:
+            records.append(event.record)
     wall = time.perf_counter() - t0
     blocks = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
-    score_s = sum(r.score_ms for r in out.records) / 1000
-    regens = sum(r.action == "prune" for r in out.records)
+    score_s = sum(r.score_ms for r in records) / 1000
+    regens = sum(r.action == "prune" for r in records)
     return {"wall_s": wall, "block_s": blocks, "score_s": score_s, "regenerations": regens,
-            "blocks": len(out.records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+            "blocks": len(records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
 
 
 def measure(
@@ -71,23 +68,18 @@ def measure(
     repeats: int,
     warmup_runs: int = 1,
     warmup_frames: int | None = None,
-    on_run: Callable[[str, dict], None] | None = None,
-) -> tuple[dict[str, list[dict]], list[float]]:
+) -> Iterator[tuple[str, bool, dict]]:
     """Run each config (name -> RunConfig) `warmup_runs` times unmeasured, on `warmup_frames` latent frames
     (default: the measured length; fewer is enough to load the kernels), then `repeats` rounds alternating the
-    configs, so drifting clocks or thermals affect all alike. `on_run(name, run)` sees each measured run as it
-    ends. Returns the measured runs by name (`run_once` dicts) and the warm-up wall times."""
-    warmup, frames = [], warmup_frames or latent_frames
+    configs, so drifting clocks or thermals affect all alike. Yields `(name, warm-up, run_once dict)` as each
+    run ends."""
+    frames = warmup_frames or latent_frames
     for _ in range(warmup_runs):
-        for run in configs.values():
-            warmup.append(run_once(backend, run, embeds, frames, seed, device)["wall_s"])
-    results: dict[str, list[dict]] = {name: [] for name in configs}
+        for name, run in configs.items():
+            yield name, True, run_once(backend, run, embeds, frames, seed, device)
     for _ in range(repeats):
         for name, run in configs.items():
-            results[name].append(run_once(backend, run, embeds, latent_frames, seed, device))
-            if on_run is not None:
-                on_run(name, results[name][-1])
-    return results, warmup
+            yield name, False, run_once(backend, run, embeds, latent_frames, seed, device)
 
 
 def check_compile_backend(backend: str) -> str:
@@ -111,9 +103,7 @@ def compile_blocks(model, backend: str = "inductor") -> None:
 
 def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
     """Bytes of the pipeline's preallocated KV cache (keys + values, batch 1), exact: built on the meta device."""
-    from tokentrim.app.generate import make_pipeline
-
-    cache = make_pipeline(backend, run).make_cache(1, torch.device("meta"), dtype).cache
+    cache = run.loop(backend.model).make_cache(1, torch.device("meta"), dtype).cache
     return 2 * cache.k.numel() * cache.k.element_size() / 2**20
 
 
@@ -149,33 +139,15 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.app.args import ema_choice, run_config_from_args
-    from tokentrim.app.generate import check_request
-    from tokentrim.files import check_output
+    from tokentrim.app.args import ema_choice
     from tokentrim.wan.attention import check_backend
 
+    # 1. Everything checked before weights load
     device = backends.pick_device(args.device)
     dtype = backends.pick_dtype(args.dtype, device)
     attention = check_backend(args.attention)
-    treated = run_config_from_args(args)
-    baseline = run_config_from_args(args, baseline=True)
-    if args.random_weights and (args.preset or args.model_dir or args.checkpoint):
-        raise UserError(
-            "--random-weights builds the full-size DiT by itself: drop --preset / --model-dir / --checkpoint"
-        )
-    if not args.random_weights and args.preset is None and not (args.model_dir and args.checkpoint):
-        raise UserError("give --preset tiny|toy, --random-weights, or both --model-dir and --checkpoint")
-    model_config = backends.model_config(args.preset, args.model_dir, args.random_weights)
-    check_request(model_config, treated, args.latent_frames)
-    if args.warmup_frames:
-        try:
-            check_request(model_config, treated, args.warmup_frames)
-        except UserError as err:  # the same limits, named by this option
-            raise UserError(str(err).replace("`num_frames`", "--warmup-frames")) from None
-    if args.json:
-        check_output(args.json, "--json")
-    if args.compile:
-        check_compile_backend(args.compile_backend)
+    configs = bench_configs(args)
+    # 2. Load, measure, report
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=ema_choice(args), decoder=False,
                                     text_encoder=False, random_weights=args.random_weights, lora=args.lora,
@@ -186,11 +158,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = backend.model.config
     gen_ = torch.Generator().manual_seed(args.seed)
     embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
-    configs = {"tokentrim": treated, "baseline": baseline} if args.compare else {"run": treated}
     warmup_frames = args.warmup_frames or args.latent_frames
-    results, warmup = measure(backend, configs, embeds, args.latent_frames, args.seed, device,
-                              repeats=args.repeats, warmup_runs=args.warmup_runs,
-                              warmup_frames=warmup_frames)  # fmt: skip
+    results, warmup = {name: [] for name in configs}, []
+    for name, warming, run in measure(backend, configs, embeds, args.latent_frames, args.seed, device,
+                                      repeats=args.repeats, warmup_runs=args.warmup_runs,
+                                      warmup_frames=warmup_frames):  # fmt: skip
+        warmup.append(run["wall_s"]) if warming else results[name].append(run)
+    treated = configs["tokentrim" if args.compare else "run"]
     report = {
         "pipeline": args.pipeline,
         "backend": backend.name,
@@ -222,6 +196,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(args.json, report)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def bench_configs(args: argparse.Namespace) -> dict:
+    """The runs to measure (`{"run": ...}`, or `{"tokentrim": ..., "baseline": ...}` with --compare), with every
+    argument checked: the requests against the model config, the outputs, the attention and compile backends."""
+    from tokentrim.app import backends
+    from tokentrim.app.args import run_config_from_args
+    from tokentrim.files import check_output
+
+    treated = run_config_from_args(args)
+    if args.random_weights and (args.preset or args.model_dir or args.checkpoint):
+        raise UserError(
+            "--random-weights builds the full-size DiT by itself: drop --preset / --model-dir / --checkpoint"
+        )
+    if not args.random_weights and args.preset is None and not (args.model_dir and args.checkpoint):
+        raise UserError("give --preset tiny|toy, --random-weights, or both --model-dir and --checkpoint")
+    checker = treated.checker(backends.model_config(args.preset, args.model_dir, args.random_weights))
+    treated.request("(random embeddings)", args.latent_frames, seed=args.seed).check(checker)
+    if args.warmup_frames:
+        try:
+            treated.request("(random embeddings)", args.warmup_frames, seed=args.seed).check(checker)
+        except UserError as err:  # the same limits, named by this option
+            raise UserError(str(err).replace("`latent_frames`", "--warmup-frames")) from None
+    if args.json:
+        check_output(args.json, "--json")
+    if args.compile:
+        check_compile_backend(args.compile_backend)
+    return {"tokentrim": treated, "baseline": treated.baseline()} if args.compare else {"run": treated}
 
 
 def register(subparsers) -> None:

@@ -7,6 +7,7 @@ files. User errors print one line (no traceback) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ from tokentrim.app.args import (
     add_model_args,
     add_run_args,
     ema_choice,
+    flag_names,
     run_config_from_args,
 )
 from tokentrim.errors import UserError
@@ -31,58 +33,28 @@ DESCRIPTION = (
     "Long-video generation with autoregressive Wan2.1 video diffusion (Self Forcing, Rolling Forcing) and "
     "TokenTrim, an inference-time KV-cache pruning fix for long-horizon drift."
 )
-# Library messages name arguments and config fields in backticks; on the command line they are these options.
-FLAGS = {"num_frames": "--latent-frames", "model_dir": "--model-dir", "checkpoint": "--checkpoint",
-         "device": "--device", "dtype": "--dtype", "preset": "--preset", "pipeline": "--pipeline",
-         "use_ema=True": "--ema", "use_ema=False": "--no-ema", "random_weights": "--random-weights",
-         "tokentrim.p": "--p", "tokentrim.lam": "--lam", "tokentrim.warmup": "--warmup",
-         "tokentrim.max_regen": "--max-regen", "flowmo.mode": "--flowmo", "out_dir": "--out-dir",
-         "overwrite": "--overwrite", "init_image": "--init-image", "init_video": "--init-video",
-         "init_frames": "--init-frames", "init_resize": "--init-resize", "timeline": "--timeline"}  # fmt: skip
+# Library messages name arguments and config fields in backticks; on the command line they are these options (the
+# run options' flags come from their declarations, `tokentrim.app.args.flag_names`).
+LOADING_FLAGS = {"model_dir": "--model-dir", "checkpoint": "--checkpoint", "device": "--device", "dtype": "--dtype",
+                 "preset": "--preset", "pipeline": "--pipeline", "use_ema=True": "--ema", "use_ema=False": "--no-ema",
+                 "random_weights": "--random-weights", "out_dir": "--out-dir", "overwrite": "--overwrite",
+                 "init_image": "--init-image", "init_video": "--init-video", "init_frames": "--init-frames",
+                 "init_resize": "--init-resize", "timeline": "--timeline", "prompt": "--prompt"}  # fmt: skip
 
 
 def cli_message(err: UserError) -> str:
     """The error text with `argument` names replaced by the options that set them (other quoted text stays)."""
-    return re.sub(r"`([^`]+)`", lambda m: FLAGS.get(m.group(1), m.group(0)), str(err))
+    flags = LOADING_FLAGS | flag_names()
+    return re.sub(r"`([^`]+)`", lambda m: flags.get(m.group(1), m.group(0)), str(err))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
-    from tokentrim.files import check_output
+    from tokentrim.app.api import Pipeline
     from tokentrim.wan.attention import check_backend
 
-    # 1. What to generate, all checked before any weights load
-    prefix, scene, timeline = None, {}, None
-    if args.timeline is not None:
-        if args.prompt is not None or args.prompts is not None:
-            raise UserError("--timeline brings its own prompts: drop --prompt / --prompts")
-        from tokentrim.app.timeline import read_timeline
-
-        timeline = read_timeline(args.timeline)
-    if args.scene is not None:
-        if args.preset != "toy":
-            raise UserError("--scene is for the toy world model: add --preset toy")
-        if args.prompt is not None or args.prompts is not None:
-            raise UserError("--scene brings its own prompt: drop --prompt / --prompts")
-        from tokentrim.toy import observed_start
-
-        args.prompt, prefix = observed_start(args.scene)
-        scene = {"scene": args.scene}
-    if timeline is not None:
-        args.prompt = timeline.prompts[0]
-    if (args.prompt is None) == (args.prompts is None):
-        raise UserError(
-            "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir), --timeline FILE or --scene SEED (toy)"
-        )
-    if args.prompt is not None and not args.prompt.strip():
-        raise UserError("--prompt is empty; describe the video to generate")
-    if args.prompts and not args.out_dir:
-        raise UserError("--prompts needs --out-dir DIR")
-    if args.prompt is not None and args.out_dir:
-        raise UserError("--out-dir is for --prompts; a single --prompt writes --out")
-    if args.prompts is not None and (args.out or args.log):
-        raise UserError("--out / --log name one video; with --prompts the files go to --out-dir")
+    # 1. What to generate and where it goes, all checked before any weights load
     run = run_config_from_args(args)
     device = backends.pick_device(args.device)
     dtype = backends.pick_dtype(args.dtype, device)
@@ -90,45 +62,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
         raise UserError("the official weights need both --model-dir and --checkpoint")
     config = backends.model_config(args.preset, args.model_dir)
-    pipe = gen.request_pipeline(config, run)
-    observation = observe(args, config, pipe.frames_per_block)
-    observed = observation.latent_frames if observation else 0 if prefix is None else prefix.shape[1]
-    gen.check_request(config, run, args.latent_frames, observed)
-    switch_frames = []
-    if timeline is not None:
-        if not pipe.switching:
-            raise UserError(f"--timeline: {pipe.title} cannot switch prompts; use --pipeline "
-                            f"{' / '.join(gen.switching_pipelines())}")  # fmt: skip
-        switch_frames = timeline.switch_frames(pipe.frames_per_block, observed, args.latent_frames)
-        scene["timeline"] = timeline.settings(switch_frames)
-    # 2. Where it goes: every output writable, batch outputs made with the same settings or not at all
-    if args.prompt is not None:
-        out = Path(args.out or Path("outputs") / f"{gen.slugify(args.prompt)}.mp4")
-        if out.suffix.lower() != ".mp4":
-            raise UserError(f"--out must be an .mp4 file, got {out}")
-        jobs = [(0, args.prompt, out, Path(args.log) if args.log else out.with_suffix(".json"), args.seed)]
-    else:
-        prompts = gen.read_prompts(args.prompts)
-        check_output(args.out_dir, "--out-dir", folder=True)
-        rank, world = gen.rank_and_world()
-        jobs = []
-        for i in gen.shard(list(range(len(prompts))), rank, world):
-            video, log = gen.batch_outputs(Path(args.out_dir), i, prompts[i])
-            jobs.append((i, prompts[i], video, log, args.seed + i))  # documented per-prompt seed
-    for _, _, video, log, _ in jobs:
-        check_output(video, "--out")
-        check_output(log, "--log")
-        if args.png_frames:
-            check_output(video.with_suffix(""), "the --png-frames folder", folder=True)
+    request, extra = asked_request(args, run, config)
+    jobs = output_jobs(args, request)
     if args.lora is not None and not Path(args.lora).is_file():
         raise UserError(f"--lora {args.lora} not found")
     name = backends.backend_name(args.preset, args.checkpoint, use_ema=ema_choice(args), lora=args.lora)
 
     def settings_of(index, prompt, seed):
-        init = {} if observation is None else {"init": observation.settings}
-        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=observed,
-                                  backend=name, dtype=dtype, attention=attention, prompt=prompt, index=index,
-                                  **scene, **init)  # fmt: skip
+        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=request.observed_frames,
+                                  backend=name, dtype=dtype, attention=attention, prompt=prompt, index=index, **extra)  # fmt: skip
 
     # A single --prompt overwrites. A batch resumes: a prompt whose outputs exist with the same settings is done;
     # outputs made with other settings are never mixed in silently.
@@ -138,29 +80,98 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not todo:
         print("nothing to do: every output exists, made with the same settings")
         return 0
-    # 3. Load, encode, run, write
+    # 2. Load, encode every prompt at once, then each video: its files written as its blocks arrive
     backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
                                     device=device, dtype=dtype, use_ema=ema_choice(args), lora=args.lora,
                                     lora_alpha=args.lora_alpha)  # fmt: skip
     backend.model.attention_backend = attention
-    later = list(timeline.prompts[1:]) if timeline is not None else []
-    embeds = gen.encode(backend, [job[1] for job in todo] + later, args.offload)
-    switches = [(f, e[None]) for f, e in zip(switch_frames, embeds[len(todo) :], strict=True)]
-    for (index, prompt, video, log, seed), emb in zip(todo, embeds, strict=False):
-        result = gen.run_video(backend, run, emb[None], latent_frames=args.latent_frames, seed=seed, prefix=prefix,
-                               observation=observation, settings={"prompt": prompt, "index": index, **scene},
-                               switches=switches)  # fmt: skip
-        assert result.settings == settings_of(index, prompt, seed), (
-            "recorded settings must be known in advance"
-        )
-        decoded = backend.decoder is not None
-        gen.write_outputs(result, video=video if decoded else None, log=log,
-                          latents=video.with_suffix(".latents.pt") if args.save_latents else None,
-                          frames_dir=video.with_suffix("") if args.png_frames and decoded else None)  # fmt: skip
-        pruned = sum(r.action == "prune" for r in result.records)
-        where = video if decoded else "(no decoder)"
-        print(f"wrote {where} and {log}  [{len(result.records)} blocks, {pruned} pruned]")
+    pipe = Pipeline(backend, run, offload=args.offload)
+    asked = [dataclasses.replace(request, prompt=prompt, seed=seed) for _, prompt, _, _, seed in todo]
+    for (index, prompt, video, log, seed), ready in zip(todo, pipe.encode(asked), strict=True):
+        out = gen.write_video_files(pipe.loop.stream(ready), settings=settings_of(index, prompt, seed), fps=pipe.fps,
+                                    start=request.start, video=video, log=log,
+                                    latents=video.with_suffix(".latents.pt") if args.save_latents else None,
+                                    frames_dir=video.with_suffix("") if args.png_frames else None)  # fmt: skip
+        pruned = sum(r.action == "prune" for r in out.records)
+        print(f"wrote {video} and {log}  [{len(out.records)} blocks, {pruned} pruned]")
     return 0
+
+
+def asked_request(args: argparse.Namespace, run, config) -> tuple:
+    """The video `generate` is asked for as a `Request` (text, a scene's or image's start, a timeline's switches),
+    checked against the model config and the pipeline; and what the decision log records about its inputs."""
+    from tokentrim.app import generate as gen
+
+    if args.timeline is not None and (args.prompt is not None or args.prompts is not None):
+        raise UserError("--timeline brings its own prompts: drop --prompt / --prompts")
+    if args.scene is not None and args.preset != "toy":
+        raise UserError("--scene is for the toy world model: add --preset toy")
+    if args.scene is not None and (args.prompt is not None or args.prompts is not None):
+        raise UserError("--scene brings its own prompt: drop --prompt / --prompts")
+    asked = [x is not None for x in (args.prompt, args.prompts, args.timeline, args.scene)]
+    if sum(asked) != 1 or args.scene is not None and args.timeline is not None:
+        raise UserError(
+            "give exactly one of --prompt TEXT, --prompts FILE (with --out-dir), --timeline FILE or --scene SEED (toy)"
+        )
+    checker, extra, start, switches = run.checker(config), {}, None, ()
+    prompt = args.prompt if args.prompts is None else gen.read_prompts(args.prompts)[0]
+    if args.scene is not None:
+        from tokentrim.toy import observed_start
+
+        prompt, start = observed_start(args.scene)
+        extra["scene"] = args.scene
+    observation = observe(args, config, checker.frames_per_block)
+    if observation is not None:
+        start, extra["init"] = observation, observation.settings
+    if args.timeline is not None:
+        from tokentrim.app.timeline import read_timeline
+
+        timeline = read_timeline(args.timeline)
+        if not checker.switching:
+            raise UserError(f"--timeline: {checker.title} cannot switch prompts; use --pipeline "
+                            f"{' / '.join(gen.switching_pipelines())}")  # fmt: skip
+        observed = 0 if start is None else (start.latent_frames if observation else start.shape[1])
+        frames = timeline.switch_frames(checker.frames_per_block, observed, args.latent_frames)
+        prompt, switches = timeline.prompts[0], tuple(zip(frames, timeline.prompts[1:], strict=True))
+        extra["timeline"] = timeline.settings(frames)
+    request = run.request(
+        prompt, args.latent_frames, seed=args.seed, start=start, switches=switches, decode=True
+    )
+    request.check(checker)
+    return request, extra
+
+
+def output_jobs(args: argparse.Namespace, request) -> list[tuple]:
+    """The videos to write, `(index, prompt, video, log, seed)`, every output checked writable: one for --prompt
+    (default outputs/<prompt>.mp4), or one per line of --prompts in --out-dir, this rank's share."""
+    from tokentrim.app import generate as gen
+    from tokentrim.files import check_output
+
+    if args.prompts and not args.out_dir:
+        raise UserError("--prompts needs --out-dir DIR")
+    if args.prompts is None and args.out_dir:
+        raise UserError("--out-dir is for --prompts; a single --prompt writes --out")
+    if args.prompts is not None and (args.out or args.log):
+        raise UserError("--out / --log name one video; with --prompts the files go to --out-dir")
+    if args.prompts is None:
+        out = Path(args.out or Path("outputs") / f"{gen.slugify(request.prompt)}.mp4")
+        if out.suffix.lower() != ".mp4":
+            raise UserError(f"--out must be an .mp4 file, got {out}")
+        jobs = [(0, request.prompt, out, Path(args.log) if args.log else out.with_suffix(".json"), args.seed)]
+    else:
+        prompts = gen.read_prompts(args.prompts)
+        check_output(args.out_dir, "--out-dir", folder=True)
+        rank, world = gen.rank_and_world()
+        jobs = [
+            (i, prompts[i], *gen.batch_outputs(Path(args.out_dir), i, prompts[i]), args.seed + i)
+            for i in gen.shard(list(range(len(prompts))), rank, world)
+        ]  # documented per-prompt seed
+    for _, _, video, log, _ in jobs:
+        check_output(video, "--out")
+        check_output(log, "--log")
+        if args.png_frames:
+            check_output(video.with_suffix(""), "the --png-frames folder", folder=True)
+    return jobs
 
 
 def observe(args: argparse.Namespace, config, block: int):

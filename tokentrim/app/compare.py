@@ -90,12 +90,67 @@ def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], p
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.app import generate as gen
-    from tokentrim.app.faults import Fault, check_tokens, injector, region, token_mask
+    from tokentrim.app.api import Pipeline
     from tokentrim.app.figures import plot_drift
-    from tokentrim.app.run_config import default_config_path, load_run_config
-    from tokentrim.files import check_output, write_json
+    from tokentrim.app.generate import decision_log
+    from tokentrim.files import write_json
     from tokentrim.video import write_video
+
+    # 1. Everything checked before weights load
+    out, runs, request, fault = compare_plan(args)
+    backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
+                                    device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
+    # 2. Both runs from the same request, the same fault injected into each
+    videos, logs = {}, {}
+    for name, run in runs.items():
+        pipe = Pipeline(backend, run, offload="none")
+        hook = None if fault is None else fault_hook(backend, run, fault)
+        videos[name] = pipe.generate(request.prompt, latent_frames=request.latent_frames, seed=request.seed,
+                                     start=request.start, **({} if hook is None else {"hook": hook, "tokentrim": None}))  # fmt: skip
+        logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
+    # 3. The two-panel video, the logs, the drift figure, the heat map of the first prune that answers the fault
+    block = backend.model.config.frames_per_block
+    decoder = backend.decoder
+    per_block = [decoder.num_frames((b + 1) * block) - decoder.num_frames(b * block) if b else decoder.num_frames(block)
+                 for b in range(args.latent_frames // block)]  # fmt: skip
+    first_frame = np.cumsum([0, *per_block])
+    pruned = [r for r in videos["TokenTrim"].records if r.action == "prune"]
+    marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
+    base = videos["baseline"].frames
+    factor = max(1, -(-MIN_HEIGHT // base.shape[1]))
+    what = (
+        "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
+    )  # ASCII only: PIL's default font
+    video = side_by_side(
+        base, videos["TokenTrim"].frames, (f"baseline{what}", f"TokenTrim{what}"), marked, factor
+    )
+    write_video(out / "compare.mp4", video, fps=backend.fps)
+    for name, log in logs.items():
+        write_json(out / f"{name.lower()}.json", log)
+    plot_drift([logs["baseline"], logs["TokenTrim"]], out / "drift.png", labels=["baseline", "TokenTrim"])
+    made = [out / "compare.mp4", out / "drift.png"]
+    shown = [r for r in pruned if fault is None or r.block > fault.block]  # the prune that answers the fault
+    if shown:
+        first = shown[0]
+        frame = upscale(base[first_frame[first.block + 1] - 1 : first_frame[first.block + 1]], factor)[0]
+        plot_pruned_block(videos["baseline"].latents[0].float(), first.block, first.pruned_positions,
+                          backend.model.config.patch_size[1:], block, frame, out / "heatmap.png",
+                          () if fault is None else fault.tokens)  # fmt: skip
+        made.append(out / "heatmap.png")
+    prunes = ", ".join(str(r.block) for r in pruned) or "none"
+    print(
+        f"wrote {', '.join(map(str, made))}  [{video.shape[2]}x{video.shape[1]}, TokenTrim pruned blocks: {prunes}]"
+    )
+    return 0
+
+
+def compare_plan(args: argparse.Namespace) -> tuple:
+    """(output folder, {"baseline", "TokenTrim"} run configs, the request, the fault or None), all checked. The
+    overrides apply to both runs; the baseline has TokenTrim and FlowMo off (`RunConfig.baseline`)."""
+    from tokentrim.app import backends
+    from tokentrim.app.faults import Fault, check_tokens, region
+    from tokentrim.app.run_config import default_config_path, load_run_config
+    from tokentrim.files import check_output
 
     out = check_output(args.out, "--out", folder=True)
     if (args.scene is None) == (args.prompt is None):
@@ -104,73 +159,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("--scene is for the toy world model: add --preset toy")
     path = args.config or default_config_path(args.pipeline, args.preset)
     flowmo = {} if args.flowmo is None else {"flowmo": {"mode": args.flowmo}}
-    runs = {"baseline": load_run_config(path, [], {"pipeline": args.pipeline, "tokentrim": {"enabled": False},
-                                                   "flowmo": {"mode": "off"}}),
-            "TokenTrim": load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo})}  # fmt: skip
+    trimmed = load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo})
     config = backends.model_config(args.preset, None)
     check_tokens(args.fault_tokens, config.tokens_per_frame, "--fault-tokens")
-    prefix = None
+    prompt, start = args.prompt, None
     if args.scene is not None:
         from tokentrim.toy import observed_start
 
-        args.prompt, prefix = observed_start(args.scene)
-    gen.check_request(config, runs["TokenTrim"], args.latent_frames, 0 if prefix is None else prefix.shape[1])
-    block = gen.request_pipeline(config, runs["TokenTrim"]).frames_per_block
+        prompt, start = observed_start(args.scene)
+    checker = trimmed.checker(config)
+    request = trimmed.request(prompt, args.latent_frames, seed=args.seed, start=start)
+    request.check(checker)
+    block = checker.frames_per_block
     if args.fault is not None and (args.fault_block + 2) * block > args.latent_frames:
         raise UserError(
             f"--fault-block {args.fault_block} leaves no block to watch in {args.latent_frames} frames"
         )
-    backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
-                                    device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
-    cfg = backend.model.config
-    grid, patch = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:]
+    if args.fault == "foreign":
+        raise UserError("--fault foreign needs a second rollout: use tokentrim stress for it")
     fault = None
     if args.fault is not None:
-        if args.fault == "foreign":
-            raise UserError("--fault foreign needs a second rollout: use tokentrim stress for it")
+        grid = (config.grid_height, config.grid_width)
         fault = Fault(args.fault, args.fault_block, region(grid, args.fault_tokens, np.random.default_rng(args.seed)),
                       args.seed)  # fmt: skip
-    embeds = gen.encode(backend, [args.prompt], "none")
-    results = {}
-    for name, run in runs.items():
-        alter = None if fault is None else injector(fault, block, token_mask(fault.tokens, grid, patch))
-        results[name] = gen.run_video(backend, run, embeds, latent_frames=args.latent_frames, seed=args.seed,
-                                      prefix=prefix, progress=False, alter=alter,
-                                      settings={"prompt": args.prompt, "fault": None if fault is None else
-                                                {"kind": fault.kind, "block": fault.block,
-                                                 "tokens": list(fault.tokens)}})  # fmt: skip
-    videos = {name: np.concatenate(list(r.frames())) for name, r in results.items()}
-    decoder = backend.decoder
-    per_block = [decoder.num_frames((b + 1) * block) - decoder.num_frames(b * block) if b else decoder.num_frames(block)
-                 for b in range(args.latent_frames // block)]  # fmt: skip
-    first_frame = np.cumsum([0, *per_block])
-    pruned = [r for r in results["TokenTrim"].records if r.action == "prune"]
-    marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
-    factor = max(1, -(-MIN_HEIGHT // videos["baseline"].shape[1]))
-    # ASCII only: PIL's default font
-    what = "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
-    video = side_by_side(videos["baseline"], videos["TokenTrim"], (f"baseline{what}", f"TokenTrim{what}"), marked,
-                         factor)  # fmt: skip
-    write_video(out / "compare.mp4", video, fps=backend.fps)
-    logs = {name: r.log() for name, r in results.items()}
-    for name, log in logs.items():
-        write_json(out / f"{name.lower()}.json", log)
-    plot_drift([logs["baseline"], logs["TokenTrim"]], out / "drift.png", labels=["baseline", "TokenTrim"])
-    made = [out / "compare.mp4", out / "drift.png"]
-    shown = [r for r in pruned if fault is None or r.block > fault.block]  # the prune that answers the fault
-    if shown:
-        first = shown[0]
-        frame = upscale(
-            videos["baseline"][first_frame[first.block + 1] - 1 : first_frame[first.block + 1]], factor
-        )[0]
-        plot_pruned_block(results["baseline"].latents[0].float(), first.block, first.pruned_positions, patch, block,
-                          frame, out / "heatmap.png", () if fault is None else fault.tokens)  # fmt: skip
-        made.append(out / "heatmap.png")
-    prunes = ", ".join(str(r.block) for r in pruned) or "none"
-    print(
-        f"wrote {', '.join(map(str, made))}  [{video.shape[2]}x{video.shape[1]}, TokenTrim pruned blocks: {prunes}]"
-    )
-    return 0
+    return out, {"baseline": trimmed.baseline(), "TokenTrim": trimmed}, request, fault
+
+
+def fault_hook(backend, run, fault):
+    """TokenTrim of `run` (scoring only when it is off) with `fault` injected (`tokentrim.app.faults`)."""
+    from tokentrim.app.faults import FaultHook, token_mask
+    from tokentrim_core.trim import TokenTrim
+
+    cfg = backend.model.config
+    mask = token_mask(fault.tokens, (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:])
+    return FaultHook(TokenTrim(run.tokentrim, cfg.patch_size[1:]), fault, mask)
+
+
+def compare_settings(backend, run, request, fault) -> dict:
+    """What produced one of the two videos (the decision log's "config")."""
+    from tokentrim.app.generate import video_settings
+
+    model = backend.model
+    what = None if fault is None else {"kind": fault.kind, "block": fault.block, "tokens": list(fault.tokens)}
+    return video_settings(run, seed=request.seed, latent_frames=request.latent_frames,
+                          observed_frames=request.observed_frames, backend=backend.name,
+                          dtype=model.patch_embedding.weight.dtype, attention=model.attention_backend,
+                          prompt=request.prompt, fault=what)  # fmt: skip
 
 
 def register(subparsers) -> None:
@@ -202,5 +236,6 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (compare.mp4, drift.png, heatmap.png, logs)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
-    p.add_argument("overrides", nargs="*", help="TokenTrim run's config overrides KEY=VALUE")
+    p.add_argument("overrides", nargs="*",
+                   help="config overrides KEY=VALUE (both runs; the baseline has TokenTrim and FlowMo off)")  # fmt: skip
     p.set_defaults(func=cmd_compare)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tokentrim.app.args import POSITIVE_INT, add_model_args, ema_choice
-from tokentrim.app.demo_run import FLOWMO_MODES, DemoRequest, DemoRunner, DemoUpdate, Panel, block_list
+from tokentrim.app.demo_run import PAGE_OPTIONS, DemoRunner, DemoUpdate, PageOption, Panel, block_list
 from tokentrim.errors import UserError
 
 DEFAULT_FRAMES = {"toy": 30, "tiny": 9}  # latent frames first shown (a few seconds on a CPU); the 1.3B: 21
@@ -190,8 +190,21 @@ def drift_plot(update: DemoUpdate):
     return figure
 
 
+def option_widget(opt: PageOption, value: Any):
+    """The widget of a declared run option: a checkbox, a radio over its choices, or a number with its range."""
+    import gradio as gr
+
+    o, elem_id = opt.option, "demo-" + opt.key.replace(".", "-").replace("_", "-")
+    if opt.kind is bool:
+        return gr.Checkbox(value, label=o.label, info=o.help, elem_id=elem_id)
+    if o.choices is not None:
+        return gr.Radio(list(o.choices), value=value, label=o.label, info=o.help, elem_id=elem_id)
+    return gr.Number(value, label=o.label, info=f"{o.help}; {o.expected(opt.kind)}", elem_id=elem_id)
+
+
 def settings_inputs(runner: DemoRunner, frames: int) -> dict[str, Any]:
-    """The settings column, as components named by the `DemoRequest` field they fill."""
+    """The settings column, as components named by the key of the value they give (`DemoRunner.check`): the
+    page's own inputs, then a widget per declared run option (`PAGE_OPTIONS`)."""
     import gradio as gr
 
     from tokentrim.pipelines import pipeline_names
@@ -203,17 +216,12 @@ def settings_inputs(runner: DemoRunner, frames: int) -> dict[str, Any]:
                              visible=runner.toy),
         "prompt": gr.Textbox(label="Prompt", lines=2, visible=not runner.toy),
         "pipeline": gr.Dropdown(names, value=names[0], label="Pipeline"),
-        "latent_frames": gr.Number(frames, label="Latent frames", elem_id="demo-frames",
-                                   info="a multiple of 3; video frames = 1 + 4 (F - 1) on Wan2.1"),
-        "seed": gr.Number(0, label="Seed"),
         "side_by_side": gr.Checkbox(False, label="Side by side: baseline and TokenTrim from the same seed",
                                     elem_id="demo-side"),
-        "tokentrim": gr.Checkbox(True, label="TokenTrim (single run)"),
     }  # fmt: skip
-    with gr.Row():
-        inputs["p"] = gr.Number(0.1, label="p", info="fraction of tokens pruned, 0 < p < 1")
-        inputs["lam"] = gr.Number(2.0, label="λ", info="threshold = mean + λ std", elem_id="demo-lam")
-    inputs["flowmo"] = gr.Radio(list(FLOWMO_MODES), value="first_block", label="FlowMo")
+    starting = {"latent_frames": frames, "seed": 0}  # the request's own fields have no default to show
+    for opt in PAGE_OPTIONS:
+        inputs[opt.key] = option_widget(opt, starting.get(opt.key, opt.default))
     return inputs
 
 
@@ -238,12 +246,12 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
         def run(values: dict, request: gr.Request):
             """One Generate click; `values` maps each input component to its value (inputs given as a set)."""
             folder, cancel_flag = sessions.start(request.session_hash)
-            ask = DemoRequest(**{name: values[component] for name, component in inputs.items()})
+            asked = {name: values[component] for name, component in inputs.items()}
             cleared = {plot: None, status: "Starting…"}
             for i, widgets in enumerate(panels):
-                cleared |= widgets.cleared(visible=i == 0 or ask.side_by_side)
+                cleared |= widgets.cleared(visible=i == 0 or asked["side_by_side"])
             yield cleared
-            for update in runner.stream(ask, folder, cancel_flag):
+            for update in runner.stream(asked, folder, cancel_flag):
                 out = {status: ("**Error:** " if update.state == "error" else "") + update.status}
                 figure = drift_plot(update)
                 if figure is not None:

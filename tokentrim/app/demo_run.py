@@ -1,36 +1,41 @@
-"""The runs behind `tokentrim demo`, without the web page: a request is checked, generated in memory block by
-block (baseline and TokenTrim alternating blocks, from one seed, in side-by-side mode) and reported as a stream
-of `DemoUpdate`s — the newest frame of each panel, the decision records so far, a status line — that the page
-renders. Videos and decision logs are written into the folder the caller gives, for the page's downloads.
+"""The runs behind `tokentrim demo`, without the web page: the page's values are checked, each run is a stream of
+blocks (baseline and TokenTrim read one block in turn, from one seed, in side-by-side mode), and the page gets a
+stream of `DemoUpdate`s — the newest frame of each panel, the decision records so far, a status line. Videos and
+decision logs are written into the folder the caller gives, for the page's downloads, as the blocks come.
 
-Nothing here imports a web framework, so the tests drive `DemoRunner.stream` directly.
+The page's run settings are the options declared with a `label` (`PAGE_OPTIONS`): their widgets, defaults and
+checks come from the declarations. Nothing here imports a web framework, so the tests drive
+`DemoRunner.stream` directly.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from tokentrim.app.args import MAX_SEED
+from tokentrim.app.api import Pipeline
 from tokentrim.app.backends import Backend
-from tokentrim.app.block_stream import BlockStream, Cancelled
-from tokentrim.app.generate import BlockEvent, VideoResult, check_request, run_video
-from tokentrim.app.run_config import RunConfig, default_config_path, load_run_config
+from tokentrim.app.generate import decision_log, video_settings
+from tokentrim.app.run_config import RUN_DEFAULTS, RunConfig, default_config_path, load_run_config
 from tokentrim.errors import UserError, shorten
 from tokentrim.files import write_json
-from tokentrim.pipelines import pipeline_names
+from tokentrim.pipelines import BlockEvent, GenerationOutput, Request, pipeline_names
+from tokentrim.pipelines.request import MAX_SEED
 from tokentrim.video import VideoWriter
+from tokentrim_core.flowmo import FlowMoConfig
 from tokentrim_core.hook import BlockRecord
+from tokentrim_core.options import Option, options
+from tokentrim_core.trim import TokenTrimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +43,43 @@ logger = logging.getLogger(__name__)
 DISPLAY_SIZE = 256
 PRUNE_BORDER = 4  # display pixels of the red frame around the preview of a pruned-and-regenerated block
 PRUNE_RED = (230, 30, 30)
-FLOWMO_MODES = ("off", "first_block", "every_block")
+# The page's own inputs besides the declared options, with their labels.
+PAGE_LABELS = {
+    "pipeline": "Pipeline",
+    "prompt": "Prompt",
+    "scene": "Toy scene",
+    "side_by_side": "Side by side",
+}
+
+
+@dataclass(frozen=True)
+class PageOption:
+    """A run option on the page: its key in the page's values ("latent_frames", "tokentrim.p"), the declaration,
+    its type and the default the page starts with."""
+
+    key: str
+    option: Option
+    kind: type
+    default: Any
+
+
+def page_options() -> list[PageOption]:
+    """The options declared with a label: the request's (length, seed), then TokenTrim's and FlowMo's, whose page
+    defaults are the run config's (`RUN_DEFAULTS`)."""
+    found = [PageOption(name, opt, kind, default) for name, (opt, kind, default) in options(Request).items()
+             if opt.label]  # fmt: skip
+    for section, cls in (("tokentrim", TokenTrimConfig), ("flowmo", FlowMoConfig)):
+        for name, (opt, kind, _) in options(cls).items():
+            if opt.label:
+                found.append(PageOption(f"{section}.{name}", opt, kind, getattr(RUN_DEFAULTS[section], name)))
+    return found
+
+
+PAGE_OPTIONS = page_options()
+SCENE = PageOption("scene", Option("a held-out scene: its prompt and observed first block", low=0, high=MAX_SEED,
+                                   label="Toy scene"), int, None)  # fmt: skip
 # Library messages name fields in backticks; the page shows the labels of its inputs instead (cli_message's twin).
-LABELS = {"num_frames": "Latent frames", "pipeline": "Pipeline", "tokentrim.p": "p", "tokentrim.lam": "λ",
-          "flowmo.mode": "FlowMo", "seed": "Seed", "prompt": "Prompt", "scene": "Toy scene"}  # fmt: skip
+LABELS = PAGE_LABELS | {o.key: o.option.label for o in PAGE_OPTIONS}
 
 
 def page_message(err: UserError) -> str:
@@ -49,21 +87,15 @@ def page_message(err: UserError) -> str:
     return re.sub(r"`([^`]+)`", lambda m: LABELS.get(m.group(1), m.group(0)), str(err))
 
 
-@dataclass(frozen=True)
-class DemoRequest:
-    """What the page asks for. Numbers arrive as the page sends them (floats, None when a field is empty) and
-    are checked by `DemoRunner.check`, never rounded."""
-
-    pipeline: str
-    latent_frames: float | None
-    seed: float | None
-    tokentrim: bool = True
-    p: float | None = 0.1
-    lam: float | None = 2.0
-    flowmo: str = "first_block"
-    side_by_side: bool = False
-    prompt: str | None = None  # models that read text
-    scene: float | None = None  # the toy world model: a scene seed (its prompt and observed first block)
+def page_value(opt: PageOption, value: Any) -> Any:
+    """A page value as its option's type (numbers arrive as floats, None when a field is empty), never rounded."""
+    label = opt.option.label
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{label} is empty: enter {opt.option.expected(opt.kind)}")
+    try:
+        return opt.option.parse(label, value, opt.kind)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 @dataclass
@@ -90,31 +122,24 @@ class DemoUpdate:
     state: str  # "running" | "done" | "cancelled" | "error"
 
 
-def _whole(value: object, label: str, low: int, high: int) -> int:
-    """A page number that must be an integer in [low, high], as an int (10.0 is 10; 10.5 is an error)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{label} is empty: enter a whole number from {low} to {high}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{label} must be a whole number, got {shorten(value, 40)}") from None
-    if not math.isfinite(number) or number != int(number):
-        raise UserError(f"{label} must be a whole number, got {value}")
-    if not low <= number <= high:
-        raise UserError(f"{label} must be from {low} to {high}, got {int(number)}")
-    return int(number)
+class Cancelled(Exception):
+    """The page's Cancel button was pressed."""
 
 
-def _real(value: object, label: str, check: Callable[[float], bool], expected: str) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{label} is empty: enter a number {expected}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{label} must be a number {expected}, got {shorten(value, 40)}") from None
-    if not math.isfinite(number) or not check(number):
-        raise UserError(f"{label} must be a number {expected}, got {value}")
-    return number
+@dataclass
+class Run:
+    """One panel's run: its request, the stream of its blocks, its files and what its log needs."""
+
+    label: str
+    pipe: Pipeline
+    request: Request
+    settings: dict
+    stream: Iterator[BlockEvent] | None = None
+    writers: list[VideoWriter] = field(
+        default_factory=list
+    )  # the mp4 for download, an upscaled one for display
+    scale: int = 0  # display factor, known at the first decoded block
+    out: GenerationOutput = field(default_factory=lambda: GenerationOutput(torch.empty(0)))
 
 
 def upscale(frame: np.ndarray, factor: int) -> np.ndarray:
@@ -132,17 +157,8 @@ def mark_pruned(frame: np.ndarray) -> np.ndarray:
     return framed
 
 
-@dataclass
-class _Output:
-    """Where one panel's video goes as it is decoded: the mp4 for download and an upscaled one for display."""
-
-    decoder: object  # the backend decoder's streaming() state
-    writers: list[VideoWriter]
-    scale: int = 0  # display factor, known at the first decoded block
-
-
 class DemoRunner:
-    """Checks page requests and streams their runs on one loaded backend. One run at a time: the page's queue
+    """Checks page values and streams their runs on one loaded backend. One run at a time: the page's queue
     serialises requests, and a lock makes sure of it for other callers."""
 
     def __init__(self, backend: Backend, preset: str | None, max_latent_frames: int, embed_cache: Path):
@@ -156,74 +172,73 @@ class DemoRunner:
     def toy(self) -> bool:
         return self.backend.name == "toy"
 
-    def check(self, request: DemoRequest) -> list[tuple[str, RunConfig]]:
-        """The runs a request asks for, as (panel label, run config); a `UserError` names what to change."""
+    def check(self, values: dict[str, Any]) -> list[Run]:
+        """The runs the page's values ask for (keys: the `PAGE_OPTIONS`' and `PAGE_LABELS`'; a missing one takes
+        its default); a `UserError` names what to change."""
         names = pipeline_names()
-        if request.pipeline not in names:
-            raise UserError(
-                f"Pipeline must be one of {', '.join(names)}, got {shorten(request.pipeline, 40)}"
-            )
-        frames = _whole(request.latent_frames, "Latent frames", 1, self.max_latent_frames)
-        _whole(request.seed, "Seed", 0, MAX_SEED)
-        if request.flowmo not in FLOWMO_MODES:
-            raise UserError(
-                f"FlowMo must be one of {', '.join(FLOWMO_MODES)}, got {shorten(request.flowmo, 40)}"
-            )
-        if self.toy:
-            _whole(request.scene, "Toy scene", 0, MAX_SEED)
-        elif not (request.prompt or "").strip():
-            raise UserError("Prompt is empty: describe the video to generate")
-        trim = {"p": _real(request.p, "p", lambda x: 0 < x < 1, "with 0 < p < 1"),
-                "lam": _real(request.lam, "λ", lambda x: x >= 0, ">= 0")}  # fmt: skip
-        # (panel label, TokenTrim on, FlowMo mode); side by side, the baseline of the paper's comparisons (and
-        # bench's): TokenTrim and FlowMo off
-        chosen = [("TokenTrim" if request.tokentrim else "baseline", request.tokentrim, request.flowmo)]
-        if request.side_by_side:
-            chosen = [("baseline", False, "off"), ("TokenTrim", True, request.flowmo)]
-        runs = []
-        for label, enabled, flowmo in chosen:
-            updates = {"pipeline": request.pipeline, "tokentrim": {**trim, "enabled": enabled},
-                       "flowmo": {"mode": flowmo}}  # fmt: skip
-            run = load_run_config(default_config_path(request.pipeline, self.preset), [], updates)
-            observed = self.backend.model.config.frames_per_block if self.toy else 0
-            check_request(self.backend.model.config, run, frames, observed)
-            runs.append((label, run))
-        return runs
-
-    def inputs(self, request: DemoRequest) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-        """(prompt embeddings `[1, text_len, text_dim]`, observed prefix latents or None, recorded settings)."""
-        from tokentrim.wan.text_encoder import encode_prompts
-
-        prefix, settings = None, {}
-        if self.toy:
-            from tokentrim.toy import observed_start
-
-            scene = int(request.scene)
-            prompt, prefix = observed_start(scene)
-            settings["scene"] = scene
-        else:
-            prompt = request.prompt.strip()
+        pipeline = values.get("pipeline", names[0])
+        if pipeline not in names:
+            raise UserError(f"Pipeline must be one of {', '.join(names)}, got {shorten(pipeline, 40)}")
         if self.backend.encoder_factory is None or self.backend.decoder is None:
             raise UserError(
                 "the demo needs a text encoder and a decoder: start it with a preset or a model folder"
             )
-        embeds = encode_prompts([prompt], self.backend.encoder_factory, self.embed_cache, offload="cpu")
-        return embeds, prefix, {"prompt": prompt, **settings}
+        got = {o.key: page_value(o, values.get(o.key, o.default)) for o in PAGE_OPTIONS}
+        if got["latent_frames"] > self.max_latent_frames:
+            raise UserError(f"Latent frames must be at most {self.max_latent_frames} on this server, "
+                            f"got {got['latent_frames']}")  # fmt: skip
+        prompt, start, inputs = self._inputs(values)
+        updates = {"pipeline": pipeline, "tokentrim": {}, "flowmo": {}}
+        for key, value in got.items():
+            if "." in key:
+                section, name = key.split(".")
+                updates[section][name] = value
+        run = load_run_config(default_config_path(pipeline, self.preset), [], updates)
+        chosen = [("TokenTrim" if run.tokentrim.enabled else "baseline", run)]
+        if values.get("side_by_side"):  # the baseline of the paper's comparisons (and bench's), and TokenTrim
+            trimmed = load_run_config(default_config_path(pipeline, self.preset), [],
+                                      {**updates, "tokentrim": {**updates["tokentrim"], "enabled": True}})  # fmt: skip
+            chosen = [("baseline", trimmed.baseline()), ("TokenTrim", trimmed)]
+        runs = []
+        for label, run in chosen:
+            pipe = Pipeline(self.backend, run, offload="cpu", embed_cache=self.embed_cache)
+            request = pipe.request(prompt, latent_frames=got["latent_frames"], seed=got["seed"], start=start)
+            pipe.check(request)
+            runs.append(Run(label, pipe, request, self._settings(run, request, inputs)))
+        return runs
 
-    def stream(self, request: DemoRequest, out_dir: Path, cancel: threading.Event) -> Iterator[DemoUpdate]:
-        """Run a request, yielding an update per decoded block and a last one that says how it ended. Never
-        raises for a bad request or a failed run: the last update's status says what happened."""
+    def _inputs(self, values: dict) -> tuple[str, torch.Tensor | None, dict]:
+        """(prompt, observed first latents or None, what the log records about them)."""
+        if self.toy:
+            from tokentrim.toy import observed_start
+
+            scene = page_value(SCENE, values.get("scene"))
+            prompt, start = observed_start(scene)
+            return prompt, start, {"prompt": prompt, "scene": scene}
+        prompt = (values.get("prompt") or "").strip()
+        if not prompt:
+            raise UserError("Prompt is empty: describe the video to generate")
+        return prompt, None, {"prompt": prompt}
+
+    def _settings(self, run: RunConfig, request: Request, inputs: dict) -> dict:
+        model = self.backend.model
+        return video_settings(run, seed=request.seed, latent_frames=request.latent_frames,
+                              observed_frames=request.observed_frames, backend=self.backend.name,
+                              dtype=model.patch_embedding.weight.dtype, attention=model.attention_backend, **inputs)  # fmt: skip
+
+    def stream(self, values: dict[str, Any], out_dir: Path, cancel: threading.Event) -> Iterator[DemoUpdate]:
+        """Run what the page asks for, yielding an update per decoded block and a last one that says how it ended.
+        Never raises for bad values or a failed run: the last update's status says what happened."""
         panels: list[Panel] = []
         try:
-            runs = self.check(request)
+            runs = self.check(values)
             # Never wait here: the page's queue already serialises runs, and a wait could be forever if a
             # reader dropped a stream without closing it.
             if not self._lock.acquire(blocking=False):
                 raise UserError("another run is in progress on this server; try again when it has finished")
             try:
-                embeds, prefix, settings = self.inputs(request)
-                panels = [Panel(label) for label, _ in runs]
-                yield from self._generate(request, runs, panels, embeds, prefix, settings, out_dir, cancel)
+                panels = [Panel(run.label) for run in runs]
+                yield from self._generate(runs, panels, out_dir, cancel)
             finally:
                 self._lock.release()
         except Cancelled:
@@ -241,84 +256,65 @@ class DemoRunner:
                 _snapshot(panels), f"Internal error ({what}); the server log has the details.", "error"
             )
 
-    def _generate(
-        self,
-        request: DemoRequest,
-        runs: list[tuple[str, RunConfig]],
-        panels: list[Panel],
-        embeds: torch.Tensor,
-        prefix: torch.Tensor | None,
-        settings: dict,
-        out_dir: Path,
-        cancel: threading.Event,
-    ) -> Iterator[DemoUpdate]:
-        """The runs of a request, one block of each in turn, into their panels and files."""
-        backend, frames, seed = self.backend, int(request.latent_frames), int(request.seed)
-        device = getattr(backend.decoder, "device", torch.device("cpu"))
-        start = time.perf_counter()
-
-        def launch(run: RunConfig) -> BlockStream:
-            return BlockStream(lambda on_block: run_video(backend, run, embeds, latent_frames=frames, seed=seed,
-                               prefix=prefix, on_block=on_block, progress=False, settings=settings))  # fmt: skip
-
-        streams = [launch(run) for _, run in runs]
-        outputs = [_Output(backend.decoder.streaming(), []) for _ in runs]
+    def _generate(self, runs: list[Run], panels: list[Panel], out_dir: Path,
+                  cancel: threading.Event) -> Iterator[DemoUpdate]:  # fmt: skip
+        """The runs, one block of each in turn (a round robin over their streams), into their panels and files."""
+        start, frames = time.perf_counter(), runs[0].request.latent_frames
         try:
-            active = list(range(len(runs)))
+            for run in runs:
+                run.stream = run.pipe.run(run.request)
+            active = list(zip(runs, panels, strict=True))
             while active:
-                for i in list(active):  # one block of each run in turn
+                for run, panel in list(active):
                     if cancel.is_set():
                         raise Cancelled
-                    event = streams[i].next_block()
+                    event = next(run.stream, None)
                     if event is None:
-                        active.remove(i)
-                        self._finish(panels[i], outputs[i], streams[i].result, out_dir)
+                        active.remove((run, panel))
+                        self._finish(run, panel, out_dir)
                         continue
-                    with torch.inference_mode():
-                        decoded = outputs[i].decoder.decode(event.latents.to(device))[0].cpu().numpy()
-                    self._show(panels[i], outputs[i], event, decoded, out_dir)
-                    yield DemoUpdate(_snapshot(panels), _progress(panels, frames, backend), "running")
+                    self._show(run, panel, event, out_dir)
+                    yield DemoUpdate(_snapshot(panels), _progress(panels, frames, self.backend), "running")
         except BaseException:
-            for output in outputs:  # unfinished videos are dropped (their temporary files removed)
-                for writer in output.writers:
+            for run in runs:  # unfinished videos are dropped (their temporary files removed)
+                for writer in run.writers:
                     writer.close(ok=False)
             raise
         finally:
-            for s in streams:
-                s.close()
-        wall = time.perf_counter() - start
-        yield DemoUpdate(_snapshot(panels), _summary(panels, wall), "done")
+            for run in runs:
+                if run.stream is not None:
+                    run.stream.close()
+        yield DemoUpdate(_snapshot(panels), _summary(panels, time.perf_counter() - start), "done")
 
-    def _show(
-        self, panel: Panel, output: _Output, event: BlockEvent, decoded: np.ndarray, out_dir: Path
-    ) -> None:
+    def _show(self, run: Run, panel: Panel, event: BlockEvent, out_dir: Path) -> None:
         """A decoded block into the panel (preview, records) and the panel's videos."""
-        if not output.writers:  # first block: the frame size is known now
+        decoded = event.decoded[0].numpy()
+        if not run.writers:  # first block: the frame size is known now
             h, w = decoded.shape[1:3]
-            output.scale = max(1, DISPLAY_SIZE // min(h, w))
+            run.scale = max(1, DISPLAY_SIZE // min(h, w))
             stem = out_dir / panel.label.lower()
             panel.video = stem.with_suffix(".mp4")
-            panel.display_video = (
-                stem.with_name(f"{stem.name}_display.mp4") if output.scale > 1 else panel.video
-            )
-            output.writers.append(VideoWriter(panel.video, fps=self.backend.fps))
-            if output.scale > 1:
-                output.writers.append(VideoWriter(panel.display_video, fps=self.backend.fps))
-        output.writers[0].append(decoded)
-        if output.scale > 1:
-            output.writers[1].append(upscale(decoded, output.scale))
-        block = event.start // self.backend.model.config.frames_per_block
-        panel.records = event.records
+            panel.display_video = stem.with_name(f"{stem.name}_display.mp4") if run.scale > 1 else panel.video
+            run.writers.append(VideoWriter(panel.video, fps=self.backend.fps))
+            if run.scale > 1:
+                run.writers.append(VideoWriter(panel.display_video, fps=self.backend.fps))
+        run.writers[0].append(decoded)
+        if run.scale > 1:
+            run.writers[1].append(upscale(decoded, run.scale))
+        if event.record is not None:
+            run.out.records.append(event.record)
+        run.out.flowmo_losses += event.flowmo_losses
+        run.out.wall_s += event.loop_s
+        panel.records = list(run.out.records)
         panel.frames += len(decoded)
-        preview = upscale(decoded[-1], output.scale)
-        panel.preview = mark_pruned(preview) if block in panel.pruned else preview
+        preview = upscale(decoded[-1], run.scale)
+        panel.preview = mark_pruned(preview) if event.block in panel.pruned else preview
 
-    def _finish(self, panel: Panel, output: _Output, result: VideoResult, out_dir: Path) -> None:
-        for writer in output.writers:
+    def _finish(self, run: Run, panel: Panel, out_dir: Path) -> None:
+        for writer in run.writers:
             writer.close()
-        output.writers.clear()
-        panel.records = list(result.records)
-        panel.log = write_json(out_dir / f"{panel.label.lower()}.json", result.log())
+        run.writers.clear()
+        panel.log = write_json(out_dir / f"{panel.label.lower()}.json", decision_log(run.settings, run.out))
 
 
 def _snapshot(panels: list[Panel]) -> list[Panel]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tokentrim.errors import UserError
+from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 
 KINDS = ("blob", "foreign", "noise", "cast")
 
@@ -89,17 +90,38 @@ def corrupt(
     return out
 
 
-def injector(fault: Fault, frames_per_block: int, mask: torch.Tensor, foreign: torch.Tensor | None = None):
-    """A pipeline `alter` callback that corrupts block `fault.block` (only it) and records what it did."""
-    start = fault.block * frames_per_block
-    applied: list[torch.Tensor] = []
+class FaultHook:
+    """A `BlockHook` around another (TokenTrim, scoring only or pruning): it passes every decision through and,
+    once block `fault.block` is accepted, corrupts it before its clean pass (`corrupt`), so the fault enters the
+    cache and the video. `applied` holds the injected error energy once the block has passed.
 
-    def alter(s: int, x0: torch.Tensor) -> torch.Tensor:
-        if s != start:
+    foreign: the other rollout's latents `[B, F, C, H, W]` (a `foreign` fault copies its block)."""
+
+    def __init__(
+        self, inner: BlockHook, fault: Fault, mask: torch.Tensor, foreign: torch.Tensor | None = None
+    ):
+        self.inner, self.fault, self.mask, self.foreign = inner, fault, mask, foreign
+        self.applied: list[torch.Tensor] = []
+
+    @property
+    def records(self) -> list[BlockRecord]:
+        return self.inner.records
+
+    def propose(self, block: int, frames: range, x0: torch.Tensor) -> Verdict:
+        return self.inner.propose(block, frames, x0)
+
+    def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
+        return self.inner.regenerated(block, x0, tokens_removed, regenerations)
+
+    def switched(self, block: int) -> None:
+        self.inner.switched(block)
+
+    def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
+        x0 = self.inner.accepted(block, x0)
+        if block != self.fault.block:
             return x0
-        bad = corrupt(fault, x0, mask, None if foreign is None else foreign[:, s : s + x0.shape[1]])
-        applied.append((bad - x0).float().pow(2).sum().cpu())
+        s = block * x0.shape[1]
+        foreign = None if self.foreign is None else self.foreign[:, s : s + x0.shape[1]]
+        bad = corrupt(self.fault, x0, self.mask, foreign)
+        self.applied.append((bad - x0).float().pow(2).sum().cpu())
         return bad
-
-    alter.applied = applied  # the injected error energy, once the block has passed
-    return alter

@@ -1,6 +1,8 @@
-"""Running a video: `run_video` generates in memory and returns a `VideoResult` (latents, records, timings,
-a frame iterator); `write_outputs` turns one into files (mp4, PNG frames, latents, decision log). Batch runs
-over a prompt file are resumable and sharded over ranks (rank r takes prompts r, r + W, ...)."""
+"""Writing videos as they are generated: `VideoFiles` appends each decoded block to the mp4 (and the PNG
+frames) under a temporary name and renames the files when the video is complete, so nothing waits for the end
+and no more than a block's frames are held; `write_video_files` runs a stream through it, then writes the latents
+and the decision log. Batch runs over a prompt file are resumable and sharded over ranks (rank r takes prompts
+r, r + W, ...)."""
 
 from __future__ import annotations
 
@@ -9,101 +11,93 @@ import json
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from tokentrim.app.backends import Backend
-from tokentrim.app.inputs import Observation
+from tokentrim.app.api import Shown, Video
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
 from tokentrim.files import atomic_dir, atomic_path, write_json
-from tokentrim.pipelines import REGISTRY, BlockPipeline
-from tokentrim.pipelines.common import BlockTransform
+from tokentrim.pipelines import REGISTRY, BlockEvent, GenerationOutput, Start
 from tokentrim.video import VideoWriter, write_png_frames
-from tokentrim.wan import WanConfig, build_model
-from tokentrim_core.hook import BlockRecord
-from tokentrim_core.trim import TokenTrim
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BlockEvent:
-    """Frames that just became final, with every decision so far (for live displays)."""
+class VideoFiles:
+    """The mp4 and the PNG frames (`frames_dir/00000.png`, ...) of one video, written as its blocks arrive. Both go
+    under temporary names beside their destinations and are renamed by `close()` once complete; an error, an
+    interrupt or `close(ok=False)` removes them. `start`: how an observed start shows (`Shown`)."""
 
-    start: int  # first latent frame
-    latents: torch.Tensor  # [B, f, C, H, W]
-    records: list[BlockRecord]
+    def __init__(
+        self, video: Path | None, frames_dir: Path | None, fps: int, start: Start | torch.Tensor | None
+    ):
+        self._stack = contextlib.ExitStack()
+        self.shown, self.written = Shown(start), 0
+        self.writer = self._stack.enter_context(VideoWriter(video, fps=fps)) if video is not None else None
+        self.png = self._stack.enter_context(atomic_dir(frames_dir)) if frames_dir is not None else None
 
+    def add(self, event: BlockEvent) -> None:
+        """One block's decoded frames into the files."""
+        frames = self.shown.frames(event)
+        if self.writer is not None:
+            self.writer.append(frames)
+        if self.png is not None:  # lossless copies of the decoded frames, numbered from 0
+            write_png_frames(self.png, frames, start=self.written)
+        self.written += len(frames)
 
-@dataclass
-class VideoResult:
-    """One generated video, in memory."""
+    def written_from(self, events: Iterable[BlockEvent]) -> Iterator[BlockEvent]:
+        """`events`, each written before it is passed on."""
+        for event in events:
+            self.add(event)
+            yield event
 
-    latents: torch.Tensor  # [B, F, C, H, W] on the CPU, the model dtype
-    records: list[BlockRecord]
-    flowmo_losses: list[list[float]]
-    settings: dict  # what produced it (the decision log's "config")
-    timings: dict = field(default_factory=dict)  # wall_s (generation, no decoding)
-    decoder: object | None = None
-    fps: int = 16
-    frames_per_block: int = 3
-    drop: tuple[int, int] = (0, 0)  # decoded frames [a, b) not shown (an image start's repeats, a given clip)
-    lead: np.ndarray | None = None  # uint8 frames shown before the decoded ones (--keep-init)
+    def __enter__(self) -> VideoFiles:
+        return self
 
-    def frames(self, sample: int = 0) -> Iterator[np.ndarray]:
-        """The video's uint8 frames `[t, H, W, 3]` of one sample: `lead`, then the latents decoded block by block
-        (a streaming decode, equal to decoding all latents at once) without the `drop` range."""
-        if self.decoder is None:
-            raise UserError("this backend has no decoder: only latents and the decision log can be written")
-        if self.lead is not None:
-            yield self.lead
-        stream = self.decoder.streaming()
-        device = getattr(self.decoder, "device", torch.device("cpu"))
-        latents = self.latents[sample : sample + 1]
-        first = 0  # index of the chunk's first decoded frame
-        for s in range(0, latents.shape[1], self.frames_per_block):
-            chunk = stream.decode(latents[:, s : s + self.frames_per_block].to(device))[0].cpu().numpy()
-            keep = [i for i in range(len(chunk)) if not self.drop[0] <= first + i < self.drop[1]]
-            first += len(chunk)
-            if keep:
-                yield chunk if len(keep) == len(chunk) else chunk[keep]
-
-    def log(self) -> dict:
-        """The decision log document: {"config", "blocks", "flowmo_losses", "timings"}."""
-        return {"config": self.settings, "blocks": [r.to_dict() for r in self.records],
-                "flowmo_losses": self.flowmo_losses, "timings": self.timings}  # fmt: skip
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._stack.close()
+        else:
+            self._stack.__exit__(exc_type, exc, tb)
 
 
-def make_pipeline(backend: Backend, run: RunConfig) -> BlockPipeline:
-    return run.entry.pipeline(backend.model, run.sampler)
+def decision_log(settings: dict, out: GenerationOutput | Video) -> dict:
+    """The decision log document: {"config", "blocks", "flowmo_losses", "timings"} (timings: the loop's wall
+    time, no decoding or writing)."""
+    return {"config": settings, "blocks": [r.to_dict() for r in out.records], "flowmo_losses": out.flowmo_losses,
+            "timings": {"wall_s": out.wall_s}}  # fmt: skip
+
+
+def write_video_files(
+    events: Iterable[BlockEvent],
+    *,
+    settings: dict,
+    fps: int,
+    start: Start | torch.Tensor | None = None,
+    video: Path | None = None,
+    log: Path | None = None,
+    latents: Path | None = None,
+    frames_dir: Path | None = None,
+) -> GenerationOutput:
+    """Run a stream to its end, writing what is asked as it goes: the mp4 and PNG frames block by block (the
+    events must carry decoded frames), then the latents of sample 0, and the decision log last (a video counts as
+    finished, for batch resume, once its log exists)."""
+    with VideoFiles(video, frames_dir, fps, start) as files:
+        out = GenerationOutput.collect(files.written_from(events) if video or frames_dir else events)
+    if latents is not None:
+        with atomic_path(latents) as tmp:
+            torch.save(out.latents[0].float(), tmp)
+    if log is not None:
+        write_json(log, decision_log(settings, out))
+    return out
 
 
 def switching_pipelines() -> list[str]:
     """The registered pipelines that can switch prompts."""
     return [name for name, entry in REGISTRY.items() if entry.pipeline.switching]
-
-
-def request_pipeline(config: WanConfig, run: RunConfig) -> BlockPipeline:
-    """The run's pipeline on a meta-device model (no weights): its checks and block size before anything loads."""
-    return run.entry.pipeline(build_model(config, device="meta"), run.sampler)
-
-
-def check_request(config: WanConfig, run: RunConfig, latent_frames: int, observed_frames: int = 0) -> None:
-    """The frame counts against the model and the pipeline's limits, before any weights load."""
-    pipe = request_pipeline(config, run)
-    pipe.check_num_frames(latent_frames)
-    if observed_frames and latent_frames - observed_frames < pipe.min_frames:
-        raise UserError(
-            f"{pipe.title} with {observed_frames} observed frames needs at least {observed_frames + pipe.min_frames} "
-            f"latent frames in all, got {latent_frames}",
-            field="num_frames",
-        )
 
 
 def video_settings(
@@ -133,82 +127,6 @@ def setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
             changes.append(f"{prefix}{key}: {a} -> {b}")
     return changes
-
-
-def run_video(
-    backend: Backend,
-    run: RunConfig,
-    prompt_embeds: torch.Tensor,
-    *,
-    latent_frames: int,
-    seed: int,
-    prefix: torch.Tensor | None = None,
-    observation: Observation | None = None,
-    on_block: Callable[[BlockEvent], None] | None = None,
-    progress: bool = True,
-    settings: dict | None = None,
-    alter: BlockTransform | None = None,
-    switches: Sequence[tuple[int, torch.Tensor]] = (),
-) -> VideoResult:
-    """One video in memory: the pipeline of `run` with the TokenTrim hook (and FlowMo) of `run`.
-
-    prompt_embeds `[1, <= text_len, text_dim]`; prefix: observed first latent frames (see the pipelines), or an
-    `observation` (image / video start, `tokentrim.app.inputs`) that the backend's VAE encodes into them;
-    on_block: called as frames become final; settings: extra entries for the record of what produced it;
-    alter: changes accepted blocks before they are committed (`tokentrim.app.faults`); switches: prompt switches
-    `(first latent frame, prompt_embeds)` (`tokentrim.app.timeline`), re-cached as `run.tokentrim.switch_pruning`
-    says."""
-    if observation is not None:
-        if prefix is not None or backend.decoder is None:
-            raise UserError("give either latents (`prefix`) or an observation, with a backend that has a VAE")
-        prefix = backend.decoder.encode(torch.from_numpy(observation.frames)[None])
-        assert prefix.shape[1] == observation.latent_frames
-        settings = {**(settings or {}), "init": observation.settings}
-    hook = TokenTrim(run.tokentrim, backend.model.config.patch_size[1:])
-    callback = None if on_block is None else (lambda s, x0: on_block(BlockEvent(s, x0, hook.records)))
-    pipe = make_pipeline(backend, run)
-    start = time.perf_counter()
-    out = pipe(
-        prompt_embeds, latent_frames, seed=seed, hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise,
-        on_block=callback, progress=progress, prefix=prefix, alter=alter, switches=switches,
-        switch_pruning=run.tokentrim.switch_pruning,
-    )  # fmt: skip
-    wall = time.perf_counter() - start
-    model = backend.model
-    config = video_settings(run, seed=seed, latent_frames=latent_frames, observed_frames=0 if prefix is None else
-                            prefix.shape[1], backend=backend.name, dtype=model.patch_embedding.weight.dtype,
-                            attention=model.attention_backend, **(settings or {}))  # fmt: skip
-    shown = {} if observation is None else {"drop": observation.drop, "lead": observation.lead}
-    return VideoResult(out.latents.cpu(), out.records, out.flowmo_losses, config, {"wall_s": wall}, backend.decoder,
-                       backend.fps, pipe.frames_per_block, **shown)  # fmt: skip
-
-
-def write_outputs(
-    result: VideoResult,
-    *,
-    video: Path | None = None,
-    log: Path | None = None,
-    latents: Path | None = None,
-    frames_dir: Path | None = None,
-) -> None:
-    """Write what is asked: the mp4 (and PNG frames `frames_dir/00000.png`, ...), the latents of sample 0, and
-    the decision log last (a video counts as finished, for batch resume, once its log exists)."""
-    if video is not None or frames_dir is not None:
-        with contextlib.ExitStack() as stack:
-            writer = stack.enter_context(VideoWriter(video, fps=result.fps)) if video is not None else None
-            png = stack.enter_context(atomic_dir(frames_dir)) if frames_dir is not None else None
-            written = 0
-            for frames in result.frames():
-                if writer is not None:
-                    writer.append(frames)
-                if png is not None:  # lossless copies of the decoded frames, numbered from 0
-                    write_png_frames(png, frames, start=written)
-                written += len(frames)
-    if latents is not None:
-        with atomic_path(latents) as tmp:
-            torch.save(result.latents[0].float(), tmp)
-    if log is not None:
-        write_json(log, result.log())
 
 
 def unfinished(jobs: list[tuple], settings_of: Callable[..., dict], overwrite: bool = False) -> list[tuple]:
@@ -277,11 +195,3 @@ def rank_and_world() -> tuple[int, int]:
 def batch_outputs(out_dir: Path, index: int, prompt: str) -> tuple[Path, Path]:
     stem = f"{index:04d}_{slugify(prompt)}"
     return out_dir / f"{stem}.mp4", out_dir / f"{stem}.json"
-
-
-def encode(backend: Backend, prompts: list[str], offload: str) -> torch.Tensor:
-    from tokentrim.wan.text_encoder import encode_prompts
-
-    if backend.encoder_factory is None:
-        raise UserError("this backend has no text encoder; use a preset or a model folder")
-    return encode_prompts(prompts, backend.encoder_factory, offload=offload)

@@ -1,5 +1,5 @@
 """Observed starts: an image (`--init-image`) or the end of a video (`--init-video`) as the first latent frames
-of a rollout (the pipelines' `prefix`), read and checked before any weights load.
+of a rollout (a `Request`'s `Start`, encoded by the VAE), read and checked before any weights load.
 
 * Size: frames are brought to the model's frame size (latent grid x the VAE's spatial stride) either by
   `stretch` (bilinear resize, aspect ratio not kept — what the Causal Forcing reference does,
@@ -17,25 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tokentrim.errors import UserError
+from tokentrim.pipelines import Start
 
 RESIZE_MODES = ("stretch", "crop")
-
-
-@dataclass
-class Observation:
-    """Frames to encode and commit before generating, and how they show in the written video."""
-
-    frames: np.ndarray  # uint8 [T, H, W, 3] at the model's frame size
-    latent_frames: int  # what they encode to (a multiple of the block)
-    drop: tuple[int, int] = (0, 0)  # decoded output frames [a, b) that are not written
-    lead: np.ndarray | None = None  # frames written before the decoded ones
-    settings: dict = field(default_factory=dict)  # what they were made from (recorded in the decision log)
 
 
 def latent_frames_of(video_frames: int, temporal: int) -> int | None:
@@ -85,7 +74,7 @@ def resize(frames: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
 
 def image_start(
     path: str | os.PathLike, size: tuple[int, int], block: int, temporal: int, mode: str = "stretch"
-) -> Observation:
+) -> Start:
     """An image as the first block (see the module docstring)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -102,7 +91,7 @@ def image_start(
     frame = resize(pixels[None], size, mode)
     clip = video_frames_of(block, temporal)
     settings = {"kind": "image", "path": str(path), "sha256": _sha256(path), "resize": mode}
-    return Observation(np.repeat(frame, clip, axis=0), block, drop=(1, clip), settings=settings)
+    return Start(np.repeat(frame, clip, axis=0), block, drop=(1, clip), settings=settings)
 
 
 def video_start(
@@ -113,7 +102,7 @@ def video_start(
     frames: int | None = None,
     mode: str = "stretch",
     keep: bool = False,
-) -> Observation:
+) -> Start:
     """The last `frames` frames of a video as the first blocks (default: one block's worth)."""
     from tokentrim.video import read_video
 
@@ -132,4 +121,4 @@ def video_start(
                 "keep": keep}  # fmt: skip
     lead = resize(video, size, mode) if keep else None
     tail = lead[-n:] if lead is not None else resize(video[-n:], size, mode)
-    return Observation(tail, latents, drop=(0, n), lead=lead, settings=settings)
+    return Start(tail, latents, drop=(0, n), lead=lead, settings=settings)

@@ -18,20 +18,22 @@ import statistics
 from pathlib import Path
 
 from tokentrim.app.backends import PRESETS
+from tokentrim.app.run_config import BASELINE
 from tokentrim.errors import UserError
 from tokentrim.eval.command import check_segment_seconds
 from tokentrim.files import write_json, write_text
 from tokentrim.pipelines import pipeline_names
 
 logger = logging.getLogger(__name__)
-# name -> (tokentrim enabled, p, flowmo mode); the paper's rows (Tables 1-4; docs/spec.md#the-tokentrim-paper)
+# name -> what the variant changes in the run config (the paper's rows, Tables 1-4; docs/spec.md#the-tokentrim-paper); the rest is the
+# shipped config: TokenTrim at the paper's settings, FlowMo on the first block.
 VARIANTS = {
-    "baseline": (False, 0.1, "off"),
-    "tokentrim": (True, 0.1, "first_block"),
-    "flowmo_every_block": (False, 0.1, "every_block"),
-    "tokentrim_p0.05": (True, 0.05, "first_block"),
-    "tokentrim_p0.2": (True, 0.2, "first_block"),
-    "tokentrim_no_flowmo": (True, 0.1, "off"),
+    "baseline": BASELINE,
+    "tokentrim": {},
+    "flowmo_every_block": {"tokentrim": {"enabled": False}, "flowmo": {"mode": "every_block"}},
+    "tokentrim_p0.05": {"tokentrim": {"p": 0.05}},
+    "tokentrim_p0.2": {"tokentrim": {"p": 0.2}},
+    "tokentrim_no_flowmo": {"flowmo": {"mode": "off"}},
 }
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
@@ -47,11 +49,6 @@ def default_prompts(preset: str | None) -> list[str]:
     return [
         p for p in (PROMPTS_DIR / "paper_30s.txt").read_text().splitlines() if p and not p.startswith("#")
     ]
-
-
-def variant_updates(name: str) -> dict:
-    enabled, p, flowmo = VARIANTS[name]
-    return {"tokentrim": {"enabled": enabled, "p": p}, "flowmo": {"mode": flowmo}}
 
 
 def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
@@ -72,10 +69,10 @@ def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
         checkpoint = args.checkpoints.get(pipeline)
         config = bk.model_config(args.preset, args.model_dir)
         for variant in args.variants:
-            updates = {"pipeline": pipeline, **variant_updates(variant)}
+            updates = {"pipeline": pipeline, **VARIANTS[variant]}
             run = load_run_config(default_config_path(pipeline, args.preset), args.overrides, updates)
-            gen.check_request(
-                config, run, args.latent_frames, 0 if prefixes[0] is None else prefixes[0].shape[1]
+            run.request(prompts[0], args.latent_frames, seed=args.seed, start=prefixes[0]).check(
+                run.checker(config)
             )
             for i, prompt in enumerate(prompts):
                 video, log = gen.batch_outputs(out / "videos" / pipeline / variant, i, prompt)
@@ -91,9 +88,11 @@ def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
 
 
 def generate_grid(args, jobs: list[dict]) -> list[dict]:
-    """Generate every job not finished with the same settings; return one row per job."""
+    """Generate every job not finished with the same settings, each video's files written as it is generated;
+    return one row per job."""
     from tokentrim.app import backends as bk
     from tokentrim.app import generate as gen
+    from tokentrim.app.api import Pipeline
 
     pending = [job for job in jobs if gen.unfinished(
         [(job["prompt_index"], job["prompt"], job["video"], job["log"], job["seed"])],
@@ -105,13 +104,12 @@ def generate_grid(args, jobs: list[dict]) -> list[dict]:
             loaded[key] = bk.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=job["checkpoint"],
                                           device=args.device_, dtype=args.dtype_)  # fmt: skip
             prompts = sorted({j["prompt"] for j in pending})
-            encoded[key] = dict(zip(prompts, gen.encode(loaded[key], prompts, "cpu"), strict=True))
-        result = gen.run_video(loaded[key], job["run"], encoded[key][job["prompt"]][None],
-                               latent_frames=args.latent_frames, seed=job["seed"], prefix=job["prefix"],
-                               progress=False, settings=job["extra"])  # fmt: skip
-        gen.write_outputs(
-            result, video=job["video"], log=job["log"], latents=job["video"].with_suffix(".latents.pt")
-        )
+            encoded[key] = dict(zip(prompts, Pipeline(loaded[key], job["run"]).embed(prompts), strict=True))
+        pipe = Pipeline(loaded[key], job["run"])
+        request = pipe.request(encoded[key][job["prompt"]][None], latent_frames=args.latent_frames, seed=job["seed"],
+                               start=job["prefix"])  # fmt: skip
+        gen.write_video_files(pipe.run(request), settings=job["settings"], fps=pipe.fps, video=job["video"],
+                              log=job["log"], latents=job["video"].with_suffix(".latents.pt"))  # fmt: skip
         print(f"[{job['pipeline']}/{job['variant']}] {job['video']}")
     return [{k: str(job[k]) if k in ("video", "log") else job[k] for k in ("pipeline", "variant", "prompt_index",
              "video", "log")} for job in jobs]  # fmt: skip

@@ -58,64 +58,69 @@ def _detection(records, fault, horizon: int) -> dict:
             "precision": hit / len(first.pruned_positions), "recall": hit / len(bad)}  # fmt: skip
 
 
-def run_seed(backend, runs: dict, seed: int, kind: str, tokens: int, at_block: int, horizon: int,
-             latent_frames: int, start, shared: dict | None = None) -> dict:  # fmt: skip
-    """The four rollouts of one seed and their measures. start(seed) -> (prompt embeds, prefix or None).
+def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, horizon: int, latent_frames: int,
+             start, shared: dict | None = None) -> dict:  # fmt: skip
+    """The four rollouts of one seed and their measures. pipes: {"baseline", "tokentrim"} -> `Pipeline`;
+    start(seed) -> (prompt, observed first latents or None).
 
-    `shared`: a dict kept across calls with the same seed, settings and runs; the clean rollouts (and their drift
-    measures) do not depend on the fault, so the calls for the other kinds reuse them (deterministic: the same
-    seed gives the same rollout)."""
-    from tokentrim.app.faults import Fault, injector, region, token_mask
-    from tokentrim.app.generate import run_video
+    `shared`: a dict kept across calls with the same seed, settings and pipelines; the clean rollouts (and their
+    drift measures) do not depend on the fault, so the calls for the other kinds reuse them (deterministic: the
+    same seed gives the same rollout)."""
+    from tokentrim.app.faults import Fault, FaultHook, region, token_mask
     from tokentrim.eval import evaluate_frames
     from tokentrim.eval.summary import summary_row
+    from tokentrim_core.trim import TokenTrim
 
+    backend = pipes["baseline"].backend
     cfg = backend.model.config
-    grid, patch = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:]
+    grid, patch, fpb = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:], cfg.frames_per_block
     fault = Fault(kind, at_block, region(grid, tokens, np.random.default_rng(seed)), seed)
     mask = token_mask(fault.tokens, grid, patch)
-    embeds, prefix = start(seed)
+    prompt, prefix = start(seed)
     foreign = None
     if kind == "foreign":
-        other_embeds, other_prefix = start(seed + HELD_OUT_OTHER)
-        foreign = run_video(backend, runs["baseline"], other_embeds, latent_frames=latent_frames, seed=seed,
-                            prefix=other_prefix, progress=False).latents  # fmt: skip
+        other, other_prefix = start(seed + HELD_OUT_OTHER)
+        foreign = pipes["baseline"].generate(other, latent_frames=latent_frames, seed=seed, start=other_prefix,
+                                             decode=False).latents  # fmt: skip
     shared = {} if shared is None else shared
-    out, walls = {}, {}
-    for method, run in runs.items():
+    out, walls, hooks = {}, {}, {}
+    for method, pipe in pipes.items():
         for faulted in (False, True):
             name = f"{method}{'_fault' if faulted else ''}"
             if not faulted and method in shared:
                 out[(method, False)], walls[name] = shared[method]
                 continue
-            alter = injector(fault, backend.model.config.frames_per_block, mask, foreign) if faulted else None
+            hook = None
+            if faulted:
+                hook = hooks[method] = FaultHook(
+                    TokenTrim(pipe.run_config.tokentrim, patch), fault, mask, foreign
+                )
             t0 = time.perf_counter()
-            result = run_video(backend, run, embeds, latent_frames=latent_frames, seed=seed, prefix=prefix,
-                               progress=False, alter=alter)  # fmt: skip
+            out[(method, faulted)] = pipe.generate(prompt, latent_frames=latent_frames, seed=seed, start=prefix,
+                                                   decode=faulted is False and backend.decoder is not None,
+                                                   **({} if hook is None else {"hook": hook, "tokentrim": None}))  # fmt: skip
             walls[name] = time.perf_counter() - t0
-            out[(method, faulted)] = (result, alter)
             if not faulted:
                 shared[method] = (out[(method, False)], walls[name])
-    fpb = backend.model.config.frames_per_block
     row = {"seed": seed, "tokens": list(fault.tokens), "wall_s": walls}
     persistence = {}
-    for method in runs:
-        (clean, _), (bad, alter) = out[(method, False)], out[(method, True)]
-        injected = float(alter.applied[0]) if alter.applied else float("nan")
+    for method in pipes:
+        clean, bad, applied = out[(method, False)], out[(method, True)], hooks[method].applied
+        injected = float(applied[0]) if applied else float("nan")
         curve = [region_energy(bad.latents, clean.latents, mask, b, fpb) / injected
                  for b in range(at_block + 1, min(at_block + horizon, bad.latents.shape[1] // fpb - 1) + 1)]  # fmt: skip
         persistence[method] = {"persistence": float(sum(curve)), "curve": curve, "injected": injected}
     row["persistence"] = persistence
-    row["detection"] = _detection(out[("tokentrim", True)][0].records, fault, horizon)
-    clean_tt = out[("tokentrim", False)][0].records
+    row["detection"] = _detection(out[("tokentrim", True)].records, fault, horizon)
+    clean_tt = out[("tokentrim", False)].records
     row["placebo"] = _detection(clean_tt, fault, horizon)
     armed = [r for r in clean_tt if r.action in ("accept", "prune")]
     row["clean_trigger_rate"] = sum(r.action == "prune" for r in armed) / max(1, len(armed))
     if backend.decoder is not None:
         if "drift" not in shared:
             shared["drift"] = {}
-            for method in runs:
-                video = np.concatenate(list(out[(method, False)][0].frames()))
+            for method in pipes:
+                video = out[(method, False)].frames
                 report = evaluate_frames(
                     video, backend.fps, max(2 / backend.fps, len(video) / backend.fps / 4)
                 )
@@ -164,47 +169,45 @@ def aggregate(rows: list[dict]) -> dict:
 
 def cmd_stress(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.app import generate as gen
+    from tokentrim.app.api import Pipeline
     from tokentrim.app.faults import KINDS, check_tokens
     from tokentrim.app.run_config import default_config_path, load_run_config
     from tokentrim.files import check_output, write_json
 
+    # 1. Everything checked before weights load. FlowMo guides block 0, which the toy observes: it is off.
     kinds = list(KINDS) if args.kind == "all" else [args.kind]
     if args.json:
         check_output(args.json, "--json")
     path = args.config or default_config_path(args.pipeline, args.preset)
-    flowmo_off = {
-        "flowmo": {"mode": "off"}
-    }  # FlowMo guides block 0, which the toy observes: nothing to guide
-    runs = {"baseline": load_run_config(path, [], {"pipeline": args.pipeline, "tokentrim": {"enabled": False},
-                                                   **flowmo_off}),
-            "tokentrim": load_run_config(path, args.overrides, {"pipeline": args.pipeline, **flowmo_off})}  # fmt: skip
+    trimmed = load_run_config(path, args.overrides, {"pipeline": args.pipeline, "flowmo": {"mode": "off"}})
     config = backends.model_config(args.preset, None)
     check_tokens(args.tokens, config.tokens_per_frame, "--tokens")
-    pipe = gen.request_pipeline(config, runs["tokentrim"])
-    block = pipe.frames_per_block
-    observed = 1 if args.preset == "toy" else 0
+    checker = trimmed.checker(config)
+    block, observed = checker.frames_per_block, 1 if args.preset == "toy" else 0
     frames = args.latent_frames or block * (args.at_block + args.horizon + 2)
-    gen.check_request(config, runs["tokentrim"], frames, observed * block)
-    armed = observed + runs["tokentrim"].tokentrim.warmup + 1  # the first block that can trigger
+    start = None if not observed else torch.zeros(1, block, *checker.latent_shape)  # the toy's scene start
+    trimmed.request("(the seed's scene)", frames, seed=0, start=start).check(checker)
+    armed = observed + trimmed.tokentrim.warmup + 1  # the first block that can trigger
     if args.at_block < armed - 1:
         raise UserError(f"--at-block must be >= {armed - 1}: block {armed} is the first TokenTrim can prune after "
                         f"the warm-up (the fault at block J shows in block J + 1), got {args.at_block}")  # fmt: skip
     if (args.at_block + 2) * block > frames:
         raise UserError(f"--latent-frames {frames} leaves no block after --at-block {args.at_block}")
+    # 2. Per kind and seed: the four rollouts (the clean ones shared by the kinds)
     backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
                                     device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
-    start = _starts(backend, args.preset)
+    pipes = {name: Pipeline(backend, run, offload="none") for name, run in
+             (("baseline", trimmed.baseline()), ("tokentrim", trimmed))}  # fmt: skip
     report = {"settings": {"preset": args.preset, "pipeline": args.pipeline, "seeds": args.seeds, "kinds": kinds,
                            "tokens": args.tokens, "at_block": args.at_block, "horizon": args.horizon,
-                           "latent_frames": frames, "tokentrim": runs["tokentrim"].to_dict()["tokentrim"]},
+                           "latent_frames": frames, "tokentrim": trimmed.to_dict()["tokentrim"]},
               "by_kind": {}}  # fmt: skip
-    all_rows, shared = [], {seed: {} for seed in range(args.seeds)}  # clean rollouts, shared by the kinds
+    all_rows, shared = [], {seed: {} for seed in range(args.seeds)}
     for kind in kinds:
         rows = []
         for seed in range(args.seeds):
-            rows.append(run_seed(backend, runs, seed, kind, args.tokens, args.at_block, args.horizon, frames,
-                                 start, shared[seed]))  # fmt: skip
+            rows.append(run_seed(pipes, seed, kind, args.tokens, args.at_block, args.horizon, frames,
+                                 _starts(args.preset), shared[seed]))  # fmt: skip
             d = rows[-1]["detection"]
             print(f"{kind} seed {seed}: detected {d['detected']} recall {d['recall']:.2f}  persistence "
                   f"baseline {rows[-1]['persistence']['baseline']['persistence']:.3f} tokentrim "
@@ -222,20 +225,13 @@ def cmd_stress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _starts(backend, preset: str):
-    """seed -> (prompt embeddings, observed first block or None): a held-out toy scene, or a fixed prompt."""
-    from tokentrim.app.generate import encode
-
+def _starts(preset: str):
+    """seed -> (prompt, observed first block or None): a held-out toy scene, or a fixed prompt."""
     if preset == "toy":
         from tokentrim.toy import HELD_OUT_SCENES, observed_start
 
-        def toy_start(seed: int):
-            prompt, prefix = observed_start(HELD_OUT_SCENES + seed)
-            return encode(backend, [prompt], "none")[:1], prefix
-
-        return toy_start
-    embeds = encode(backend, ["a cat walks on the street"], "none")[:1]
-    return lambda seed: (embeds, None)
+        return lambda seed: observed_start(HELD_OUT_SCENES + seed)
+    return lambda seed: ("a cat walks on the street", None)
 
 
 def register(subparsers) -> None:
@@ -264,6 +260,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="write the report here")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
     p.add_argument(
-        "overrides", nargs="*", help="TokenTrim run's config overrides KEY=VALUE (e.g. tokentrim.lam=1)"
+        "overrides",
+        nargs="*",
+        help="config overrides KEY=VALUE, e.g. tokentrim.lam=1 (both runs; the baseline has TokenTrim off)",
     )
     p.set_defaults(func=cmd_stress)

@@ -20,35 +20,24 @@ from dataclasses import dataclass
 import torch
 
 from tokentrim.pipelines.common import Rollout
-from tokentrim.pipelines.self_forcing import SelfForcingPipeline, check_sink_cache
+from tokentrim.pipelines.self_forcing import SelfForcingConfig, SelfForcingPipeline
 from tokentrim.wan.scheduler import check_sampler_steps
 
 FLOWMO_FRAMES = 3  # motion_variance needs two frame differences (tokentrim_core.flowmo)
 
 
 @dataclass(frozen=True)
-class CausalForcingFramewiseConfig:
-    """Sampler settings (`configs/causal_forcing_dmd_framewise*.yaml` of the reference, plus the rolling cache).
+class CausalForcingFramewiseConfig(SelfForcingConfig):
+    """Sampler settings (`configs/causal_forcing_dmd_framewise*.yaml` of the reference, plus the rolling cache):
+    Self Forcing's, and first_block_steps, the first generated frame's step list (empty: `denoising_steps`),
+    warped the same way."""
 
-    first_block_steps: the first generated frame's step list (empty: `denoising_steps`), warped the same way.
-    cache_frames / sink_frames / rolling / global_sink: as in `SelfForcingConfig`.
-    """
-
-    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
     first_block_steps: tuple[float, ...] = ()
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
-    cache_frames: int = 21
-    sink_frames: int = 3
-    rolling: bool = True
-    global_sink: bool = True
 
     def __post_init__(self) -> None:
-        check_sampler_steps(self.denoising_steps, self.timestep_shift)
+        super().__post_init__()
         if self.first_block_steps:
             check_sampler_steps(self.first_block_steps, self.timestep_shift)
-        check_sink_cache(self.cache_frames, self.sink_frames)
 
 
 class CausalForcingFramewisePipeline(SelfForcingPipeline):
@@ -58,10 +47,7 @@ class CausalForcingFramewisePipeline(SelfForcingPipeline):
     def __init__(self, model, config=None, vae=None, *, cache: str = "dynamic"):
         super().__init__(model, config, vae, cache=cache)
         first = self.config.first_block_steps
-        self.first_timesteps = self._warp(first) if first else self.timesteps
-
-    def _warp(self, steps) -> torch.Tensor:
-        return self.schedule.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps).float()
+        self.first_timesteps = self.warp(first) if first else self.timesteps
 
     @property
     def frames_per_block(self) -> int:

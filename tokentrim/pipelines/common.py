@@ -1,50 +1,62 @@
 """What every autoregressive loop shares.
 
-* `BlockPipeline`: the skeleton of a call (input checks, initial noise, text context, cache, observed prefix,
-  output); a loop file subclasses it, names its cache policy (`make_cache`) and writes only its loop
-  (`generate`).
-* `Rollout`: the typed bundle one generation carries (model, schedule, context, cache policy, generator,
-  noise, output, hook), with the steps every loop uses: one denoising call, the clean commit pass, FlowMo
-  guidance of one step, the TokenTrim decision, and handing a finished block out.
+* `BlockPipeline`: a loaded loop (model, sampler settings, optional VAE). `stream(request)` checks the `Request`,
+  sets one generation up (initial noise, text context, empty cache, observed blocks) and yields a `BlockEvent`
+  each time frames become final; `__call__(request)` runs a stream to its end. Progress bars, timing, display
+  and cancellation belong to the reader: it stops reading and closes the stream (`close()` runs the clean-up). A
+  loop file subclasses `BlockPipeline`, names its cache policy (`make_cache`) and writes only its loop
+  (`generate`, a generator of finished blocks).
+* `SamplerConfig`: the sampler settings every loop has; a loop's config subclasses it.
+* `Rollout`: one generation in progress (context, cache policy, generator, noise, output, hook), with the steps
+  every loop uses: one denoising call, the clean commit pass, FlowMo guidance of one step, the hook's decision,
+  a prompt switch, and a finished block.
 * `CachePolicy`: what a loop's calls read from and write to the `KVCache` storage, what is pinned, what is
   evicted. Each loop's policy lives beside its loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from tokentrim.errors import UserError
+from tokentrim.pipelines.request import BlockEvent, GenerationOutput, Request, Start, check_frames
 from tokentrim.wan.config import WanConfig
 from tokentrim.wan.kv_cache import CallPlan, KVCache
 from tokentrim.wan.model import CausalWanModel, ContextCache
-from tokentrim.wan.scheduler import FlowMatchSchedule
+from tokentrim.wan.scheduler import FlowMatchSchedule, check_sampler_steps
 from tokentrim.wan.static_cache import StaticKVCache
 from tokentrim_core.flowmo import FlowMoConfig, flowmo_guidance
 from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
-
-# Called with (first latent frame, x0 [B, F, C, H, W]) whenever frames become final, in time order.
-BlockCallback = Callable[[int, torch.Tensor], None]
-# Called with (first latent frame, x0) of each generated block once it is accepted, before its clean pass; returns
-# the latents committed to the cache and output instead (an experiment's change: `tokentrim stress` faults).
-BlockTransform = Callable[[int, torch.Tensor], torch.Tensor]
+from tokentrim_core.options import check_options, option
+from tokentrim_core.trim import TokenTrim
 
 
-@dataclass
-class GenerationOutput:
-    latents: torch.Tensor  # [B, F, C, H, W], the model dtype, on the CPU
-    frames: torch.Tensor | None = None  # uint8 [B, T, H, W, 3] when a decoder was given
-    records: list[BlockRecord] = field(default_factory=list)  # one TokenTrim decision per judged block
-    flowmo_losses: list[list[float]] = field(default_factory=list)  # per guided step: loss per iteration
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The sampler settings every loop has (docs/spec.md#flow-matching-schedule); a loop's config subclasses it and adds its own (its
+    cache, how it regenerates). The defaults are Self Forcing's (`configs/self_forcing_dmd.yaml` of the reference):
+    steps [1000, 750, 500, 250], warped to [1000, 937.5, 833.33, 625] by the shift-5 table."""
+
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
+    warp_denoising_step: bool = option(True, "map the steps onto the shifted schedule's table")
+    timestep_shift: float = option(5.0, "the flow-matching schedule's shift", low=0.0, low_open=True)
+    context_noise: float = option(0.0, "timestep of the clean pass that writes a block into the cache", low=0.0,
+                                  high=1000.0)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        check_sampler_steps(self.denoising_steps, self.timestep_shift)
 
 
 class NoHook:
-    """The plain reference loop: every block accepted, nothing recorded."""
+    """The plain reference loop: every block accepted as it is, nothing recorded."""
 
     @property
     def records(self) -> list[BlockRecord]:
@@ -55,6 +67,9 @@ class NoHook:
 
     def regenerated(self, block: int, x0: torch.Tensor, tokens_removed: int, regenerations: int) -> Verdict:
         return Verdict(False)
+
+    def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
+        return x0
 
     def switched(self, block: int) -> None:
         pass
@@ -118,39 +133,51 @@ def model_device_dtype(model: CausalWanModel) -> tuple[torch.device, torch.dtype
 class Rollout:
     """One generation in progress. Latents are `[B, F, C, H, W]`; `t` tensors are `[B, F]` float32."""
 
-    model: CausalWanModel
-    schedule: FlowMatchSchedule
-    steps: torch.Tensor  # the sampler's timesteps, on the device
-    context: ContextCache
+    pipe: BlockPipeline
+    flowmo: FlowMoConfig
+    hook: BlockHook
+    context: ContextCache  # the current prompt's cross-attention cache (a prompt switch replaces it)
     cache: CachePolicy
     generator: torch.Generator
+    steps: torch.Tensor  # the sampler's timesteps, on the device
     noise: (
         torch.Tensor
     )  # the initial noise, by absolute frame (the observed frames' rows are zeros, never read)
     output: torch.Tensor  # final latents on the CPU, filled as blocks finish
-    hook: BlockHook
-    flowmo: FlowMoConfig
-    context_noise: float  # the clean pass's timestep
-    block: int  # latent frames per block (the pipeline's)
-    observed: int  # observed (prefix) blocks, committed before the loop
-    regen_noise: str = "same"
-    on_block: BlockCallback | None = None
-    progress: bool = True
-    alter: BlockTransform | None = None
+    observed: int  # observed (start) blocks, committed before the loop
     switches: list[tuple[int, ContextCache]] = field(
         default_factory=list
     )  # (first frame, its prompt's context)
-    switch_pruning: str = (
-        "keep"  # at a re-cache: "keep" the removed positions, or "reset" (rebuild whole frames)
-    )
-    losses: list[list[float]] = field(default_factory=list)
+    losses: list[list[float]] = field(
+        default_factory=list
+    )  # FlowMo: per guidance call, the loss per iteration
+    handed_out: tuple[int, int] = (0, 0)  # records and losses already in events
+
+    @property
+    def model(self) -> CausalWanModel:
+        return self.pipe.model
+
+    @property
+    def schedule(self) -> FlowMatchSchedule:
+        return self.pipe.schedule
+
+    @property
+    def block(self) -> int:
+        """Latent frames per block."""
+        return self.pipe.frames_per_block
+
+    @property
+    def context_noise(self) -> float:
+        return self.pipe.config.context_noise
 
     @property
     def num_blocks(self) -> int:
         return self.output.shape[1] // self.block
 
-    def progress_bar(self, items, desc: str):
-        return tqdm(items, desc=desc, disable=not self.progress)
+    def randn(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """Standard-normal draws from the run's generator, on its device, as `like`'s dtype and device."""
+        out = torch.randn(shape, generator=self.generator, device=self.generator.device, dtype=like.dtype)
+        return out.to(like.device)
 
     # Model calls --------------------------------------------------------------------------------------------
     def predict_x0(self, x: torch.Tensor, t: torch.Tensor, start: int, write: bool = True) -> torch.Tensor:
@@ -224,6 +251,10 @@ class Rollout:
         kept = len(attempts) - 1 if verdict.keep is None else verdict.keep
         return attempts[kept], kept
 
+    def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
+        """The kept attempt of generated block `block`: the latents to commit and output (the hook's say)."""
+        return self.hook.accepted(block, x0)
+
     def switch(self, start: int) -> None:
         """At a block boundary: a prompt switch due by `start` takes effect — the new text context (the
         cross-attention cache is rebuilt), the hook is told, then the KV re-cache under the new prompt (the
@@ -238,7 +269,7 @@ class Rollout:
         self.hook.switched(start // self.block)
         if start == 0:
             return
-        rs, plan, kept = self.cache.recache_plan(start, self.switch_pruning == "keep")
+        rs, plan, kept = self.cache.recache_plan(start, self.pipe.config.switch_pruning == "keep")
         x0 = self.output[:, rs:start].to(self.noise.device)
         t = torch.full(x0.shape[:2], self.context_noise, device=x0.device, dtype=torch.float32)
         self.model(x0, t, self.context, cache=self.cache.cache, plan=plan, start_frame=rs)
@@ -246,22 +277,25 @@ class Rollout:
         for frame, positions in kept.items():  # the removed positions leave the rebuilt rows again
             self.cache.cache.remove_positions(every[~torch.isin(every, positions)], frames=[frame])
 
-    def accepted(self, start: int, x0: torch.Tensor) -> torch.Tensor:
-        """A generated block was accepted: the latents to commit and output (unchanged unless `alter` is set)."""
-        return x0 if self.alter is None else self.alter(start, x0)
+    def finished(self, block: int, x0: torch.Tensor) -> BlockEvent:
+        """Frames of block `block` (x0 `[B, f, C, H, W]`, f frames from the block's first) are final: into the
+        output; the event that hands them out, with the hook's record of the block and FlowMo's new losses."""
+        s = block * self.block
+        self.output[:, s : s + x0.shape[1]] = x0
+        records, (seen, guided) = self.hook.records, self.handed_out
+        record = next((r for r in reversed(records[seen:]) if r.block == block), None)
+        losses, self.handed_out = tuple(self.losses[guided:]), (len(records), len(self.losses))
+        frames = range(s, s + x0.shape[1])
+        return BlockEvent(
+            block, frames, self.output[:, s : frames.stop], record, block < self.observed, losses
+        )
 
-    def finished(self, start: int, x0: torch.Tensor) -> None:
-        """Frames [start, start + F) are final: into the output, then to the caller's callback."""
-        self.output[:, start : start + x0.shape[1]] = x0
-        if self.on_block is not None:
-            self.on_block(start, x0)
-
-    def commit_observed(self, prefix: torch.Tensor | None) -> None:
+    def commit_observed(self, prefix: torch.Tensor | None) -> Iterator[BlockEvent]:
         """The observed blocks 0 .. observed-1, in order: room in the cache, the clean pass, the output.
 
         The last one is shown to the hook (its latent summary becomes the reference of the first generated
         block); observed blocks are never judged for pruning."""
-        device, dtype = self.output.device, self.output.dtype
+        device, dtype = self.noise.device, self.output.dtype
         block = self.block
         for b in range(self.observed):
             s = b * block
@@ -272,17 +306,20 @@ class Rollout:
                     f"the hook asked to prune observed block {b}; observed blocks are never regenerated"
                 )
             self.commit(x0, s)
-            self.finished(s, x0)
+            yield self.finished(b, x0)
+
+    def release(self) -> None:
+        """Free the cache and the context (the run is over, or its reader stopped)."""
+        self.cache = self.context = None
+        self.switches.clear()
 
 
 class BlockPipeline:
     """The skeleton shared by every block-autoregressive loop; subclasses set the class attributes and write
-    `make_cache` and `generate`. The sampler config must have `denoising_steps`, `warp_denoising_step`,
-    `timestep_shift` and `context_noise`."""
+    `make_cache` and `generate`. The sampler config is a `SamplerConfig`."""
 
-    title: ClassVar[str] = "pipeline"  # in messages and progress bars
-    config_class: ClassVar[type] = object
-    regen_noise_modes: ClassVar[tuple[str, ...]] = ("same",)  # how a pruned block may be regenerated
+    title: ClassVar[str] = "pipeline"  # in messages
+    config_class: ClassVar[type[SamplerConfig]] = SamplerConfig
     switching: ClassVar[bool] = False  # whether the loop switches prompts (its policy can re-cache)
 
     def __init__(self, model: CausalWanModel, config: Any = None, vae=None, *, cache: str = "dynamic"):
@@ -291,12 +328,13 @@ class BlockPipeline:
         self.model = model
         self.cache_layout = cache
         self.config = config if config is not None else self.config_class()
-        self.vae = vae
+        self.vae = vae  # decodes latents block by block when a request asks (`streaming()`)
         self.schedule = FlowMatchSchedule(self.config.timestep_shift)
-        steps = self.config.denoising_steps
-        self.timesteps = (
-            self.schedule.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps).float()
-        )
+        self.timesteps = self.warp(self.config.denoising_steps)
+
+    def warp(self, steps: Sequence[float]) -> torch.Tensor:
+        """A step list as the sampler's timesteps (warped onto the schedule's table when the config says so)."""
+        return self.schedule.warp(steps) if self.config.warp_denoising_step else torch.tensor(steps).float()
 
     # Per loop -----------------------------------------------------------------------------------------------
     @property
@@ -331,8 +369,8 @@ class BlockPipeline:
                                  dtype=dtype)  # fmt: skip
         return KVCache(config, batch, capacity_frames, device=device, dtype=dtype)
 
-    def generate(self, r: Rollout) -> None:
-        """Generate every block after the observed ones into `r.output` (calling `r.finished` for each)."""
+    def generate(self, r: Rollout) -> Iterator[BlockEvent]:
+        """Generate every block after the observed ones, yielding `r.finished(...)` as frames become final."""
         raise NotImplementedError
 
     # Shared -------------------------------------------------------------------------------------------------
@@ -341,169 +379,72 @@ class BlockPipeline:
         check_frames(num_frames, self.frames_per_block, self.min_frames, self.title)
         self.check_cache(num_frames)
 
-    def check_inputs(self, prompt_embeds: torch.Tensor, num_frames: int) -> None:
-        check_prompt_embeds(self.model, prompt_embeds)
-        self.check_num_frames(num_frames)
-
     @torch.no_grad()
-    def __call__(
-        self,
-        prompt_embeds: torch.Tensor,
-        num_frames: int,
-        *,
-        seed: int | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        prefix: torch.Tensor | None = None,
-        hook: BlockHook | None = None,
-        flowmo: FlowMoConfig = FlowMoConfig(),
-        regen_noise: str = "same",
-        on_block: BlockCallback | None = None,
-        progress: bool = True,
-        alter: BlockTransform | None = None,
-        switches: Sequence[tuple[int, torch.Tensor]] = (),
-        switch_pruning: str = "keep",
-    ) -> GenerationOutput:
-        """Generate `num_frames` latent frames for `prompt_embeds [B, <= text_len, text_dim]`.
+    def stream(self, request: Request) -> Iterator[BlockEvent]:
+        """Generate the video `request` asks for, yielding a `BlockEvent` as each block becomes final (observed
+        blocks first). Stop reading to stop the run; `close()` (or the end) frees its cache."""
+        request.check(self)
+        if request.decode and self.vae is None:
+            raise UserError("`decode` needs a pipeline with a VAE (`vae=`); `tokentrim.load(...)` gives one")
+        r, prefix = self._start(request)
+        decoder = self.vae.streaming() if request.decode else None
+        clock = time.perf_counter()
+        try:
+            for event in itertools.chain(r.commit_observed(prefix), self.generate(r)):
+                loop_s = time.perf_counter() - clock
+                if decoder is not None:
+                    decoded = decoder.decode(event.latents.to(getattr(self.vae, "device", "cpu"))).cpu()
+                    event = dataclasses.replace(
+                        event, decoded=decoded, decode_s=time.perf_counter() - clock - loop_s
+                    )
+                yield dataclasses.replace(event, loop_s=loop_s)
+                clock = time.perf_counter()
+        finally:
+            r.release()
 
-        seed, or noise `[B, F - P, C, H, W]` with a generator for the in-loop draws. prefix (optional): P observed
-        first frames, clean latents `[B, P, C, H, W]` (P a multiple of the block); their blocks are committed to
-        the cache as they are (no denoising, no draws) and returned unchanged, the last of them is shown to the
-        hook as its first block, and generation continues after them. The initial noise covers the frames to
-        generate only, as the references draw it for an image start (`[B, F - 1, ...]` after one image frame,
-        docs/spec.md#rng-order). regen_noise: "same" (regenerate a pruned block from its first attempt's
-        noise) or, where the loop supports it, "fresh". alter: see `BlockTransform` (generated blocks only).
-        switches: prompt switches `(first latent frame, prompt_embeds)` in time order, each frame a block
-        boundary after the observed frames; switch_pruning: "keep" or "reset" (`Rollout.switch`)."""
-        self.check_inputs(prompt_embeds, num_frames)
-        if regen_noise not in self.regen_noise_modes:
-            raise UserError(
-                f"regen_noise={regen_noise!r} is not available for {self.title}; use one of {self.regen_noise_modes}"
-            )
+    def __call__(self, request: Request) -> GenerationOutput:
+        """The whole video of `request` (`stream` run to its end); decoded frames when it asks for them."""
+        return GenerationOutput.collect(self.stream(request), frames=request.decode)
+
+    def _start(self, request: Request) -> tuple[Rollout, torch.Tensor | None]:
+        """1. The initial noise first (the frames to generate), then the text contexts, an empty cache and the
+        hook: the rollout, and the observed frames."""
+        embeds, prefix = request.prompt, request.start
+        if (
+            not isinstance(embeds, torch.Tensor)
+            or isinstance(prefix, Start)
+            or any(not isinstance(p, torch.Tensor) for _, p in request.switches)
+        ):
+            raise UserError("a loop takes prompt embeddings and latents: encode the text prompts and the start "
+                            "first (pipelines from `tokentrim.load(...)` do)")  # fmt: skip
         model, block = self.model, self.frames_per_block
         device, dtype = model_device_dtype(model)
-        batch = prompt_embeds.shape[0]
-        observed = check_prefix(model, prefix, batch, num_frames, block, self.min_frames, self.title)
-        check_switches(self, switches, num_frames, observed * block, prompt_embeds)
-        # 1. initial noise first (the frames to generate), then the text context and an empty cache
-        drawn, generator = prepare_noise(model, batch, num_frames - observed * block, seed, noise, generator)
-        noise = (
-            torch.cat([drawn.new_zeros(batch, observed * block, *drawn.shape[2:]), drawn], 1)
-            if observed
-            else drawn
-        )
-        context = model.encode_context(prompt_embeds.to(device))
-        contexts = [(f, model.encode_context(e.to(device))) for f, e in switches]
-        output = torch.empty(noise.shape, dtype=dtype, device="cpu")  # kept off the device: any length fits
-        r = Rollout(model, self.schedule, self.timesteps.to(device), context, self.make_cache(batch, device, dtype),
-                    generator, noise, output, hook or NoHook(), flowmo, self.config.context_noise, block, observed,
-                    regen_noise, on_block, progress, alter, contexts, switch_pruning)  # fmt: skip
-        # 2. observed blocks, then the loop
-        r.commit_observed(prefix)
-        self.generate(r)
-        frames = self.vae.decode(r.output) if self.vae is not None else None
-        return GenerationOutput(r.output, frames, list(r.hook.records), r.losses)
+        batch, observed = embeds.shape[0], request.observed_frames
+        shape = (batch, request.latent_frames - observed, *self.latent_shape)
+        generator = request.generator
+        if generator is None:
+            generator = torch.Generator(device=device).manual_seed(request.seed)
+        drawn = request.noise
+        if drawn is None:
+            drawn = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+        drawn = drawn.to(device=device, dtype=dtype)
+        noise = torch.cat([drawn.new_zeros(batch, observed, *shape[2:]), drawn], 1) if observed else drawn
+        if request.hook is not None:
+            hook = request.hook
+        elif request.tokentrim is not None:
+            hook = TokenTrim(request.tokentrim, model.config.patch_size[1:])
+        else:
+            hook = NoHook()
+        r = Rollout(
+            pipe=self, flowmo=request.flowmo, hook=hook, context=model.encode_context(embeds.to(device)),
+            cache=self.make_cache(batch, device, dtype), generator=generator, steps=self.timesteps.to(device),
+            noise=noise, output=torch.empty(noise.shape, dtype=dtype, device="cpu"),  # off the device: any length
+            observed=observed // block, switches=[(f, model.encode_context(e.to(device))) for f, e in request.switches],
+        )  # fmt: skip
+        return r, prefix
 
-
-def check_switches(pipe: BlockPipeline, switches, num_frames: int, observed: int, prompt_embeds) -> None:
-    if not switches:
-        return
-    if not pipe.switching:
-        raise UserError(f"prompt switching is not available for {pipe.title} (its loop cannot re-cache)")
-    frames = [f for f, _ in switches]
-    block = pipe.frames_per_block
-    if any(f % block or not observed < f < num_frames for f in frames) or frames != sorted(set(frames)):
-        raise UserError(f"prompt switches must be increasing block boundaries (multiples of {block}) after the "
-                        f"observed frames and before {num_frames}, got {frames}")  # fmt: skip
-    for _, embeds in switches:
-        if embeds.shape[0] != prompt_embeds.shape[0] or embeds.shape[2:] != prompt_embeds.shape[2:]:
-            raise UserError(
-                f"a switch's prompt_embeds must be like the first prompt's, got {list(embeds.shape)}"
-            )
-
-
-def check_frames(num_frames: int, block: int, minimum: int, pipeline: str) -> None:
-    """Latent-frame count checks common to every loop. There is no upper limit: RoPE positions past the
-    precomputed table are computed exactly (`tokentrim.wan.rope.RopeTable`)."""
-    if (
-        isinstance(num_frames, bool)
-        or not isinstance(num_frames, int)
-        or num_frames % block
-        or num_frames <= 0
-    ):
-        raise UserError(
-            f"`num_frames` must be a positive multiple of {block} for {pipeline}, got {num_frames}",
-            field="num_frames",
-        )
-    if num_frames < minimum:
-        raise UserError(
-            f"{pipeline} needs at least {minimum} latent frames (one full window), got {num_frames}; "
-            f"use `num_frames` {minimum} or more",
-            field="num_frames",
-        )
-
-
-def prepare_noise(
-    model: CausalWanModel,
-    batch: int,
-    num_frames: int,
-    seed: int | None,
-    noise: torch.Tensor | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Generator]:
-    """The initial noise `[B, F, C, H, W]` (drawn first, docs/spec.md#rng-order) and the generator for the in-loop draws."""
-    device, dtype = model_device_dtype(model)
-    cfg = model.config
-    shape = (batch, num_frames, cfg.in_dim, cfg.latent_height, cfg.latent_width)
-    if generator is None:
-        if seed is None:
-            raise UserError("give a seed, or an initial noise tensor together with a torch.Generator")
-        generator = torch.Generator(device=device).manual_seed(seed)
-    if noise is None:
-        noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    elif tuple(noise.shape) != shape:
-        raise UserError(f"noise must have shape {list(shape)}, got {list(noise.shape)}")
-    return noise.to(device=device, dtype=dtype), generator
-
-
-def check_prefix(
-    model: CausalWanModel,
-    prefix: torch.Tensor | None,
-    batch: int,
-    num_frames: int,
-    block: int,
-    minimum: int,
-    pipeline: str,
-) -> int:
-    """Observed first frames (clean latents `[B, P, C, H, W]`, P a multiple of the block) -> P // block.
-
-    At least `minimum` frames must be left to generate (one block; Rolling Forcing: one full window)."""
-    if prefix is None:
-        return 0
-    cfg = model.config
-    shape = (batch, cfg.in_dim, cfg.latent_height, cfg.latent_width)
-    if prefix.dim() != 5 or (prefix.shape[0], *prefix.shape[2:]) != shape or prefix.shape[1] % block:
-        raise UserError(
-            f"the observed first frames must be latents [{batch}, P, {', '.join(map(str, shape[1:]))}] with P a "
-            f"multiple of {block}, got {list(prefix.shape)}"
-        )
-    if num_frames - prefix.shape[1] < minimum:
-        raise UserError(
-            f"{pipeline} with {prefix.shape[1]} observed frames needs at least {prefix.shape[1] + minimum} latent "
-            f"frames in all, got {num_frames}",
-            field="num_frames",
-        )
-    return prefix.shape[1] // block
-
-
-def check_prompt_embeds(model: CausalWanModel, prompt_embeds: torch.Tensor) -> None:
-    cfg = model.config
-    if (
-        prompt_embeds.dim() != 3
-        or prompt_embeds.shape[2] != cfg.text_dim
-        or prompt_embeds.shape[1] > cfg.text_len
-    ):
-        raise UserError(
-            f"prompt_embeds must be [B, <= {cfg.text_len}, {cfg.text_dim}], got {list(prompt_embeds.shape)}; "
-            "was it made by the text encoder of this model?"
-        )
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of a latent frame."""
+        cfg = self.model.config
+        return cfg.in_dim, cfg.latent_height, cfg.latent_width

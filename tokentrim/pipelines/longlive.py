@@ -19,37 +19,23 @@ from dataclasses import dataclass, replace
 import torch
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines.self_forcing import SelfForcingPipeline, SinkCachePolicy, check_sink_cache
+from tokentrim.pipelines.self_forcing import SelfForcingPipeline, SinkCacheConfig, SinkCachePolicy
 from tokentrim.wan.kv_cache import CallPlan, KVCache, Segment
 from tokentrim.wan.rope import RopeTable
-from tokentrim.wan.scheduler import check_sampler_steps
+from tokentrim_core.options import option, option_of
 
 ROPE_MODES = ("absolute", "slot")
 
 
 @dataclass(frozen=True)
-class LongLiveConfig:
-    """Sampler settings (`configs/longlive_inference.yaml` of the reference).
+class LongLiveConfig(SinkCacheConfig):
+    """Sampler settings (`configs/longlive_inference.yaml` of the reference): the sink cache with a 12-frame
+    attention window (`local_attn_size`) whose first 3 frames are the sink (`sink_size`); rope "absolute" or
+    "slot" (the "infinite" mode)."""
 
-    cache_frames: the attention window, `local_attn_size` (12); sink_frames: the pinned first frames,
-    `sink_size` (3). global_sink: at a prompt switch keep the first prompt's sink (true, the interactive
-    default) or re-anchor it on the re-cached frames. rope: "absolute" or "slot" (the "infinite" mode).
-    """
-
-    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
-    cache_frames: int = 12
-    sink_frames: int = 3
-    global_sink: bool = True
-    rope: str = "absolute"
-
-    def __post_init__(self) -> None:
-        check_sampler_steps(self.denoising_steps, self.timestep_shift)
-        check_sink_cache(self.cache_frames, self.sink_frames)
-        if self.rope not in ROPE_MODES:
-            raise ValueError(f"rope must be one of {ROPE_MODES}, got {self.rope!r}")
+    cache_frames: int = option_of(SinkCacheConfig, "cache_frames", 12)
+    rope: str = option("absolute", "temporal RoPE positions: absolute frames, or slots in the cache (the "
+                       "infinite mode)", choices=ROPE_MODES)  # fmt: skip
 
 
 class SlotRopeCachePolicy(SinkCachePolicy):

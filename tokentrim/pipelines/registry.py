@@ -24,7 +24,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # also reachabl
 class PipelineEntry:
     name: str  # the --pipeline value and the run config's section name
     pipeline: type[BlockPipeline]
-    config: type  # frozen sampler dataclass (the YAML section `<name>:` is structured onto it)
+    config: type  # its frozen `SamplerConfig` subclass (the YAML section `<name>:` is structured onto it)
     config_file: Path  # default run config; a file of the same name under configs/toy/ serves the toy preset
     paper: bool = False  # part of the paper's comparison grid (`tokentrim reproduce`)
 

@@ -4,49 +4,51 @@ x0 and before its clean pass."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines.common import BlockPipeline, CachePolicy, Rollout
+from tokentrim.pipelines.common import BlockPipeline, CachePolicy, Rollout, SamplerConfig
+from tokentrim.pipelines.request import BlockEvent
 from tokentrim.wan.kv_cache import CallPlan, KVCache, Segment
-from tokentrim.wan.scheduler import check_sampler_steps
 from tokentrim_core.flowmo import applies
+from tokentrim_core.options import option
 
 
 @dataclass(frozen=True)
-class SelfForcingConfig:
-    """Sampler settings (`configs/self_forcing_dmd.yaml` of the reference, plus the rolling cache).
+class SinkCacheConfig(SamplerConfig):
+    """The settings of a loop on a sink cache (Self Forcing, Causal Forcing frame-wise, LongLive): its size, its
+    pinned first frames, how a pruned block is regenerated and what a prompt switch's re-cache keeps."""
 
-    cache_frames: KV-cache length in latent frames (`local_attn_size`); 21 = the training length, which for
-    videos of up to 21 frames is exactly the reference's global cache.
-    sink_frames: frames at the start kept forever once the cache rolls (`sink_size`); 3 = the first block.
-    rolling: evict the oldest non-sink frames when full; False reproduces the reference's hard 21-frame limit.
-    global_sink: at a prompt switch the re-cache keeps the first prompt's sink (LongLive's default), or
-    re-anchors it on the rebuilt frames (`SinkCachePolicy.recache_plan`).
-    """
-
-    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
-    cache_frames: int = 21
-    sink_frames: int = 3
-    rolling: bool = True
-    global_sink: bool = True
+    cache_frames: int = option(21, "KV-cache length in latent frames (`local_attn_size`)", low=1)
+    sink_frames: int = option(3, "first frames kept forever once the cache rolls (`sink_size`)", low=0)
+    global_sink: bool = option(True, "a prompt switch's re-cache keeps the first prompt's sink (LongLive's "
+                               "default), or re-anchors it on the rebuilt frames")  # fmt: skip
+    regen_noise: str = option("same", "a pruned block is regenerated from its first attempt's noise, or from "
+                              "fresh noise", choices=("same", "fresh"))  # fmt: skip
+    switch_pruning: str = option("keep", "a prompt switch's re-cache keeps the positions TokenTrim removed "
+                                 "(masked inside it, removed again after), or rebuilds whole frames",
+                                 choices=("keep", "reset"))  # fmt: skip
 
     def __post_init__(self) -> None:
-        check_sampler_steps(self.denoising_steps, self.timestep_shift)
-        check_sink_cache(self.cache_frames, self.sink_frames)
+        super().__post_init__()
+        if self.sink_frames >= self.cache_frames:
+            raise ValueError(f"sink_frames must be in [0, cache_frames), got {self.sink_frames}")
 
 
-def check_sink_cache(cache_frames: int, sink_frames: int) -> None:
-    """The cache fields shared by the sink-cache loops' configs."""
-    if cache_frames <= 0:
-        raise ValueError(f"cache_frames must be positive, got {cache_frames}")
-    if not 0 <= sink_frames < cache_frames:
-        raise ValueError(f"sink_frames must be in [0, cache_frames), got {sink_frames}")
+@dataclass(frozen=True)
+class SelfForcingConfig(SinkCacheConfig):
+    """Sampler settings (`configs/self_forcing_dmd.yaml` of the reference, plus the rolling cache).
+
+    cache_frames 21 = the training length, which for videos of up to 21 frames is exactly the reference's global
+    cache; sink_frames 3 = the first block. rolling: evict the oldest non-sink frames when full; False reproduces
+    the reference's hard 21-frame limit.
+    """
+
+    rolling: bool = option(True, "evict the oldest unpinned frames when the cache is full; false: the "
+                           "reference's hard limit")  # fmt: skip
 
 
 class SinkCachePolicy(CachePolicy):
@@ -115,7 +117,6 @@ class SinkCachePolicy(CachePolicy):
 class SelfForcingPipeline(BlockPipeline):
     title = "Self Forcing"
     config_class = SelfForcingConfig
-    regen_noise_modes = ("same", "fresh")
     switching = True  # prompt switches, with the re-cache of `SinkCachePolicy.recache_plan`
 
     def check_cache(self, num_frames: int) -> None:
@@ -149,9 +150,9 @@ class SelfForcingPipeline(BlockPipeline):
         """FlowMo at one step of a block: (the guided latent, its x0)."""
         return r.guide(x, t, start)
 
-    def generate(self, r: Rollout) -> None:
+    def generate(self, r: Rollout) -> Iterator[BlockEvent]:
         block = r.block
-        for j in r.progress_bar(range(r.observed, r.num_blocks), f"{self.title} blocks"):
+        for j in range(r.observed, r.num_blocks):
             s = j * block
             r.switch(s)  # 0. a prompt switch at this block boundary: the new prompt, then the re-cache
             r.cache.make_room(block)  # 1. evict before the block's first step
@@ -163,19 +164,16 @@ class SelfForcingPipeline(BlockPipeline):
             def regenerate(x_init=x_init, s=s, steps=steps, draws=draws, guided=guided) -> torch.Tensor:
                 """The block again on the pruned cache, by the candidate's procedure (FlowMo included): from
                 the same noise and draws, or from fresh noise."""
-                if r.regen_noise == "fresh":
-                    x = torch.randn(
-                        x_init.shape, generator=r.generator, device=x_init.device, dtype=x_init.dtype
-                    )
-                    return self._denoise_block(r, x, s, steps, None, guided)[0]
+                if self.config.regen_noise == "fresh":
+                    return self._denoise_block(r, r.randn(x_init.shape, x_init), s, steps, None, guided)[0]
                 return self._denoise_block(r, x_init, s, steps, draws, guided)[0]
 
-            # 3. TokenTrim: accept, or prune the cache and regenerate
+            # 3. TokenTrim: accept, or prune the cache and regenerate; the hook has the last word on the block
             x0, _ = r.judge(j, x0, regenerate)
-            x0 = r.accepted(s, x0)
-            # 4. clean pass: the accepted block enters the cache
+            x0 = r.accepted(j, x0)
+            # 4. clean pass: the accepted block enters the cache, and is final
             r.commit(x0, s)
-            r.finished(s, x0)
+            yield r.finished(j, x0)
 
     def _denoise_block(
         self,
@@ -200,8 +198,7 @@ class SelfForcingPipeline(BlockPipeline):
             else:
                 x0 = r.predict_x0(x, t, start)
             if i + 1 < len(steps):
-                eps = draws[i] if draws is not None else torch.randn(
-                    x0.shape, generator=r.generator, device=x0.device, dtype=x0.dtype)  # fmt: skip
+                eps = draws[i] if draws is not None else r.randn(x0.shape, x0)
                 used.append(eps)
                 x = r.schedule.add_noise(x0, eps, steps[i + 1].expand(shape))
         return x0, used

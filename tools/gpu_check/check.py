@@ -1,7 +1,8 @@
-"""`python -m tokentrim.app.gpu_check [--dry-run] OUTDIR`: the prepared GPU check.
+"""`python -m tools.gpu_check [--dry-run] OUTDIR`: the prepared GPU check.
 
 Run it through `scripts/gpu_check.sh` (its header says how on a GPU machine). Writes `OUTDIR/gpu_check.json` and
-`OUTDIR/gpu_check.md`, rewritten after every step (`tokentrim.app.check_report`). The steps, the most important
+`OUTDIR/gpu_check.md`, rewritten after every step (`tools.gpu_check.report`). It drives the installed package
+through its public API only: `tokentrim.load`, `Request`, the loops' `stream`, the bench's `measure`. The steps, the most important
 first, so that a short slot still measures the main figures:
 
 1. environment: GPU, torch / CUDA versions, flash-attn importable or not;
@@ -39,16 +40,15 @@ from pathlib import Path
 
 import torch
 
-from tokentrim.app.backends import Backend, load_backend
+import tokentrim
+from tokentrim.app.api import Pipeline
+from tokentrim.app.backends import Backend
 from tokentrim.app.bench import kv_cache_mb, measure, summaries
-from tokentrim.app.check_report import Figure, Report, Skip, StepTimeout
-from tokentrim.app.generate import make_pipeline, run_video
-from tokentrim.app.host_syncs import cuda_syncs
 from tokentrim.app.run_config import RunConfig, default_config_path, load_run_config
 from tokentrim.errors import UserError
 from tokentrim.files import check_output
-from tokentrim.wan import build_model
-from tokentrim_core.trim import TokenTrim
+from tools.gpu_check.host_syncs import cuda_syncs
+from tools.gpu_check.report import Figure, Report, Skip, StepTimeout
 
 PIPELINES = ("self_forcing", "rolling_forcing")
 GIB = 2**30
@@ -126,24 +126,6 @@ def _version(dist: str) -> str | None:
 
 
 @contextlib.contextmanager
-def draws_on_cpu():
-    """In-loop noise drawn from a CPU generator and copied to the device, so CPU and GPU runs get the same numbers
-    (a CUDA generator draws other numbers from the same seed)."""
-    original = torch.randn
-
-    def randn(*size, generator=None, device=None, **kwargs):
-        if generator is not None and generator.device.type == "cpu" and device is not None:
-            return original(*size, generator=generator, **kwargs).to(device)
-        return original(*size, generator=generator, device=device, **kwargs)
-
-    torch.randn = randn
-    try:
-        yield
-    finally:
-        torch.randn = original
-
-
-@contextlib.contextmanager
 def highest_fp32_precision():
     """fp32 matmuls and convolutions without TF32 (cuDNN allows TF32 by default: 1e-3 errors)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -154,9 +136,13 @@ def highest_fp32_precision():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def tiny_backend(device: torch.device, dtype: torch.dtype) -> Backend:
-    """The tiny preset's DiT, the same seeded weights on every device."""
-    return Backend("tiny", build_model("tiny", device=device, dtype=dtype, seed=0), None, None)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def tiny_pipeline(pipeline: str, device: torch.device, dtype: torch.dtype, overrides=()) -> Pipeline:
+    """The tiny preset (the same seeded weights on every device) with `pipeline`'s run config and overrides."""
+    return tokentrim.load(pipeline, preset="tiny", device=str(device), dtype=DTYPE_NAMES[dtype],
+                          overrides=list(overrides), decoder=False)  # fmt: skip
 
 
 class Check:
@@ -185,20 +171,16 @@ class Check:
 
     def tiny_rollout(self, pipeline: str, device: torch.device, dtype: torch.dtype, overrides) -> tuple:
         """The tiny preset on `device`: (latents on the CPU, decisions). Same weights, embeddings and noise
-        (all drawn on the CPU) whatever the device."""
-        run = self.run_config(pipeline, overrides, preset="tiny")
-        backend = tiny_backend(device, dtype)
-        cfg = backend.model.config
+        (the initial noise and the in-loop draws from CPU generators) whatever the device."""
+        pipe = tiny_pipeline(pipeline, device, dtype, overrides)
+        cfg = pipe.backend.model.config
         gen = torch.Generator().manual_seed(0)
         embeds = torch.randn(1, 16, cfg.text_dim, generator=gen)
         frames = self.plan.check_frames
         noise = torch.randn(1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, generator=gen)
-        hook = TokenTrim(run.tokentrim, cfg.patch_size[1:])
-        with draws_on_cpu():
-            out = make_pipeline(backend, run)(
-                embeds.to(device), frames, noise=noise.to(device, dtype), generator=torch.Generator().manual_seed(1),
-                hook=hook, flowmo=run.flowmo, regen_noise=run.tokentrim.regen_noise, progress=False,
-            )  # fmt: skip
+        request = pipe.request(embeds.to(device), latent_frames=frames, seed=None, noise=noise.to(device, dtype),
+                               generator=torch.Generator().manual_seed(1), decode=False)  # fmt: skip
+        out = pipe.loop(request)
         decisions = [(r.action, r.pruned_positions) for r in out.records]
         return out.latents.float().cpu(), decisions
 
@@ -212,14 +194,12 @@ class Check:
     ):
         """Alternating runs (`bench.measure`, one round); the summaries in `fig["configs"]` after every run."""
         backend, runs = self._need_model(), {name: [] for name in configs}
-
-        def on_run(name: str, run: dict) -> None:
-            runs[name].append(run)
-            fig["configs"] = summaries(backend, runs, frames)
-            self.report.save()
-
-        measure(backend, configs, self.embeds, frames, 0, self.device, repeats=1, warmup_runs=warmup_runs,
-                warmup_frames=warmup_frames, on_run=on_run)  # fmt: skip
+        for name, warming, run in measure(backend, configs, self.embeds, frames, 0, self.device, repeats=1,
+                                          warmup_runs=warmup_runs, warmup_frames=warmup_frames):  # fmt: skip
+            if not warming:
+                runs[name].append(run)
+                fig["configs"] = summaries(backend, runs, frames)
+                self.report.save()
         return fig["configs"]
 
     # Steps ---------------------------------------------------------------------------------------------------
@@ -264,23 +244,19 @@ class Check:
         fig["run"] = (
             f"tiny preset, fp32, {self.plan.check_frames} latent frames, TokenTrim pruning, FlowMo block 0"
         )
-        backend = tiny_backend(self.device, torch.float32)
-        embeds = torch.randn(1, 16, backend.model.config.text_dim, generator=torch.Generator().manual_seed(0))
         for pipeline in PIPELINES:
-            run = self.run_config(pipeline, [*PRUNING, "flowmo.mode=first_block"], preset="tiny")
-            fig[pipeline] = cuda_syncs(
-                backend, run, embeds.to(self.device), self.plan.check_frames, self.device
+            pipe = tiny_pipeline(pipeline, self.device, torch.float32, [*PRUNING, "flowmo.mode=first_block"])
+            embeds = torch.randn(
+                1, 16, pipe.backend.model.config.text_dim, generator=torch.Generator().manual_seed(0)
             )
+            fig[pipeline] = cuda_syncs(pipe, embeds.to(self.device), self.plan.check_frames, self.device)
             self.report.save()
 
     def model(self, fig: dict) -> None:
         start = time.perf_counter()
-        if self.plan.preset is None:
-            self.backend = load_backend(preset=None, model_dir=None, checkpoint=None, device=self.device,
-                                        dtype=self.plan.dtype, random_weights=True)  # fmt: skip
-        else:
-            model = build_model(self.plan.preset, device=self.device, dtype=self.plan.dtype, seed=0)
-            self.backend = Backend(self.plan.preset, model, None, None)
+        model = {"random_weights": True} if self.plan.preset is None else {"preset": self.plan.preset}
+        self.backend = tokentrim.load("self_forcing", device=self.plan.device, dtype=DTYPE_NAMES[self.plan.dtype],
+                                      decoder=False, **model).backend  # fmt: skip
         cfg = self.backend.model.config
         gen = torch.Generator().manual_seed(0)
         self.embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(self.device)
@@ -312,30 +288,27 @@ class Check:
     def memory(self, fig: dict) -> None:
         backend, pipeline, frames = self._need_model(), "rolling_forcing", self.plan.speed_frames
         vae = self._vae()
-        stream = vae.streaming()
         fig.update(pipeline=pipeline, latent_frames=frames, run="TokenTrim + FlowMo block 0 (the run config)",
                    text_encoder="not on the device (random prompt embeddings), as after --offload cpu or free",
                    vae_weights_gib=sum(p.numel() * p.element_size() for p in vae.model.parameters()) / GIB,
                    decoded_frames=0, blocks_decoded=0)  # fmt: skip
         cuda = self.device.type == "cuda"
-
-        def decode(
-            event,
-        ) -> None:  # as `tokentrim generate` writes the mp4: block by block, frames to the host
-            fig["decoded_frames"] += stream.decode(event.latents).cpu().shape[1]
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            fig["goal_gib"] = GOAL_GIB
+        run = self.run_config(pipeline)
+        # as `tokentrim generate` writes the mp4: each block decoded as it is final, its frames to the host
+        for event in run.loop(backend.model, vae).stream(
+            run.request(self.embeds, frames, seed=0, decode=True)
+        ):
+            fig["decoded_frames"] += event.decoded.shape[1]
             fig["blocks_decoded"] += 1
             if cuda:
                 fig["peak_allocated_gib"] = torch.cuda.max_memory_allocated(self.device) / GIB
                 fig["peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / GIB
             if fig["blocks_decoded"] % 5 == 0:
                 self.report.save()
-
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            fig["goal_gib"] = GOAL_GIB
-        run_video(backend, self.run_config(pipeline), self.embeds, latent_frames=frames, seed=0, on_block=decode,
-                  progress=False)  # fmt: skip
         if cuda:
             fig["fits_goal"] = fig["peak_allocated_gib"] <= GOAL_GIB
         else:

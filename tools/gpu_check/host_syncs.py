@@ -2,7 +2,7 @@
 
 CUDA's sync debug mode (`torch.cuda.set_sync_debug_mode("warn")`) warns at every synchronising call: a
 device-to-host copy, `.item()`, a host-to-device copy from pageable memory. Each warning is attributed to the
-function that made it, named as `tokentrim.app.device_reads` names host reads on the meta device (which counts
+function that made it, named as `tools.gpu_check.device_reads` names host reads on the meta device (which counts
 them on any machine: tests/test_fast_path.py). The documented ones are `DOCUMENTED`; anything else is "other".
 """
 
@@ -15,10 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
-from tokentrim.app.backends import Backend
-from tokentrim.app.device_reads import caller_site
-from tokentrim.app.generate import run_video
-from tokentrim.app.run_config import RunConfig
+from tokentrim.app.api import Pipeline
+from tokentrim.pipelines import GenerationOutput
+from tools.gpu_check.device_reads import caller_site
 
 # Per block: TokenTrim's decision, once per judgement (block 0 is not judged; a pruned block is judged again
 # after its regeneration); the finished block's copy into the CPU output; FlowMo's loss, once per evaluation.
@@ -65,16 +64,17 @@ def count_syncs(sites: list[str], first_block_end: int) -> dict:
             "other_after_first_block": later}  # fmt: skip
 
 
-def cuda_syncs(
-    backend: Backend, run: RunConfig, embeds: torch.Tensor, frames: int, device: torch.device
-) -> dict:
-    """`run` once to warm up, then again under the sync debug mode; its blocks, judgements and syncs (on a
-    device other than CUDA: nothing observed)."""
-    run_video(backend, run, embeds, latent_frames=frames, seed=0, progress=False)  # kernels loaded
-    ends: list[int] = []
+def cuda_syncs(pipe: Pipeline, embeds: torch.Tensor, frames: int, device: torch.device) -> dict:
+    """A video of `pipe` once to warm up, then again under the sync debug mode; its blocks, judgements and syncs
+    (on a device other than CUDA: nothing observed)."""
+    request = pipe.request(embeds, latent_frames=frames, seed=0, decode=False)
+    GenerationOutput.collect(pipe.loop.stream(request))  # kernels loaded
+    ends, records = [], []
     with sync_sites(device) as sites:
-        out = run_video(backend, run, embeds, latent_frames=frames, seed=0, progress=False,
-                        on_block=lambda event: ends.append(len(sites or ())))  # fmt: skip
-    judgements = sum(1 + r.regenerations for r in out.records[1:])
-    found = {"observed": sites is not None, "blocks": len(out.records), "judgements": judgements}
+        for event in pipe.loop.stream(request):
+            ends.append(len(sites or ()))
+            if event.record is not None:
+                records.append(event.record)
+    judgements = sum(1 + r.regenerations for r in records[1:])
+    found = {"observed": sites is not None, "blocks": len(records), "judgements": judgements}
     return found if sites is None else {**found, **count_syncs(sites, ends[0])}

@@ -8,7 +8,7 @@ Value-dependent shapes still fail. So a block loop run on the meta device under 
 device-to-host transfer it would make on a GPU, and proves there is no other.
 
 The patches are on `torch.Tensor` and are active only inside the `with` block; tensors not on the meta device
-behave as usual.
+behave as usual. A verification tool: it lives beside the package (nothing in `tokentrim` patches torch).
 """
 
 from __future__ import annotations
