@@ -196,12 +196,17 @@ def test_nothing_in_the_package_assigns_to_torch():
 from tokentrim.pipelines import BlockPipeline, Rollout, SamplerConfig, register, unregister  # noqa: E402
 from tokentrim.pipelines.self_forcing import SinkCachePolicy  # noqa: E402
 from tokentrim.wan.kv_cache import KVCache  # noqa: E402
+from tokentrim_core.options import check_options, option  # noqa: E402
 
 
 @dataclass(frozen=True)
 class TwoStepConfig(SamplerConfig):
     denoising_steps: tuple[float, ...] = (1000, 500)
-    window_frames: int = 6  # a sliding cache of two blocks, no sink
+    # a sliding cache, no sink; declared once, it is also a command-line option (and a checked config key)
+    window_frames: int = option(6, "the sliding cache's length in latent frames", low=3, flag="--window-frames")
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 class TwoStepPipeline(BlockPipeline):
@@ -256,7 +261,7 @@ def test_a_pipeline_defined_in_a_test_runs_through_the_cli(two_step, tmp_path, c
     monkeypatch.setattr(CausalWanModel, "forward", counting)
     video = tmp_path / "two.mp4"
     argv = ["generate", "--preset", "toy", "--pipeline", "two_step", "--prompt", "a red circle", "--latent-frames",
-            "12", "--seed", "1", "--out", str(video), "two_step.window_frames=6"]  # fmt: skip
+            "12", "--seed", "1", "--out", str(video), "--window-frames", "6"]  # fmt: skip
     assert main(argv) == 0
     log = json.loads(video.with_suffix(".json").read_text())
     assert (
@@ -272,6 +277,9 @@ def test_a_pipeline_defined_in_a_test_runs_through_the_cli(two_step, tmp_path, c
                  "--warmup-runs", "0"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert report["pipeline"] == "two_step" and report["kv_cache_mb"] > 0
+    with pytest.raises(SystemExit):  # its declared range, checked by the command line
+        main(argv[:-2] + ["--window-frames", "2"])
+    assert "window_frames must be an int >= 3, got 2" in capsys.readouterr().err
 
 
 def test_unknown_pipeline_names_the_registered_ones():

@@ -146,7 +146,7 @@ def page_text(driver) -> str:
 
 def test_generate_streams_the_video_and_the_drift_plot(page, downloads, tmp_path):
     css(page, "#demo-side input").click()  # baseline and TokenTrim side by side
-    type_into(page, "#demo-lam input", "0.5")  # lower than the paper's 2: prunes are likely in 30 frames
+    type_into(page, "#demo-tokentrim-lam input", "0.5")  # lower than the paper's 2: prunes are likely in 30 frames
     css(page, "#demo-generate").click()
     # While it runs, the status and the live images change block by block.
     seen, previews = [], set()
@@ -198,18 +198,18 @@ def test_generate_streams_the_video_and_the_drift_plot(page, downloads, tmp_path
 
 def test_a_bad_input_shows_its_message_and_the_server_goes_on(page):
     css(page, "#demo-side input").click()  # back to a single run
-    type_into(page, "#demo-frames input", "10")
+    type_into(page, "#demo-latent-frames input", "10")
     css(page, "#demo-generate").click()
     wait_for(page, lambda d: "multiple of 3" in status(d))
     assert status(page) == "Error: Latent frames must be a positive multiple of 3 for Self Forcing, got 10"
     assert "Traceback" not in page_text(page)
-    type_into(page, "#demo-frames input", "6")
+    type_into(page, "#demo-latent-frames input", "6")
     css(page, "#demo-generate").click()
     wait_for(page, lambda d: status(d).startswith("Done"))
 
 
 def test_cancel_stops_a_run(page):
-    type_into(page, "#demo-frames input", "240")  # the longest rollout allowed: a minute on a CPU
+    type_into(page, "#demo-latent-frames input", "240")  # the longest rollout allowed: a minute on a CPU
     css(page, "#demo-generate").click()
     wait_for(page, lambda d: status(d).startswith("Generating"))
     css(page, "#demo-cancel").click()

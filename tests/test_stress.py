@@ -98,12 +98,13 @@ def test_clean_runs_are_shared_by_the_kinds_and_change_nothing(toy, monkeypatch)
     trimmed = load_run_config(default_config_path("self_forcing", "toy"), ["flowmo.mode=off"])
     pipes = {"baseline": Pipeline(toy, trimmed.baseline()), "tokentrim": Pipeline(toy, trimmed)}
     start = stress._starts("toy")
-    fresh = stress.run_seed(pipes, 1, "noise", 6, 3, 2, 18, start)
+    setup = stress.Setup(tokens=6, at_block=3, horizon=2, latent_frames=18)
+    fresh = stress.run_seed(pipes, setup, 1, "noise", start)
     shared: dict = {}
-    stress.run_seed(pipes, 1, "blob", 6, 3, 2, 18, start, shared)
+    stress.run_seed(pipes, setup, 1, "blob", start, shared)
     calls, real = [], Pipeline.generate
     monkeypatch.setattr(Pipeline, "generate", lambda *a, **k: calls.append(k.get("hook")) or real(*a, **k))
-    again = stress.run_seed(pipes, 1, "noise", 6, 3, 2, 18, start, shared)
+    again = stress.run_seed(pipes, setup, 1, "noise", start, shared)
     assert len(calls) == 2 and all(hook is not None for hook in calls)  # the faulted runs only
     fresh.pop("wall_s"), again.pop("wall_s")
     assert again == fresh

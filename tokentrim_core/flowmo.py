@@ -46,16 +46,22 @@ class FlowMoConfig:
       Wan2.1-1.3B, off for the tiny and toy models).
     """
 
-    mode: str = option("off", "FlowMo guidance: off, the first block (TokenTrim's initialisation) or every block",
-                       choices=MODES, flag="--flowmo", label="FlowMo")  # fmt: skip
+    mode: str = option(
+        "off",
+        "FlowMo guidance: off, the first block (TokenTrim's initialisation) or every block",
+        choices=MODES,
+        flag="--flowmo",
+        label="FlowMo",
+    )
     steps: tuple[int, ...] = (0,)
     iterations: int = option(1, "Adam steps per guided step", low=1)
     lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
     reduce: str = option("max", "per-token variances to one loss", choices=REDUCTIONS)
     temperature: float = option(1.0, "softmax temperature of reduce=softmax", low=0.0, low_open=True)
     keep_best: bool = option(True, "return the lowest-loss latent seen instead of the last one")
-    scope: str = option("window", "what one guidance call optimises when a call holds several blocks",
-                        choices=SCOPES)  # fmt: skip
+    scope: str = option(
+        "window", "what one guidance call optimises when a call holds several blocks", choices=SCOPES
+    )
     checkpointing: bool | None = option(
         None, "recompute activations in the backward pass (null: by model size)"
     )

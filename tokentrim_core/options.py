@@ -37,8 +37,10 @@ class Option:
             return f"one of {self.choices}"
         if kind is bool:
             return "a bool"
-        bounds = [f"{'>' if self.low_open else '>='} {_num(self.low)}" if self.low is not None else "",
-                  f"{'<' if self.high_open else '<='} {_num(self.high)}" if self.high is not None else ""]  # fmt: skip
+        bounds = [
+            f"{'>' if self.low_open else '>='} {_num(self.low)}" if self.low is not None else "",
+            f"{'<' if self.high_open else '<='} {_num(self.high)}" if self.high is not None else "",
+        ]
         what = {int: "an int", float: "a finite number", str: "a text"}.get(kind, kind.__name__)
         return " ".join([what, " and ".join(b for b in bounds if b)]).strip()
 

@@ -54,20 +54,39 @@ class TokenTrimConfig:
     sink-cache samplers).
     """
 
-    enabled: bool = option(True, "prune and regenerate; false: score and log every block only (the baseline)",
-                           label="TokenTrim")  # fmt: skip
-    p: float = option(0.1, "pruning fraction: the top p of spatial tokens by drift form the unstable set (Eq. 6)",
-                      low=0.0, high=1.0, low_open=True, high_open=True, flag="--p", label="p")  # fmt: skip
-    lam: float = option(2.0, "trigger when D_t > mean + lam * std of the accepted blocks (Eq. 8)", low=0.0,
-                        flag="--lam", label="λ")  # fmt: skip
-    warmup: int = option(2, "blocks with a drift value that only feed the statistics (T_warm)", low=0,
-                         flag="--warmup")  # fmt: skip
+    enabled: bool = option(
+        True, "prune and regenerate; false: score and log every block only (the baseline)", label="TokenTrim"
+    )
+    p: float = option(
+        0.1,
+        "pruning fraction: the top p of spatial tokens by drift form the unstable set (Eq. 6)",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        high_open=True,
+        flag="--p",
+        label="p",
+    )
+    lam: float = option(
+        2.0,
+        "trigger when D_t > mean + lam * std of the accepted blocks (Eq. 8)",
+        low=0.0,
+        flag="--lam",
+        label="λ",
+    )
+    warmup: int = option(
+        2, "blocks with a drift value that only feed the statistics (T_warm)", low=0, flag="--warmup"
+    )
     max_regen: int = option(1, "regenerations per block (R); 0: detect only", low=0, flag="--max-regen")
-    stats_after_regen: str = option("regenerated", "what a regenerated block adds to the statistics",
-                                    choices=STATS_AFTER_REGEN)  # fmt: skip
+    stats_after_regen: str = option(
+        "regenerated", "what a regenerated block adds to the statistics", choices=STATS_AFTER_REGEN
+    )
     min_std: float = option(0.0, "floor on the statistics' std (0: the paper's rule)", low=0.0)
-    accept: str = option("regenerated", "which attempt is kept: the last regeneration (the paper) or the lower "
-                         "severity (an ablation)", choices=ACCEPT)  # fmt: skip
+    accept: str = option(
+        "regenerated",
+        "which attempt is kept: the last regeneration (the paper) or the lower severity (an ablation)",
+        choices=ACCEPT,
+    )
     switch_exempt: bool = option(True, "the first block after a prompt switch is the new reference")
     switch_stats: str = option(
         "reset", "the statistics and the warm-up at a prompt switch", choices=("keep", "reset")

@@ -122,8 +122,9 @@ class Pipeline:
         from tokentrim.wan.text_encoder import encode_prompts
 
         if self.backend.encoder_factory is None:
-            raise UserError("this backend has no text encoder: give prompt embeddings, or load a preset or a "
-                            "model folder")  # fmt: skip
+            raise UserError(
+                "this backend has no text encoder: give prompt embeddings, or load a preset or a model folder"
+            )
         return encode_prompts(texts, self.backend.encoder_factory, self.embed_cache, offload=self.offload)
 
     def run(self, request: Request) -> Iterator[BlockEvent]:
@@ -131,8 +132,9 @@ class Pipeline:
         self.check(request)
         return self.loop.stream(self.encode([request])[0])
 
-    def stream(self, prompt: str | torch.Tensor, *, latent_frames: int, seed: int | None = 0,
-               **fields) -> Iterator[BlockEvent]:  # fmt: skip
+    def stream(
+        self, prompt: str | torch.Tensor, *, latent_frames: int, seed: int | None = 0, **fields
+    ) -> Iterator[BlockEvent]:
         """The blocks of a video as they become final (see `request` for the arguments)."""
         return self.run(self.request(prompt, latent_frames=latent_frames, seed=seed, **fields))
 
@@ -184,8 +186,17 @@ def load(
         config or default_config_path(pipeline, preset), list(overrides), {"pipeline": pipeline}
     )
     chosen = pick_device(device)
-    backend = load_backend(preset=preset, model_dir=model_dir, checkpoint=checkpoint, device=chosen,
-                           dtype=pick_dtype(dtype, chosen), use_ema=use_ema, decoder=decoder, lora=lora,
-                           lora_alpha=lora_alpha, random_weights=random_weights)  # fmt: skip
+    backend = load_backend(
+        preset=preset,
+        model_dir=model_dir,
+        checkpoint=checkpoint,
+        device=chosen,
+        dtype=pick_dtype(dtype, chosen),
+        use_ema=use_ema,
+        decoder=decoder,
+        lora=lora,
+        lora_alpha=lora_alpha,
+        random_weights=random_weights,
+    )
     backend.model.attention_backend = check_backend(attention)
     return Pipeline(backend, run, offload=offload)

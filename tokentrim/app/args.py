@@ -8,7 +8,8 @@ import sys
 
 from tokentrim.app.backends import PRESETS
 from tokentrim.app.run_config import BASELINE, RUN_DEFAULTS, RunConfig, default_config_path, load_run_config
-from tokentrim.pipelines import Request, SamplerConfig, pipeline_names
+from tokentrim.errors import UserError
+from tokentrim.pipelines import REGISTRY, Request, get_pipeline, pipeline_names
 from tokentrim.wan.attention import BACKENDS
 from tokentrim_core.flowmo import FlowMoConfig
 from tokentrim_core.options import Option, options
@@ -73,21 +74,33 @@ def add_option(group, cls: type, name: str, dest: str, default=None, help_defaul
     shown = help_default if default is None else default
     text = f"{opt.help}; {opt.expected(kind)}" + ("" if shown is None else f" (config default {shown})")
     if kind is bool:
-        group.add_argument(opt.flag, dest=dest, default=default, action=argparse.BooleanOptionalAction,
-                           help=text)  # fmt: skip
+        group.add_argument(
+            opt.flag, dest=dest, default=default, action=argparse.BooleanOptionalAction, help=text
+        )
     elif opt.choices is not None:
         group.add_argument(opt.flag, dest=dest, default=default, choices=list(opt.choices), help=text)
     else:
-        group.add_argument(opt.flag, dest=dest, default=default, type=option_type(opt, name, kind),
-                           help=text if default is None else f"{opt.help}; {opt.expected(kind)}")  # fmt: skip
+        group.add_argument(
+            opt.flag,
+            dest=dest,
+            default=default,
+            type=option_type(opt, name, kind),
+            help=text if default is None else f"{opt.help}; {opt.expected(kind)}",
+        )
 
 
 def run_options() -> list[tuple[str, type, str]]:
-    """(section, dataclass, field) of every option with a flag in the run config: TokenTrim, FlowMo, and the
-    samplers' shared fields (section "sampler": the chosen pipeline's)."""
-    sections = [("tokentrim", TokenTrimConfig), ("flowmo", FlowMoConfig), ("sampler", SamplerConfig)]
-    return [(section, cls, name) for section, cls in sections for name, (opt, _, _) in options(cls).items()
-            if opt.flag is not None]  # fmt: skip
+    """(section, dataclass, field) of every option with a flag in the run config: TokenTrim's, FlowMo's, and the
+    registered samplers' (section "sampler": set on the chosen pipeline's section; one flag per field name)."""
+    found, names = [], set()
+    sections = [("tokentrim", TokenTrimConfig), ("flowmo", FlowMoConfig)]
+    sections += [("sampler", entry.config) for entry in REGISTRY.values()]
+    for section, cls in sections:
+        for name, (opt, _, _) in options(cls).items():
+            if opt.flag is not None and (section, name) not in names:
+                names.add((section, name))
+                found.append((section, cls, name))
+    return found
 
 
 def flag_names() -> dict[str, str]:
@@ -98,27 +111,43 @@ def flag_names() -> dict[str, str]:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=sorted(PRESETS),
-                   help="built-in model: " + "; ".join(f"{k}: {v.doc}" for k, v in PRESETS.items()))  # fmt: skip
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="built-in model: " + "; ".join(f"{k}: {v.doc}" for k, v in PRESETS.items()),
+    )
     g.add_argument(
         "--model-dir", help="Wan2.1-T2V-1.3B folder (original or -Diffusers layout); with --checkpoint"
     )
-    g.add_argument("--checkpoint", help="self_forcing_dmd.pt / rolling_forcing_dmd.pt (or a DiT .safetensors / "
-                   "Diffusers folder); with --model-dir")  # fmt: skip
+    g.add_argument(
+        "--checkpoint",
+        help="self_forcing_dmd.pt / rolling_forcing_dmd.pt (or a DiT .safetensors / "
+        "Diffusers folder); with --model-dir",
+    )
     ema = g.add_mutually_exclusive_group()
-    ema.add_argument("--ema", action="store_true",
-                     help="read the checkpoint's 'generator_ema' entry (default: the entry its release says, see "
-                     "docs/models.md; unknown files: 'generator_ema' if present)")  # fmt: skip
+    ema.add_argument(
+        "--ema",
+        action="store_true",
+        help="read the checkpoint's 'generator_ema' entry (default: the entry its release says, see "
+        "docs/models.md; unknown files: 'generator_ema' if present)",
+    )
     ema.add_argument("--no-ema", action="store_true", help="read the checkpoint's 'generator' entry")
-    g.add_argument("--lora", help="a PEFT LoRA file (LongLive's lora.pt) merged into the weights at load; or merge "
-                   "once with `tokentrim merge-lora`")  # fmt: skip
+    g.add_argument(
+        "--lora",
+        help="a PEFT LoRA file (LongLive's lora.pt) merged into the weights at load; or merge "
+        "once with `tokentrim merge-lora`",
+    )
     g.add_argument(
         "--lora-alpha", type=POSITIVE_FLOAT, help="LoRA alpha (default: the rank r, a scale of 1 as LongLive)"
     )
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available, else cpu)")
     g.add_argument("--dtype", help="bf16 | fp32 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--attention", default="sdpa", choices=list(BACKENDS),
-                   help="attention kernel: torch SDPA, flash-attn (needs tokentrim[flash]), or auto")  # fmt: skip
+    g.add_argument(
+        "--attention",
+        default="sdpa",
+        choices=list(BACKENDS),
+        help="attention kernel: torch SDPA, flash-attn (needs tokentrim[flash]), or auto",
+    )
 
 
 def add_run_args(p: argparse.ArgumentParser, frames: int = 21) -> None:
@@ -147,8 +176,11 @@ def run_config_from_args(args: argparse.Namespace, baseline: bool = False) -> Ru
     """The run config of the chosen pipeline: its YAML, `key=value` overrides, then the flags (typed values).
     `baseline`: TokenTrim and FlowMo off whatever the flags say (bench --compare)."""
     updates: dict = {"pipeline": args.pipeline, "tokentrim": {}, "flowmo": {}, args.pipeline: {}}
-    for section, _, name in run_options():
+    sampler = options(get_pipeline(args.pipeline).config)
+    for section, cls, name in run_options():
         value = getattr(args, f"{section}.{name}")
+        if value is not None and section == "sampler" and name not in sampler:
+            raise UserError(f"{options(cls)[name][0].flag} is not a setting of {args.pipeline}")
         if value is not None:
             updates[args.pipeline if section == "sampler" else section][name] = value
     if args.no_tokentrim or baseline:
@@ -157,6 +189,35 @@ def run_config_from_args(args: argparse.Namespace, baseline: bool = False) -> Ru
             updates["flowmo"] |= BASELINE["flowmo"]
     path = args.config or default_config_path(args.pipeline, args.preset)
     return load_run_config(path, args.overrides, updates)
+
+
+def runtime(args: argparse.Namespace) -> tuple:
+    """(device, dtype, attention kernel) from --device, --dtype and --attention, checked before anything loads."""
+    from tokentrim.app.backends import pick_device, pick_dtype
+    from tokentrim.wan.attention import check_backend
+
+    device = pick_device(args.device)
+    return device, pick_dtype(args.dtype, device), check_backend(args.attention)
+
+
+def load_model(args: argparse.Namespace, device, dtype, attention: str, **kwargs):
+    """The backend the model options name (--preset, or --model-dir and --checkpoint, --ema, --lora), with the
+    attention kernel set; `kwargs` go to `load_backend` (decoder=, text_encoder=, random_weights=)."""
+    from tokentrim.app.backends import load_backend
+
+    backend = load_backend(
+        preset=args.preset,
+        model_dir=args.model_dir,
+        checkpoint=args.checkpoint,
+        device=device,
+        dtype=dtype,
+        use_ema=ema_choice(args),
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        **kwargs,
+    )
+    backend.model.attention_backend = attention
+    return backend
 
 
 def ema_choice(args: argparse.Namespace) -> bool | None:

@@ -154,13 +154,28 @@ def load_backend(
 
     detect_layout(model_dir)
     check_checkpoint_file(checkpoint)
-    comp = load_components(model_dir, device=device, dtype=dtype, dit_weights=False, text_encoder=False,
-                           vae=decoder, require_text_encoder=text_encoder)  # fmt: skip
+    comp = load_components(
+        model_dir,
+        device=device,
+        dtype=dtype,
+        dit_weights=False,
+        text_encoder=False,
+        vae=decoder,
+        require_text_encoder=text_encoder,
+    )
     model = build_model(comp.dit_config, device="meta")
-    model = load_dit_checkpoint(model, checkpoint, use_ema=use_ema, device=device, dtype=dtype, lora=lora,
-                                lora_alpha=lora_alpha)  # fmt: skip
+    model = load_dit_checkpoint(
+        model, checkpoint, use_ema=use_ema, device=device, dtype=dtype, lora=lora, lora_alpha=lora_alpha
+    )
     name = backend_name(None, checkpoint, use_ema=use_ema, lora=lora)
     return Backend(name, model, comp.text_encoder_factory, comp.vae)
+
+
+def load_preset(preset: str, device: str | None) -> Backend:
+    """A built-in model in fp32 on `device` (cpu / cuda[:N]; default: CUDA when there is one)."""
+    return load_backend(
+        preset=preset, model_dir=None, checkpoint=None, device=pick_device(device), dtype=torch.float32
+    )
 
 
 def model_config(preset: str | None, model_dir: str | None, random_weights: bool = False) -> WanConfig:

@@ -53,8 +53,14 @@ def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.
     blocks = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
     score_s = sum(r.score_ms for r in records) / 1000
     regens = sum(r.action == "prune" for r in records)
-    return {"wall_s": wall, "block_s": blocks, "score_s": score_s, "regenerations": regens,
-            "blocks": len(records), "peak_memory_mb": _peak_memory_mb(device)}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "block_s": blocks,
+        "score_s": score_s,
+        "regenerations": regens,
+        "blocks": len(records),
+        "peak_memory_mb": _peak_memory_mb(device),
+    }
 
 
 def measure(
@@ -138,21 +144,15 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from tokentrim.app import backends
-    from tokentrim.app.args import ema_choice
-    from tokentrim.wan.attention import check_backend
+    from tokentrim.app.args import load_model, runtime
 
     # 1. Everything checked before weights load
-    device = backends.pick_device(args.device)
-    dtype = backends.pick_dtype(args.dtype, device)
-    attention = check_backend(args.attention)
+    device, dtype, attention = runtime(args)
     configs = bench_configs(args)
-    # 2. Load, measure, report
-    backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                    device=device, dtype=dtype, use_ema=ema_choice(args), decoder=False,
-                                    text_encoder=False, random_weights=args.random_weights, lora=args.lora,
-                                    lora_alpha=args.lora_alpha)  # fmt: skip
-    backend.model.attention_backend = attention
+    # 2. Load, measure (each run's stream timed block by block), report
+    backend = load_model(
+        args, device, dtype, attention, decoder=False, text_encoder=False, random_weights=args.random_weights
+    )
     if args.compile:
         compile_blocks(backend.model, args.compile_backend)
     cfg = backend.model.config
@@ -160,12 +160,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
     warmup_frames = args.warmup_frames or args.latent_frames
     results, warmup = {name: [] for name in configs}, []
-    for name, warming, run in measure(backend, configs, embeds, args.latent_frames, args.seed, device,
-                                      repeats=args.repeats, warmup_runs=args.warmup_runs,
-                                      warmup_frames=warmup_frames):  # fmt: skip
+    for name, warming, run in measure(
+        backend,
+        configs,
+        embeds,
+        args.latent_frames,
+        args.seed,
+        device,
+        repeats=args.repeats,
+        warmup_runs=args.warmup_runs,
+        warmup_frames=warmup_frames,
+    ):
         warmup.append(run["wall_s"]) if warming else results[name].append(run)
     treated = configs["tokentrim" if args.compare else "run"]
     report = {
+        **bench_header(args, backend, treated, device, dtype),
+        "warmup_frames": warmup_frames,
+        "warmup_wall_s": warmup,
+        **summaries(backend, results, args.latent_frames),
+    }
+    if args.compile:
+        from torch._dynamo.utils import counters
+
+        report["compiled_graphs"] = counters["stats"]["unique_graphs"]  # > 1: recompilations
+    if args.compare:
+        report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
+    if args.json:
+        write_json(args.json, report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def bench_header(
+    args: argparse.Namespace, backend, treated, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """What a report was measured on: the pipeline, the weights, the device, the settings, the cache's size."""
+    cfg = backend.model.config
+    return {
         "pipeline": args.pipeline,
         "backend": backend.name,
         "latent_frames": args.latent_frames,
@@ -182,20 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "flowmo_config": treated.to_dict()["flowmo"],
         "kv_cache_mb": kv_cache_mb(backend, treated, dtype),
         "dit_weights_mb": sum(p.numel() * p.element_size() for p in backend.model.parameters()) / 2**20,
-        "warmup_frames": warmup_frames,
-        "warmup_wall_s": warmup,  # with --compile: compilation included
-        **summaries(backend, results, args.latent_frames),
     }
-    if args.compile:
-        from torch._dynamo.utils import counters
-
-        report["compiled_graphs"] = counters["stats"]["unique_graphs"]  # > 1: recompilations
-    if args.compare:
-        report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
-    if args.json:
-        write_json(args.json, report)
-    print(json.dumps(report, indent=2))
-    return 0
 
 
 def bench_configs(args: argparse.Namespace) -> dict:
@@ -227,13 +245,19 @@ def bench_configs(args: argparse.Namespace) -> dict:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="measure speed and memory (JSON)",
-                              description="Per-block latency, fps, scoring share and peak memory of a pipeline "
-                              "(random prompt embeddings, no decoding); --compare alternates baseline and TokenTrim.")  # fmt: skip
+    p = subparsers.add_parser(
+        "bench",
+        help="measure speed and memory (JSON)",
+        description="Per-block latency, fps, scoring share and peak memory of a pipeline "
+        "(random prompt embeddings, no decoding); --compare alternates baseline and TokenTrim.",
+    )
     add_model_args(p)
     add_run_args(p)
-    p.add_argument("--random-weights", action="store_true",
-                   help="the full-size Wan2.1 DiT with random weights (speed and memory without downloads)")  # fmt: skip
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="the full-size Wan2.1 DiT with random weights (speed and memory without downloads)",
+    )
     p.add_argument("--json", help="also write the report to this file")
     p.add_argument(
         "--compare",
@@ -242,9 +266,15 @@ def register(subparsers) -> None:
     )
     p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="measured runs per configuration, >= 1")
     p.add_argument("--warmup-runs", type=NONNEG_INT, default=1, help="unmeasured runs first, >= 0")
-    p.add_argument("--warmup-frames", type=POSITIVE_INT,
-                   help="latent frames of each warm-up run (default: --latent-frames)")  # fmt: skip
+    p.add_argument(
+        "--warmup-frames",
+        type=POSITIVE_INT,
+        help="latent frames of each warm-up run (default: --latent-frames)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
-    p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend for --compile (eager: trace only, a quick check)")  # fmt: skip
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend for --compile (eager: trace only, a quick check)",
+    )
     p.set_defaults(func=cmd_bench)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -24,7 +25,9 @@ from tokentrim.app.args import (
     add_run_args,
     ema_choice,
     flag_names,
+    load_model,
     run_config_from_args,
+    runtime,
 )
 from tokentrim.errors import UserError
 
@@ -52,26 +55,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
     from tokentrim.app.api import Pipeline
-    from tokentrim.wan.attention import check_backend
 
     # 1. What to generate and where it goes, all checked before any weights load
     run = run_config_from_args(args)
-    device = backends.pick_device(args.device)
-    dtype = backends.pick_dtype(args.dtype, device)
-    attention = check_backend(args.attention)
+    device, dtype, attention = runtime(args)
     if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
         raise UserError("the official weights need both --model-dir and --checkpoint")
-    config = backends.model_config(args.preset, args.model_dir)
-    request, extra = asked_request(args, run, config)
+    request, extra = asked_request(args, run, backends.model_config(args.preset, args.model_dir))
     jobs = output_jobs(args, request)
     if args.lora is not None and not Path(args.lora).is_file():
         raise UserError(f"--lora {args.lora} not found")
     name = backends.backend_name(args.preset, args.checkpoint, use_ema=ema_choice(args), lora=args.lora)
-
-    def settings_of(index, prompt, seed):
-        return gen.video_settings(run, seed=seed, latent_frames=args.latent_frames, observed_frames=request.observed_frames,
-                                  backend=name, dtype=dtype, attention=attention, prompt=prompt, index=index, **extra)  # fmt: skip
-
+    settings_of = functools.partial(
+        gen.video_settings,
+        run,
+        latent_frames=args.latent_frames,
+        backend=name,
+        observed_frames=request.observed_frames,
+        dtype=dtype,
+        attention=attention,
+        **extra,
+    )
     # A single --prompt overwrites. A batch resumes: a prompt whose outputs exist with the same settings is done;
     # outputs made with other settings are never mixed in silently.
     todo = jobs if args.prompt is not None else gen.unfinished(jobs, settings_of, args.overwrite)
@@ -81,17 +85,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("nothing to do: every output exists, made with the same settings")
         return 0
     # 2. Load, encode every prompt at once, then each video: its files written as its blocks arrive
-    backend = backends.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                    device=device, dtype=dtype, use_ema=ema_choice(args), lora=args.lora,
-                                    lora_alpha=args.lora_alpha)  # fmt: skip
-    backend.model.attention_backend = attention
-    pipe = Pipeline(backend, run, offload=args.offload)
+    pipe = Pipeline(load_model(args, device, dtype, attention), run, offload=args.offload)
     asked = [dataclasses.replace(request, prompt=prompt, seed=seed) for _, prompt, _, _, seed in todo]
     for (index, prompt, video, log, seed), ready in zip(todo, pipe.encode(asked), strict=True):
-        out = gen.write_video_files(pipe.loop.stream(ready), settings=settings_of(index, prompt, seed), fps=pipe.fps,
-                                    start=request.start, video=video, log=log,
-                                    latents=video.with_suffix(".latents.pt") if args.save_latents else None,
-                                    frames_dir=video.with_suffix("") if args.png_frames else None)  # fmt: skip
+        out = gen.write_video_files(
+            pipe.loop.stream(ready),
+            settings=settings_of(index=index, prompt=prompt, seed=seed),
+            fps=pipe.fps,
+            start=request.start,
+            video=video,
+            log=log,
+            latents=video.with_suffix(".latents.pt") if args.save_latents else None,
+            frames_dir=video.with_suffix("") if args.png_frames else None,
+        )
         pruned = sum(r.action == "prune" for r in out.records)
         print(f"wrote {video} and {log}  [{len(out.records)} blocks, {pruned} pruned]")
     return 0
@@ -128,8 +134,10 @@ def asked_request(args: argparse.Namespace, run, config) -> tuple:
 
         timeline = read_timeline(args.timeline)
         if not checker.switching:
-            raise UserError(f"--timeline: {checker.title} cannot switch prompts; use --pipeline "
-                            f"{' / '.join(gen.switching_pipelines())}")  # fmt: skip
+            raise UserError(
+                f"--timeline: {checker.title} cannot switch prompts; use --pipeline "
+                f"{' / '.join(gen.switching_pipelines())}"
+            )
         observed = 0 if start is None else (start.latent_frames if observation else start.shape[1])
         frames = timeline.switch_frames(checker.frames_per_block, observed, args.latent_frames)
         prompt, switches = timeline.prompts[0], tuple(zip(frames, timeline.prompts[1:], strict=True))
@@ -206,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library notices")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("generate", help="generate a video (or a batch) with a registered pipeline",
-                       description="Generate a video from a prompt (or one per line of a file) with TokenTrim.")  # fmt: skip
+    p = sub.add_parser(
+        "generate",
+        help="generate a video (or a batch) with a registered pipeline",
+        description="Generate a video from a prompt (or one per line of a file) with TokenTrim.",
+    )
     add_model_args(p)
     add_run_args(p)
     g = p.add_argument_group("input and output")
@@ -215,32 +226,57 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--prompts", help="a UTF-8 file with one prompt per line (batch mode, resumable; needs --out-dir)"
     )
-    g.add_argument("--timeline", help="prompt switches: a YAML / JSONL file of prompts with the latent frame each "
-                   "starts at (docs/longlive.md#2-timelines); Self Forcing, Causal Forcing and LongLive")  # fmt: skip
-    g.add_argument("--scene", type=SEED, help="toy world only: start from scene SEED's observed first block and "
-                   "its prompt; the model generates the rest")  # fmt: skip
-    g.add_argument("--init-image", help="start from this image (PNG/JPEG): it becomes the first block, then "
-                   "generation continues (docs/causal_forcing.md#2-image-and-video-start)")  # fmt: skip
+    g.add_argument(
+        "--timeline",
+        help="prompt switches: a YAML / JSONL file of prompts with the latent frame each "
+        "starts at (docs/longlive.md#2-timelines); Self Forcing, Causal Forcing and LongLive",
+    )
+    g.add_argument(
+        "--scene",
+        type=SEED,
+        help="toy world only: start from scene SEED's observed first block and "
+        "its prompt; the model generates the rest",
+    )
+    g.add_argument(
+        "--init-image",
+        help="start from this image (PNG/JPEG): it becomes the first block, then "
+        "generation continues (docs/causal_forcing.md#2-image-and-video-start)",
+    )
     g.add_argument(
         "--init-video", help="extend this video: its last --init-frames frames become the first blocks"
     )
-    g.add_argument("--init-frames", type=POSITIVE_INT, help="frames taken from the end of --init-video, encoding to "
-                   "whole blocks: 9, 21, 33, ... for 3-frame blocks (default: one block, 9; frame-wise: 1)")  # fmt: skip
-    g.add_argument("--init-resize", default="stretch", choices=["stretch", "crop"],
-                   help="fit the image / video to the model's frame size: bilinear stretch (the reference's "
-                   "image-to-video), or scale to cover and crop the centre")  # fmt: skip
+    g.add_argument(
+        "--init-frames",
+        type=POSITIVE_INT,
+        help="frames taken from the end of --init-video, encoding to "
+        "whole blocks: 9, 21, 33, ... for 3-frame blocks (default: one block, 9; frame-wise: 1)",
+    )
+    g.add_argument(
+        "--init-resize",
+        default="stretch",
+        choices=["stretch", "crop"],
+        help="fit the image / video to the model's frame size: bilinear stretch (the reference's "
+        "image-to-video), or scale to cover and crop the centre",
+    )
     g.add_argument(
         "--keep-init", action="store_true", help="write the given video before the generated frames"
     )
     g.add_argument("--out", help="output .mp4 for --prompt (default: outputs/<prompt>.mp4; overwritten)")
     g.add_argument("--out-dir", help="output folder for --prompts (NNNN_<prompt>.mp4 + .json per prompt)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="batch mode: regenerate videos in --out-dir that were made with other settings")  # fmt: skip
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="batch mode: regenerate videos in --out-dir that were made with other settings",
+    )
     g.add_argument("--log", help="decision log JSON for --prompt (default: next to the video)")
     g.add_argument("--save-latents", action="store_true", help="also save the latents as <video>.latents.pt")
     g.add_argument("--png-frames", action="store_true", help="also write every frame as <video>/NNNNN.png")
-    g.add_argument("--offload", default="cpu", choices=["none", "cpu", "free"],
-                   help="text encoder after encoding: keep on the device, move to the CPU, or free it")  # fmt: skip
+    g.add_argument(
+        "--offload",
+        default="cpu",
+        choices=["none", "cpu", "free"],
+        help="text encoder after encoding: keep on the device, move to the CPU, or free it",
+    )
     p.set_defaults(func=cmd_generate)
 
     eval_command.register(sub)

@@ -30,8 +30,13 @@ def _label(width: int, text: str, colour=(255, 255, 255)) -> np.ndarray:
     return np.asarray(strip)
 
 
-def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str], marked: set[int] = frozenset(),
-                 factor: int = 1) -> np.ndarray:  # fmt: skip
+def side_by_side(
+    left: np.ndarray,
+    right: np.ndarray,
+    labels: tuple[str, str],
+    marked: set[int] = frozenset(),
+    factor: int = 1,
+) -> np.ndarray:
     """Two videos `[T, H, W, 3]` as one, each upscaled with a label strip above; frames in `marked` get a red
     border on the right panel (TokenTrim pruned and regenerated their block). Sizes stay even for H.264."""
     n = min(len(left), len(right))
@@ -49,8 +54,16 @@ def side_by_side(left: np.ndarray, right: np.ndarray, labels: tuple[str, str], m
     return video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
 
 
-def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], patch: tuple[int, int], fpb: int,
-                      frame: np.ndarray, out_png: Path, fault: tuple[int, ...] = ()) -> Path:  # fmt: skip
+def plot_pruned_block(
+    latents: torch.Tensor,
+    block: int,
+    positions: list[int],
+    patch: tuple[int, int],
+    fpb: int,
+    frame: np.ndarray,
+    out_png: Path,
+    fault: tuple[int, ...] = (),
+) -> Path:
     """The per-token drift of `block` against the block before it (Eq. 3-5) over its last frame, with the positions
     TokenTrim pruned outlined (and the injected fault's tokens, dashed): the paper's Fig. 2 for one decision.
     latents [F, C, H, W]: the baseline's; TokenTrim's candidate is the same block only up to its first prune (the
@@ -78,8 +91,17 @@ def plot_pruned_block(latents: torch.Tensor, block: int, positions: list[int], p
             Rectangle(((n % gw) * sx, (n // gw) * sy), sx, sy, fill=False, edgecolor="cyan", lw=1.2)
         )
     for n in fault:
-        right.add_patch(Rectangle(((n % gw) * sx + 1, (n // gw) * sy + 1), sx - 2, sy - 2, fill=False,
-                                  edgecolor="white", lw=1.0, ls="--"))  # fmt: skip
+        right.add_patch(
+            Rectangle(
+                ((n % gw) * sx + 1, (n // gw) * sy + 1),
+                sx - 2,
+                sy - 2,
+                fill=False,
+                edgecolor="white",
+                lw=1.0,
+                ls="--",
+            )
+        )
     what = "TokenTrim's pruned positions outlined" + ("; fault dashed" if fault else "")
     right.set_title(f"baseline's token drift vs block {block - 1}\n{what}", fontsize=9)
     for ax in (left, right):
@@ -98,32 +120,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     # 1. Everything checked before weights load
     out, runs, request, fault = compare_plan(args)
-    backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
-                                    device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
+    backend = backends.load_preset(args.preset, args.device)
     # 2. Both runs from the same request, the same fault injected into each
     videos, logs = {}, {}
+    inputs = {"latent_frames": request.latent_frames, "seed": request.seed, "start": request.start}
     for name, run in runs.items():
-        pipe = Pipeline(backend, run, offload="none")
-        hook = None if fault is None else fault_hook(backend, run, fault)
-        videos[name] = pipe.generate(request.prompt, latent_frames=request.latent_frames, seed=request.seed,
-                                     start=request.start, **({} if hook is None else {"hook": hook, "tokentrim": None}))  # fmt: skip
+        hook = {} if fault is None else {"hook": fault_hook(backend, run, fault), "tokentrim": None}
+        videos[name] = Pipeline(backend, run, offload="none").generate(request.prompt, **inputs, **hook)
         logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
-    # 3. The two-panel video, the logs, the drift figure, the heat map of the first prune that answers the fault
-    block = backend.model.config.frames_per_block
-    decoder = backend.decoder
-    per_block = [decoder.num_frames((b + 1) * block) - decoder.num_frames(b * block) if b else decoder.num_frames(block)
-                 for b in range(args.latent_frames // block)]  # fmt: skip
-    first_frame = np.cumsum([0, *per_block])
+    # 3. The two-panel video (TokenTrim's pruned blocks framed red), the logs, the drift figure, the heat map
+    first_frame = block_starts(backend, args.latent_frames)
     pruned = [r for r in videos["TokenTrim"].records if r.action == "prune"]
     marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
     base = videos["baseline"].frames
     factor = max(1, -(-MIN_HEIGHT // base.shape[1]))
     what = (
         "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
-    )  # ASCII only: PIL's default font
-    video = side_by_side(
-        base, videos["TokenTrim"].frames, (f"baseline{what}", f"TokenTrim{what}"), marked, factor
-    )
+    )  # ASCII: PIL's default font
+    labels = (f"baseline{what}", f"TokenTrim{what}")
+    video = side_by_side(base, videos["TokenTrim"].frames, labels, marked, factor)
     write_video(out / "compare.mp4", video, fps=backend.fps)
     for name, log in logs.items():
         write_json(out / f"{name.lower()}.json", log)
@@ -131,17 +146,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     made = [out / "compare.mp4", out / "drift.png"]
     shown = [r for r in pruned if fault is None or r.block > fault.block]  # the prune that answers the fault
     if shown:
-        first = shown[0]
-        frame = upscale(base[first_frame[first.block + 1] - 1 : first_frame[first.block + 1]], factor)[0]
-        plot_pruned_block(videos["baseline"].latents[0].float(), first.block, first.pruned_positions,
-                          backend.model.config.patch_size[1:], block, frame, out / "heatmap.png",
-                          () if fault is None else fault.tokens)  # fmt: skip
+        end = first_frame[shown[0].block + 1]
+        frame = upscale(base[end - 1 : end], factor)[0]
+        plot_pruned_block(
+            videos["baseline"].latents[0].float(),
+            shown[0].block,
+            shown[0].pruned_positions,
+            backend.model.config.patch_size[1:],
+            backend.model.config.frames_per_block,
+            frame,
+            out / "heatmap.png",
+            () if fault is None else fault.tokens,
+        )
         made.append(out / "heatmap.png")
     prunes = ", ".join(str(r.block) for r in pruned) or "none"
     print(
         f"wrote {', '.join(map(str, made))}  [{video.shape[2]}x{video.shape[1]}, TokenTrim pruned blocks: {prunes}]"
     )
     return 0
+
+
+def block_starts(backend, latent_frames: int) -> np.ndarray:
+    """The first decoded frame of each block, and the frame count at the end (the VAE's 1 + 4 (f - 1), then 4 f)."""
+    block, decoder = backend.model.config.frames_per_block, backend.decoder
+    per_block = [
+        decoder.num_frames((b + 1) * block) - decoder.num_frames(b * block)
+        if b
+        else decoder.num_frames(block)
+        for b in range(latent_frames // block)
+    ]
+    return np.cumsum([0, *per_block])
 
 
 def compare_plan(args: argparse.Namespace) -> tuple:
@@ -180,8 +214,12 @@ def compare_plan(args: argparse.Namespace) -> tuple:
     fault = None
     if args.fault is not None:
         grid = (config.grid_height, config.grid_width)
-        fault = Fault(args.fault, args.fault_block, region(grid, args.fault_tokens, np.random.default_rng(args.seed)),
-                      args.seed)  # fmt: skip
+        fault = Fault(
+            args.fault,
+            args.fault_block,
+            region(grid, args.fault_tokens, np.random.default_rng(args.seed)),
+            args.seed,
+        )
     return out, {"baseline": trimmed.baseline(), "TokenTrim": trimmed}, request, fault
 
 
@@ -201,10 +239,17 @@ def compare_settings(backend, run, request, fault) -> dict:
 
     model = backend.model
     what = None if fault is None else {"kind": fault.kind, "block": fault.block, "tokens": list(fault.tokens)}
-    return video_settings(run, seed=request.seed, latent_frames=request.latent_frames,
-                          observed_frames=request.observed_frames, backend=backend.name,
-                          dtype=model.patch_embedding.weight.dtype, attention=model.attention_backend,
-                          prompt=request.prompt, fault=what)  # fmt: skip
+    return video_settings(
+        run,
+        seed=request.seed,
+        latent_frames=request.latent_frames,
+        observed_frames=request.observed_frames,
+        backend=backend.name,
+        dtype=model.patch_embedding.weight.dtype,
+        attention=model.attention_backend,
+        prompt=request.prompt,
+        fault=what,
+    )
 
 
 def register(subparsers) -> None:
@@ -213,10 +258,13 @@ def register(subparsers) -> None:
     from tokentrim.app.faults import KINDS
     from tokentrim.pipelines import pipeline_names
 
-    p = subparsers.add_parser("compare", help="baseline and TokenTrim side by side (one mp4, drift, heat map)",
-                              description="The baseline and TokenTrim from the same seed, optionally with the same "
-                              "injected fault, as a two-panel video with the drift figure and the heat map of "
-                              "the first pruned block.")  # fmt: skip
+    p = subparsers.add_parser(
+        "compare",
+        help="baseline and TokenTrim side by side (one mp4, drift, heat map)",
+        description="The baseline and TokenTrim from the same seed, optionally with the same "
+        "injected fault, as a two-panel video with the drift figure and the heat map of "
+        "the first pruned block.",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="toy", help="built-in model")
     p.add_argument("--pipeline", choices=pipeline_names(), default="self_forcing", help="sampling loop")
     p.add_argument("--config", help="run config YAML (default: the pipeline's, configs/toy/ for the toy)")
@@ -236,6 +284,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (compare.mp4, drift.png, heatmap.png, logs)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
-    p.add_argument("overrides", nargs="*",
-                   help="config overrides KEY=VALUE (both runs; the baseline has TokenTrim and FlowMo off)")  # fmt: skip
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides KEY=VALUE (both runs; the baseline has TokenTrim and FlowMo off)",
+    )
     p.set_defaults(func=cmd_compare)

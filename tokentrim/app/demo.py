@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokentrim.app.args import POSITIVE_INT, add_model_args, ema_choice
+from tokentrim.app.args import POSITIVE_INT, add_model_args
 from tokentrim.app.demo_run import PAGE_OPTIONS, DemoRunner, DemoUpdate, PageOption, Panel, block_list
 from tokentrim.errors import UserError
 
@@ -31,6 +31,15 @@ STATUS_ID, PLOT_ID = "demo-status", "demo-plot"  # element ids the browser test 
 CSS = (
     ".pixelated img, .pixelated video { image-rendering: pixelated; }"  # nearest neighbour in the browser too
 )
+# gradio's launch settings: return at once (the command waits itself), no history, no links, the page's CSS
+LAUNCH = {
+    "prevent_thread_lock": True,
+    "quiet": True,
+    "footer_links": [],
+    "run_history": False,
+    "theme": "default",
+    "css": CSS,
+}
 ABOUT = (
     "# TokenTrim demo\n"
     "Generates a video block by block; each block is shown as soon as it is decoded, and the drift plot shows "
@@ -143,10 +152,23 @@ class PanelWidgets:
         import gradio as gr
 
         with gr.Column(visible=index == 0) as column:
-            image = gr.Image(label="live", format="png", interactive=False, height=220, elem_classes="pixelated",
-                             elem_id=f"demo-live-{index}")  # fmt: skip
-            video = gr.Video(label="finished mp4", interactive=False, height=220, loop=True, autoplay=True,
-                             elem_classes="pixelated", elem_id=f"demo-video-{index}")  # fmt: skip
+            image = gr.Image(
+                label="live",
+                format="png",
+                interactive=False,
+                height=220,
+                elem_classes="pixelated",
+                elem_id=f"demo-live-{index}",
+            )
+            video = gr.Video(
+                label="finished mp4",
+                interactive=False,
+                height=220,
+                loop=True,
+                autoplay=True,
+                elem_classes="pixelated",
+                elem_id=f"demo-video-{index}",
+            )
             with gr.Row():
                 mp4 = gr.DownloadButton("mp4", visible=False, size="sm", elem_id=f"demo-mp4-{index}")
                 log = gr.DownloadButton("decision log", visible=False, size="sm", elem_id=f"demo-log-{index}")
@@ -157,16 +179,23 @@ class PanelWidgets:
         import gradio as gr
 
         hidden = gr.DownloadButton(visible=False)
-        return {self.column: gr.Column(visible=visible), self.image: None, self.video: None, self.mp4: hidden,
-                self.log: hidden}  # fmt: skip
+        return {
+            self.column: gr.Column(visible=visible),
+            self.image: None,
+            self.video: None,
+            self.mp4: hidden,
+            self.log: hidden,
+        }
 
     def showing(self, panel: Panel, done: bool) -> dict:
         """Values that show a panel's newest block, and its files once the run is done."""
         import gradio as gr
 
         pruned = f", pruned: {block_list(panel.pruned)}" if panel.pruned else ""
-        out = {self.column: gr.Column(visible=True),
-               self.image: gr.Image(panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}")}  # fmt: skip
+        out = {
+            self.column: gr.Column(visible=True),
+            self.image: gr.Image(panel.preview, label=f"{panel.label}: live, {panel.frames} frames{pruned}"),
+        }
         if done:
             out[self.video] = gr.Video(str(panel.display_video), label=f"{panel.label}: finished mp4")
             out[self.mp4] = gr.DownloadButton(f"{panel.label} mp4", value=str(panel.video), visible=True)
@@ -212,13 +241,18 @@ def settings_inputs(runner: DemoRunner, frames: int) -> dict[str, Any]:
     choices = scene_choices() if runner.toy else [("0", 0)]
     names = pipeline_names()
     inputs = {
-        "scene": gr.Dropdown(choices, value=choices[0][1], label="Toy scene (its prompt and observed first block)",
-                             visible=runner.toy),
+        "scene": gr.Dropdown(
+            choices,
+            value=choices[0][1],
+            label="Toy scene (its prompt and observed first block)",
+            visible=runner.toy,
+        ),
         "prompt": gr.Textbox(label="Prompt", lines=2, visible=not runner.toy),
         "pipeline": gr.Dropdown(names, value=names[0], label="Pipeline"),
-        "side_by_side": gr.Checkbox(False, label="Side by side: baseline and TokenTrim from the same seed",
-                                    elem_id="demo-side"),
-    }  # fmt: skip
+        "side_by_side": gr.Checkbox(
+            False, label="Side by side: baseline and TokenTrim from the same seed", elem_id="demo-side"
+        ),
+    }
     starting = {"latent_frames": frames, "seed": 0}  # the request's own fields have no default to show
     for opt in PAGE_OPTIONS:
         inputs[opt.key] = option_widget(opt, starting.get(opt.key, opt.default))
@@ -276,19 +310,17 @@ def build_page(runner: DemoRunner, sessions: Sessions, frames: int):
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.wan.attention import check_backend
+    from tokentrim.app.args import load_model, runtime
 
     # 1. Everything checked before weights load
-    preset = args.preset if args.preset or args.model_dir or args.checkpoint else "toy"
+    preset = args.preset = args.preset if args.preset or args.model_dir or args.checkpoint else "toy"
     if preset is not None and (args.model_dir or args.checkpoint):
         raise UserError(f"--preset {preset} uses built-in weights: drop --model-dir / --checkpoint")
     if preset is None and not (args.model_dir and args.checkpoint):
         raise UserError("the official weights need both --model-dir and --checkpoint")
     if importlib.util.find_spec("gradio") is None:  # not imported yet: see step 2
         raise UserError('the demo needs Gradio: pip install "tokentrim[demo]"')
-    device = backends.pick_device(args.device)
-    dtype = backends.pick_dtype(args.dtype, device)
-    attention = check_backend(args.attention)
+    device, dtype, attention = runtime(args)
     backends.model_config(preset, args.model_dir)
     check_port(args.host, args.port)
     # 2. The folder the server owns, for gradio's files (it reads GRADIO_TEMP_DIR when first imported) and
@@ -300,17 +332,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor"))
-        backend = backends.load_backend(preset=preset, model_dir=args.model_dir, checkpoint=args.checkpoint,
-                                        device=device, dtype=dtype, use_ema=ema_choice(args))  # fmt: skip
-        backend.model.attention_backend = attention
+        backend = load_model(args, device, dtype, attention)
         runner = DemoRunner(backend, preset, args.max_latent_frames, root / "embeddings")
         sessions = Sessions(root / "runs")
         page = build_page(runner, sessions, DEFAULT_FRAMES.get(preset, 21))
         page.queue(max_size=32)
         # 3. Serve until Ctrl-C / SIGTERM (the CLI turns both into exceptions; the folder goes in `finally`)
-        _, url, _ = page.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True,
-                                allowed_paths=[str(sessions.root)], footer_links=[], run_history=False,
-                                theme="default", css=CSS)  # fmt: skip
+        _, url, _ = page.launch(
+            server_name=args.host, server_port=args.port, allowed_paths=[str(sessions.root)], **LAUNCH
+        )
         print(f"TokenTrim demo ({backend.name}) at {url}  (Ctrl-C to stop)", flush=True)
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"note: listening on {args.host}: anyone who can reach it can use the demo", flush=True)
@@ -324,15 +354,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="serve a browser demo: live rollout, drift plot, side by side",
-                              description="A web page that generates a video block by block with TokenTrim, plots "
-                              'the drift live and compares with the baseline (needs pip install "tokentrim[demo]"). '
-                              "Without a model it serves the toy world model.")  # fmt: skip
+    p = subparsers.add_parser(
+        "demo",
+        help="serve a browser demo: live rollout, drift plot, side by side",
+        description="A web page that generates a video block by block with TokenTrim, plots "
+        'the drift live and compares with the baseline (needs pip install "tokentrim[demo]"). '
+        "Without a model it serves the toy world model.",
+    )
     add_model_args(p)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network interface)"
     )
     p.add_argument("--port", type=port_number, default=7860, help="TCP port, 1 .. 65535")
-    p.add_argument("--max-latent-frames", type=POSITIVE_INT, default=240,
-                   help="the longest rollout a page may ask for, in latent frames")  # fmt: skip
+    p.add_argument(
+        "--max-latent-frames",
+        type=POSITIVE_INT,
+        default=240,
+        help="the longest rollout a page may ask for, in latent frames",
+    )
     p.set_defaults(func=cmd_demo)

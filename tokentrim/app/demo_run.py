@@ -66,8 +66,11 @@ class PageOption:
 def page_options() -> list[PageOption]:
     """The options declared with a label: the request's (length, seed), then TokenTrim's and FlowMo's, whose page
     defaults are the run config's (`RUN_DEFAULTS`)."""
-    found = [PageOption(name, opt, kind, default) for name, (opt, kind, default) in options(Request).items()
-             if opt.label]  # fmt: skip
+    found = [
+        PageOption(name, opt, kind, default)
+        for name, (opt, kind, default) in options(Request).items()
+        if opt.label
+    ]
     for section, cls in (("tokentrim", TokenTrimConfig), ("flowmo", FlowMoConfig)):
         for name, (opt, kind, _) in options(cls).items():
             if opt.label:
@@ -76,8 +79,12 @@ def page_options() -> list[PageOption]:
 
 
 PAGE_OPTIONS = page_options()
-SCENE = PageOption("scene", Option("a held-out scene: its prompt and observed first block", low=0, high=MAX_SEED,
-                                   label="Toy scene"), int, None)  # fmt: skip
+SCENE = PageOption(
+    "scene",
+    Option("a held-out scene: its prompt and observed first block", low=0, high=MAX_SEED, label="Toy scene"),
+    int,
+    None,
+)
 # Library messages name fields in backticks; the page shows the labels of its inputs instead (cli_message's twin).
 LABELS = PAGE_LABELS | {o.key: o.option.label for o in PAGE_OPTIONS}
 
@@ -185,8 +192,10 @@ class DemoRunner:
             )
         got = {o.key: page_value(o, values.get(o.key, o.default)) for o in PAGE_OPTIONS}
         if got["latent_frames"] > self.max_latent_frames:
-            raise UserError(f"Latent frames must be at most {self.max_latent_frames} on this server, "
-                            f"got {got['latent_frames']}")  # fmt: skip
+            raise UserError(
+                f"Latent frames must be at most {self.max_latent_frames} on this server, "
+                f"got {got['latent_frames']}"
+            )
         prompt, start, inputs = self._inputs(values)
         updates = {"pipeline": pipeline, "tokentrim": {}, "flowmo": {}}
         for key, value in got.items():
@@ -196,8 +205,11 @@ class DemoRunner:
         run = load_run_config(default_config_path(pipeline, self.preset), [], updates)
         chosen = [("TokenTrim" if run.tokentrim.enabled else "baseline", run)]
         if values.get("side_by_side"):  # the baseline of the paper's comparisons (and bench's), and TokenTrim
-            trimmed = load_run_config(default_config_path(pipeline, self.preset), [],
-                                      {**updates, "tokentrim": {**updates["tokentrim"], "enabled": True}})  # fmt: skip
+            trimmed = load_run_config(
+                default_config_path(pipeline, self.preset),
+                [],
+                {**updates, "tokentrim": {**updates["tokentrim"], "enabled": True}},
+            )
             chosen = [("baseline", trimmed.baseline()), ("TokenTrim", trimmed)]
         runs = []
         for label, run in chosen:
@@ -222,9 +234,16 @@ class DemoRunner:
 
     def _settings(self, run: RunConfig, request: Request, inputs: dict) -> dict:
         model = self.backend.model
-        return video_settings(run, seed=request.seed, latent_frames=request.latent_frames,
-                              observed_frames=request.observed_frames, backend=self.backend.name,
-                              dtype=model.patch_embedding.weight.dtype, attention=model.attention_backend, **inputs)  # fmt: skip
+        return video_settings(
+            run,
+            seed=request.seed,
+            latent_frames=request.latent_frames,
+            observed_frames=request.observed_frames,
+            backend=self.backend.name,
+            dtype=model.patch_embedding.weight.dtype,
+            attention=model.attention_backend,
+            **inputs,
+        )
 
     def stream(self, values: dict[str, Any], out_dir: Path, cancel: threading.Event) -> Iterator[DemoUpdate]:
         """Run what the page asks for, yielding an update per decoded block and a last one that says how it ended.
@@ -243,8 +262,9 @@ class DemoRunner:
                 self._lock.release()
         except Cancelled:
             done = ", ".join(f"{p.label} {len(p.records)} blocks" for p in panels)
-            yield DemoUpdate(_snapshot(panels), f"Cancelled ({done}); the unfinished video was not saved.",
-                             "cancelled")  # fmt: skip
+            yield DemoUpdate(
+                _snapshot(panels), f"Cancelled ({done}); the unfinished video was not saved.", "cancelled"
+            )
         except UserError as err:
             yield DemoUpdate(_snapshot(panels), page_message(err), "error")
         except FloatingPointError as err:  # non-finite latents (tokentrim_core)
@@ -256,8 +276,9 @@ class DemoRunner:
                 _snapshot(panels), f"Internal error ({what}); the server log has the details.", "error"
             )
 
-    def _generate(self, runs: list[Run], panels: list[Panel], out_dir: Path,
-                  cancel: threading.Event) -> Iterator[DemoUpdate]:  # fmt: skip
+    def _generate(
+        self, runs: list[Run], panels: list[Panel], out_dir: Path, cancel: threading.Event
+    ) -> Iterator[DemoUpdate]:
         """The runs, one block of each in turn (a round robin over their streams), into their panels and files."""
         start, frames = time.perf_counter(), runs[0].request.latent_frames
         try:

@@ -128,8 +128,13 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
                     ms=7,
                     label="regenerated (D*)" if i == j == 0 else None,
                 )
-    faults = sorted({lg["config"]["fault"]["block"] for lg in logs
-                     if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)})  # fmt: skip
+    faults = sorted(
+        {
+            lg["config"]["fault"]["block"]
+            for lg in logs
+            if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)
+        }
+    )
     for i, b in enumerate(faults):  # an injected fault (tokentrim compare / stress): its block
         ax.axvline(b, color="purple", lw=1.2, ls="--", label="injected fault" if i == 0 else None)
     switches = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("prompt_switch")})
@@ -283,8 +288,10 @@ def _cmd_heatmap(args: argparse.Namespace) -> int:
         latents = torch.load(args.latents, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a non-tensor or corrupt file
         detail = " ".join(f"{type(err).__name__}: {err}".split())[:100]
-        raise UserError(f"cannot load {args.latents} as a torch-saved tensor ({detail}); pass the "
-                        "<video>.latents.pt a run wrote with --save-latents") from None  # fmt: skip
+        raise UserError(
+            f"cannot load {args.latents} as a torch-saved tensor ({detail}); pass the "
+            "<video>.latents.pt a run wrote with --save-latents"
+        ) from None
     if not isinstance(latents, torch.Tensor):
         raise UserError(f"{args.latents} holds a {type(latents).__name__}, expected a [F, C, H, W] tensor")
     frames = None
@@ -316,28 +323,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `figure drift | heatmap | frames` to the CLI; handlers are set as `args.func`."""
     from tokentrim.app.args import POSITIVE_INT
 
-    figure = subparsers.add_parser("figure", help="plot drift curves, per-token drift heatmaps or frame strips",
-                                   description="Figures from the files a run writes.")  # fmt: skip
+    figure = subparsers.add_parser(
+        "figure",
+        help="plot drift curves, per-token drift heatmaps or frame strips",
+        description="Figures from the files a run writes.",
+    )
     kinds = figure.add_subparsers(dest="figure_kind", required=True, metavar="KIND")
-    drift = kinds.add_parser("drift", help="drift severity per block from decision logs (overlaid)",
-                             description="Drift severity per block, threshold band and prune events.")  # fmt: skip
+    drift = kinds.add_parser(
+        "drift",
+        help="drift severity per block from decision logs (overlaid)",
+        description="Drift severity per block, threshold band and prune events.",
+    )
     drift.add_argument("logs", nargs="+", type=Path, help="decision log JSON file(s) written by generate")
     drift.add_argument("-o", "--output", type=Path, required=True, help="output .png")
     drift.set_defaults(func=_cmd_drift)
-    heat = kinds.add_parser("heatmap", help="per-token drift between consecutive blocks",
-                            description="Per-token drift maps between consecutive blocks (the paper's Fig. 2).")  # fmt: skip
-    heat.add_argument("latents", type=Path, help="torch-saved latents [F, C, H, W] or [1, F, C, H, W] "
-                      "(generate --save-latents)")  # fmt: skip
+    heat = kinds.add_parser(
+        "heatmap",
+        help="per-token drift between consecutive blocks",
+        description="Per-token drift maps between consecutive blocks (the paper's Fig. 2).",
+    )
+    heat.add_argument(
+        "latents",
+        type=Path,
+        help="torch-saved latents [F, C, H, W] or [1, F, C, H, W] (generate --save-latents)",
+    )
     heat.add_argument("-o", "--output", type=Path, required=True, help="output .png")
     heat.add_argument("--video", type=Path, default=None, help="decoded video to draw the maps over")
-    heat.add_argument("--patch", type=POSITIVE_INT, nargs=2, default=[2, 2], metavar=("PH", "PW"),
-                      help="DiT patch, two integers >= 1 (Wan2.1: 2 2)")  # fmt: skip
+    heat.add_argument(
+        "--patch",
+        type=POSITIVE_INT,
+        nargs=2,
+        default=[2, 2],
+        metavar=("PH", "PW"),
+        help="DiT patch, two integers >= 1 (Wan2.1: 2 2)",
+    )
     heat.add_argument(
         "--frames-per-block", type=POSITIVE_INT, default=3, help="latent frames per block, >= 1"
     )
     heat.set_defaults(func=_cmd_heatmap)
-    frames = kinds.add_parser("frames", help="frames at chosen times, one row per video (baseline vs TokenTrim)",
-                              description="Frames at chosen times, one row per video.")  # fmt: skip
+    frames = kinds.add_parser(
+        "frames",
+        help="frames at chosen times, one row per video (baseline vs TokenTrim)",
+        description="Frames at chosen times, one row per video.",
+    )
     frames.add_argument("videos", nargs="+", type=Path, help="mp4 files")
     frames.add_argument("-o", "--output", type=Path, required=True, help="output .png")
     frames.add_argument("--labels", nargs="+", help="row names, one per video (default: file names)")

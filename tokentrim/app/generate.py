@@ -67,8 +67,12 @@ class VideoFiles:
 def decision_log(settings: dict, out: GenerationOutput | Video) -> dict:
     """The decision log document: {"config", "blocks", "flowmo_losses", "timings"} (timings: the loop's wall
     time, no decoding or writing)."""
-    return {"config": settings, "blocks": [r.to_dict() for r in out.records], "flowmo_losses": out.flowmo_losses,
-            "timings": {"wall_s": out.wall_s}}  # fmt: skip
+    return {
+        "config": settings,
+        "blocks": [r.to_dict() for r in out.records],
+        "flowmo_losses": out.flowmo_losses,
+        "timings": {"wall_s": out.wall_s},
+    }
 
 
 def write_video_files(
@@ -113,8 +117,16 @@ def video_settings(
 ) -> dict:
     """What produces a video (the decision log's "config"): equal settings give the same video, so a batch may
     skip a prompt whose finished outputs carry the same settings."""
-    return {"run": run.to_dict(), "seed": seed, "latent_frames": latent_frames, "observed_frames": observed_frames,
-            "backend": backend, "dtype": str(dtype).removeprefix("torch."), "attention": attention, **extra}  # fmt: skip
+    return {
+        "run": run.to_dict(),
+        "seed": seed,
+        "latent_frames": latent_frames,
+        "observed_frames": observed_frames,
+        "backend": backend,
+        "dtype": str(dtype).removeprefix("torch."),
+        "attention": attention,
+        **extra,
+    }
 
 
 def setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -130,7 +142,7 @@ def setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def unfinished(jobs: list[tuple], settings_of: Callable[..., dict], overwrite: bool = False) -> list[tuple]:
-    """The batch jobs `(index, prompt, video, log, seed)` still to run. A job is finished when its video and its
+    """The batch jobs `(index, prompt, video, log, seed)` still to run (`settings_of(index=, prompt=, seed=)`). A job is finished when its video and its
     log (written last) exist and the log records the settings this run would use; finished outputs made with
     other settings are a `UserError` unless `overwrite` (then they are regenerated)."""
     todo = []
@@ -141,7 +153,7 @@ def unfinished(jobs: list[tuple], settings_of: Callable[..., dict], overwrite: b
             continue
         try:
             old = json.loads(log.read_text(encoding="utf-8"))["config"]
-            changes = setting_changes(old, settings_of(index, prompt, seed))
+            changes = setting_changes(old, settings_of(index=index, prompt=prompt, seed=seed))
         except (ValueError, KeyError, TypeError):
             changes = ["its decision log is unreadable"]
         if changes and not overwrite:

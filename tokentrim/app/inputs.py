@@ -117,8 +117,14 @@ def video_start(
     video, _ = read_video(path)
     if len(video) < n:
         raise UserError(f"`init_video` {path} has {len(video)} frames; `init_frames` {n} needs at least {n}")
-    settings = {"kind": "video", "path": str(path), "sha256": _sha256(path), "frames": n, "resize": mode,
-                "keep": keep}  # fmt: skip
+    settings = {
+        "kind": "video",
+        "path": str(path),
+        "sha256": _sha256(path),
+        "frames": n,
+        "resize": mode,
+        "keep": keep,
+    }
     lead = resize(video, size, mode) if keep else None
     tail = lead[-n:] if lead is not None else resize(video[-n:], size, mode)
     return Start(tail, latents, drop=(0, n), lead=lead, settings=settings)

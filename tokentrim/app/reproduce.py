@@ -77,13 +77,32 @@ def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
             for i, prompt in enumerate(prompts):
                 video, log = gen.batch_outputs(out / "videos" / pipeline / variant, i, prompt)
                 extra = {"prompt": prompt, "variant": variant, "index": i, **scenes[i]}
-                settings = gen.video_settings(run, seed=args.seed + i, latent_frames=args.latent_frames,
-                                              observed_frames=0 if prefixes[i] is None else prefixes[i].shape[1],
-                                              backend=bk.backend_name(args.preset, checkpoint), dtype=args.dtype_,
-                                              attention="sdpa", **extra)  # fmt: skip
-                jobs.append({"pipeline": pipeline, "variant": variant, "prompt_index": i, "prompt": prompt,
-                             "checkpoint": checkpoint, "run": run, "prefix": prefixes[i], "extra": extra,
-                             "seed": args.seed + i, "video": video, "log": log, "settings": settings})  # fmt: skip
+                settings = gen.video_settings(
+                    run,
+                    seed=args.seed + i,
+                    latent_frames=args.latent_frames,
+                    observed_frames=0 if prefixes[i] is None else prefixes[i].shape[1],
+                    backend=bk.backend_name(args.preset, checkpoint),
+                    dtype=args.dtype_,
+                    attention="sdpa",
+                    **extra,
+                )
+                jobs.append(
+                    {
+                        "pipeline": pipeline,
+                        "variant": variant,
+                        "prompt_index": i,
+                        "prompt": prompt,
+                        "checkpoint": checkpoint,
+                        "run": run,
+                        "prefix": prefixes[i],
+                        "extra": extra,
+                        "seed": args.seed + i,
+                        "video": video,
+                        "log": log,
+                        "settings": settings,
+                    }
+                )
     return jobs
 
 
@@ -94,25 +113,51 @@ def generate_grid(args, jobs: list[dict]) -> list[dict]:
     from tokentrim.app import generate as gen
     from tokentrim.app.api import Pipeline
 
-    pending = [job for job in jobs if gen.unfinished(
-        [(job["prompt_index"], job["prompt"], job["video"], job["log"], job["seed"])],
-        lambda *_, job=job: job["settings"], args.overwrite)]  # fmt: skip
+    pending = [
+        job
+        for job in jobs
+        if gen.unfinished(
+            [(job["prompt_index"], job["prompt"], job["video"], job["log"], job["seed"])],
+            lambda job=job, **_: job["settings"],
+            args.overwrite,
+        )
+    ]
     loaded, encoded = {}, {}
     for job in pending:
         key = args.preset or job["checkpoint"]
         if key not in loaded:
-            loaded[key] = bk.load_backend(preset=args.preset, model_dir=args.model_dir, checkpoint=job["checkpoint"],
-                                          device=args.device_, dtype=args.dtype_)  # fmt: skip
+            loaded[key] = bk.load_backend(
+                preset=args.preset,
+                model_dir=args.model_dir,
+                checkpoint=job["checkpoint"],
+                device=args.device_,
+                dtype=args.dtype_,
+            )
             prompts = sorted({j["prompt"] for j in pending})
             encoded[key] = dict(zip(prompts, Pipeline(loaded[key], job["run"]).embed(prompts), strict=True))
         pipe = Pipeline(loaded[key], job["run"])
-        request = pipe.request(encoded[key][job["prompt"]][None], latent_frames=args.latent_frames, seed=job["seed"],
-                               start=job["prefix"])  # fmt: skip
-        gen.write_video_files(pipe.run(request), settings=job["settings"], fps=pipe.fps, video=job["video"],
-                              log=job["log"], latents=job["video"].with_suffix(".latents.pt"))  # fmt: skip
+        request = pipe.request(
+            encoded[key][job["prompt"]][None],
+            latent_frames=args.latent_frames,
+            seed=job["seed"],
+            start=job["prefix"],
+        )
+        gen.write_video_files(
+            pipe.run(request),
+            settings=job["settings"],
+            fps=pipe.fps,
+            video=job["video"],
+            log=job["log"],
+            latents=job["video"].with_suffix(".latents.pt"),
+        )
         print(f"[{job['pipeline']}/{job['variant']}] {job['video']}")
-    return [{k: str(job[k]) if k in ("video", "log") else job[k] for k in ("pipeline", "variant", "prompt_index",
-             "video", "log")} for job in jobs]  # fmt: skip
+    return [
+        {
+            k: str(job[k]) if k in ("video", "log") else job[k]
+            for k in ("pipeline", "variant", "prompt_index", "video", "log")
+        }
+        for job in jobs
+    ]
 
 
 def evaluate(rows: list[dict], segment_seconds: float) -> list[dict]:
@@ -157,8 +202,13 @@ def tables(rows: list[dict]) -> tuple[str, str]:
     for (pipeline, variant), items in groups.items():
         base = groups.get((pipeline, "baseline"), items)
         base_wall = statistics.mean(r["wall_s"] or 0 for r in base) or float("nan")
-        values = [pipeline, variant, len(items), statistics.mean(r["prune_rate"] for r in items),
-                  statistics.mean(r["wall_s"] or 0 for r in items) / base_wall]  # fmt: skip
+        values = [
+            pipeline,
+            variant,
+            len(items),
+            statistics.mean(r["prune_rate"] for r in items),
+            statistics.mean(r["wall_s"] or 0 for r in items) / base_wall,
+        ]
         cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in values]
         for name in metric_names:
             xs = [r["metrics"][name] for r in items if r["metrics"].get(name) is not None]
@@ -243,33 +293,58 @@ def parse_checkpoints(args) -> dict[str, str]:
 def register(subparsers) -> None:
     from tokentrim.app.args import POSITIVE_FLOAT, POSITIVE_INT, SEED
 
-    p = subparsers.add_parser("reproduce", help="the paper's comparison grid: generate, evaluate, tabulate",
-                              description="Both pipelines x the paper's variants over a prompt set, then the drift "
-                              "metrics, tables and figures in one folder. Resumable.")  # fmt: skip
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="built-in model (CPU); else --model-dir with --checkpoint-sf / --checkpoint-rf")  # fmt: skip
+    p = subparsers.add_parser(
+        "reproduce",
+        help="the paper's comparison grid: generate, evaluate, tabulate",
+        description="Both pipelines x the paper's variants over a prompt set, then the drift "
+        "metrics, tables and figures in one folder. Resumable.",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="built-in model (CPU); else --model-dir with --checkpoint-sf / --checkpoint-rf",
+    )
     p.add_argument("--model-dir", help="Wan2.1-T2V-1.3B folder (original or -Diffusers layout)")
     p.add_argument("--checkpoint-sf", help="Self Forcing checkpoint (self_forcing_dmd.pt)")
     p.add_argument("--checkpoint-rf", help="Rolling Forcing checkpoint (rolling_forcing_dmd.pt)")
-    p.add_argument("--checkpoint", action="append", metavar="PIPELINE=FILE",
-                   help="the checkpoint of any registered pipeline (repeatable)")  # fmt: skip
-    p.add_argument("--prompts", help="UTF-8 prompt file, one per line (default: the paper's 30 s project-page "
-                   "prompts, or held-out scenes for the toy)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="PIPELINE=FILE",
+        help="the checkpoint of any registered pipeline (repeatable)",
+    )
+    p.add_argument(
+        "--prompts",
+        help="UTF-8 prompt file, one per line (default: the paper's 30 s project-page "
+        "prompts, or held-out scenes for the toy)",
+    )
     p.add_argument("--num-prompts", type=POSITIVE_INT, help="use only the first N prompts, N >= 1")
-    p.add_argument("--pipelines", nargs="+", default=pipeline_names(paper_only=True), choices=pipeline_names(),
-                   help="pipelines to run")  # fmt: skip
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        default=pipeline_names(paper_only=True),
+        choices=pipeline_names(),
+        help="pipelines to run",
+    )
     p.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants to run"
     )
-    p.add_argument("--latent-frames", type=POSITIVE_INT, default=120,
-                   help="latent frames per video, a multiple of 3 (120 = 30 s at 16 fps)")  # fmt: skip
+    p.add_argument(
+        "--latent-frames",
+        type=POSITIVE_INT,
+        default=120,
+        help="latent frames per video, a multiple of 3 (120 = 30 s at 16 fps)",
+    )
     p.add_argument("--seed", type=SEED, default=0, help="prompt i uses seed + i")
     p.add_argument(
         "--segment-seconds", type=POSITIVE_FLOAT, default=2.0, help="evaluation segment length, > 0 s"
     )
     p.add_argument("--out", default="results", help="output folder (videos/, tables, figures)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="regenerate videos in --out that were made with other settings (else: an error)")  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="regenerate videos in --out that were made with other settings (else: an error)",
+    )
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", help="bf16 | fp32 | fp16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE applied to every run")

@@ -88,8 +88,11 @@ class RunConfig:
 
     def baseline(self) -> RunConfig:
         """The same run with TokenTrim and FlowMo off (`BASELINE`)."""
-        return dataclasses.replace(self, tokentrim=dataclasses.replace(self.tokentrim, **BASELINE["tokentrim"]),
-                                   flowmo=dataclasses.replace(self.flowmo, **BASELINE["flowmo"]))  # fmt: skip
+        return dataclasses.replace(
+            self,
+            tokentrim=dataclasses.replace(self.tokentrim, **BASELINE["tokentrim"]),
+            flowmo=dataclasses.replace(self.flowmo, **BASELINE["flowmo"]),
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -141,8 +144,9 @@ def _take_moved(cfg: DictConfig, moved: dict) -> DictConfig:
         section, key = old.split(".")
         if section in cfg and isinstance(cfg[section], DictConfig) and key in cfg[section]:
             moved[new] = cfg[section].pop(key)
-            logger.warning("`%s` is now `<pipeline>.%s` (the loops that read it have it); please rename it", old,
-                           new)  # fmt: skip
+            logger.warning(
+                "`%s` is now `<pipeline>.%s` (the loops that read it have it); please rename it", old, new
+            )
     return cfg
 
 
@@ -155,8 +159,10 @@ def _moved_to(pipeline: str, section: DictConfig, moved: dict) -> dict:
             kept[key] = value
         elif value != getattr(SinkCacheConfig(), key):
             known = ", ".join(map(str, section.keys()))
-            raise UserError(f"{key}={value} is not available for {pipeline} (its sampler has {known})",
-                            field=f"{pipeline}.{key}")  # fmt: skip
+            raise UserError(
+                f"{key}={value} is not available for {pipeline} (its sampler has {known})",
+                field=f"{pipeline}.{key}",
+            )
     return kept
 
 

@@ -17,9 +17,11 @@ tokens of block J's accepted latents before its clean pass. Measured:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,8 +37,14 @@ def _spread(values: list[float]) -> dict:
         return {"n": 0, "mean": None, "se": None, "median": None, "q25": None, "q75": None}
     q = np.quantile(xs, [0.25, 0.5, 0.75])
     se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
-    return {"n": len(xs), "mean": statistics.fmean(xs), "se": se, "median": float(q[1]), "q25": float(q[0]),
-            "q75": float(q[2])}  # fmt: skip
+    return {
+        "n": len(xs),
+        "mean": statistics.fmean(xs),
+        "se": se,
+        "median": float(q[1]),
+        "q25": float(q[0]),
+        "q75": float(q[2]),
+    }
 
 
 def region_energy(
@@ -54,12 +62,26 @@ def _detection(records, fault, horizon: int) -> dict:
         return {"detected": False, "latency_blocks": None, "precision": None, "recall": 0.0}
     first, bad = after[0], set(fault.tokens)
     hit = len(bad & set(first.pruned_positions))
-    return {"detected": True, "latency_blocks": first.block - fault.block, "block": first.block,
-            "precision": hit / len(first.pruned_positions), "recall": hit / len(bad)}  # fmt: skip
+    return {
+        "detected": True,
+        "latency_blocks": first.block - fault.block,
+        "block": first.block,
+        "precision": hit / len(first.pruned_positions),
+        "recall": hit / len(bad),
+    }
 
 
-def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, horizon: int, latent_frames: int,
-             start, shared: dict | None = None) -> dict:  # fmt: skip
+@dataclass(frozen=True)
+class Setup:
+    """What every rollout of a stress run shares: K corrupted tokens at block J, H blocks watched, the length."""
+
+    tokens: int
+    at_block: int
+    horizon: int
+    latent_frames: int
+
+
+def run_seed(pipes: dict, setup: Setup, seed: int, kind: str, start, shared: dict | None = None) -> dict:
     """The four rollouts of one seed and their measures. pipes: {"baseline", "tokentrim"} -> `Pipeline`;
     start(seed) -> (prompt, observed first latents or None).
 
@@ -74,14 +96,23 @@ def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, hori
     backend = pipes["baseline"].backend
     cfg = backend.model.config
     grid, patch, fpb = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:], cfg.frames_per_block
+    tokens, at_block, horizon, latent_frames = (
+        setup.tokens,
+        setup.at_block,
+        setup.horizon,
+        setup.latent_frames,
+    )
     fault = Fault(kind, at_block, region(grid, tokens, np.random.default_rng(seed)), seed)
     mask = token_mask(fault.tokens, grid, patch)
     prompt, prefix = start(seed)
     foreign = None
     if kind == "foreign":
         other, other_prefix = start(seed + HELD_OUT_OTHER)
-        foreign = pipes["baseline"].generate(other, latent_frames=latent_frames, seed=seed, start=other_prefix,
-                                             decode=False).latents  # fmt: skip
+        foreign = (
+            pipes["baseline"]
+            .generate(other, latent_frames=latent_frames, seed=seed, start=other_prefix, decode=False)
+            .latents
+        )
     shared = {} if shared is None else shared
     out, walls, hooks = {}, {}, {}
     for method, pipe in pipes.items():
@@ -96,9 +127,14 @@ def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, hori
                     TokenTrim(pipe.run_config.tokentrim, patch), fault, mask, foreign
                 )
             t0 = time.perf_counter()
-            out[(method, faulted)] = pipe.generate(prompt, latent_frames=latent_frames, seed=seed, start=prefix,
-                                                   decode=faulted is False and backend.decoder is not None,
-                                                   **({} if hook is None else {"hook": hook, "tokentrim": None}))  # fmt: skip
+            out[(method, faulted)] = pipe.generate(
+                prompt,
+                latent_frames=latent_frames,
+                seed=seed,
+                start=prefix,
+                decode=faulted is False and backend.decoder is not None,
+                **({} if hook is None else {"hook": hook, "tokentrim": None}),
+            )
             walls[name] = time.perf_counter() - t0
             if not faulted:
                 shared[method] = (out[(method, False)], walls[name])
@@ -107,8 +143,10 @@ def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, hori
     for method in pipes:
         clean, bad, applied = out[(method, False)], out[(method, True)], hooks[method].applied
         injected = float(applied[0]) if applied else float("nan")
-        curve = [region_energy(bad.latents, clean.latents, mask, b, fpb) / injected
-                 for b in range(at_block + 1, min(at_block + horizon, bad.latents.shape[1] // fpb - 1) + 1)]  # fmt: skip
+        curve = [
+            region_energy(bad.latents, clean.latents, mask, b, fpb) / injected
+            for b in range(at_block + 1, min(at_block + horizon, bad.latents.shape[1] // fpb - 1) + 1)
+        ]
         persistence[method] = {"persistence": float(sum(curve)), "curve": curve, "injected": injected}
     row["persistence"] = persistence
     row["detection"] = _detection(out[("tokentrim", True)].records, fault, horizon)
@@ -130,9 +168,11 @@ def run_seed(pipes: dict, seed: int, kind: str, tokens: int, at_block: int, hori
 
 
 def _detection_summary(detections: list[dict]) -> dict:
-    return {"detection_rate": statistics.fmean(d["detected"] for d in detections),
-            "recall": _spread([d["recall"] for d in detections]),
-            "precision": _spread([d["precision"] for d in detections if d["detected"]])}  # fmt: skip
+    return {
+        "detection_rate": statistics.fmean(d["detected"] for d in detections),
+        "recall": _spread([d["recall"] for d in detections]),
+        "precision": _spread([d["precision"] for d in detections if d["detected"]]),
+    }
 
 
 def aggregate(rows: list[dict]) -> dict:
@@ -161,21 +201,70 @@ def aggregate(rows: list[dict]) -> dict:
     }
     if "clean_drift" in rows[0]:
         summary["clean_drift"] = {
-            method: {m: _spread([r["clean_drift"][method][m] for r in rows]) for m in rows[0]["clean_drift"][method]}
+            method: {
+                m: _spread([r["clean_drift"][method][m] for r in rows])
+                for m in rows[0]["clean_drift"][method]
+            }
             for method in rows[0]["clean_drift"]
-        }  # fmt: skip
+        }
     return summary
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app.api import Pipeline
+    from tokentrim.files import write_json
+
+    # 1. Everything checked before weights load
+    trimmed, setup, kinds = stress_plan(args)
+    # 2. Per kind and seed: the four rollouts (the clean ones shared by the kinds)
+    backend = backends.load_preset(args.preset, args.device)
+    pipes = {
+        "baseline": Pipeline(backend, trimmed.baseline(), offload="none"),
+        "tokentrim": Pipeline(backend, trimmed, offload="none"),
+    }
+    settings = {
+        "preset": args.preset,
+        "pipeline": args.pipeline,
+        "seeds": args.seeds,
+        "kinds": kinds,
+        **dataclasses.asdict(setup),
+        "tokentrim": trimmed.to_dict()["tokentrim"],
+    }
+    report = {"settings": settings, "by_kind": {}}
+    all_rows, shared = [], {seed: {} for seed in range(args.seeds)}
+    for kind in kinds:
+        rows = []
+        for seed in range(args.seeds):
+            rows.append(run_seed(pipes, setup, seed, kind, _starts(args.preset), shared[seed]))
+            d, persistence = rows[-1]["detection"], rows[-1]["persistence"]
+            print(
+                f"{kind} seed {seed}: detected {d['detected']} recall {d['recall']:.2f}  persistence baseline "
+                f"{persistence['baseline']['persistence']:.3f} tokentrim {persistence['tokentrim']['persistence']:.3f}",
+                flush=True,
+            )
+        report["by_kind"][kind] = {**aggregate(rows), "per_seed": rows}
+        all_rows += rows
+    report.update({k: v for k, v in aggregate(all_rows).items() if k != "spreads"})
+    report["spreads"] = aggregate(all_rows)["spreads"]
+    print(
+        f"recall {report['recall']:.3f}  precision {report['precision'] or float('nan'):.3f}  detection rate "
+        f"{report['detection_rate']:.3f}  persistence ratio (TokenTrim / baseline) "
+        f"{report['persistence_ratio'] or float('nan'):.3f}  false trigger rate {report['false_trigger_rate']:.3f}"
+    )
+    if args.json:
+        print(f"wrote {write_json(args.json, report)}")
+    return 0
+
+
+def stress_plan(args: argparse.Namespace) -> tuple:
+    """(the TokenTrim run config, the `Setup`, the fault kinds), every argument checked. FlowMo guides block 0,
+    which the toy observes: it is off. The baseline is the same run with TokenTrim off (`RunConfig.baseline`)."""
+    from tokentrim.app import backends
     from tokentrim.app.faults import KINDS, check_tokens
     from tokentrim.app.run_config import default_config_path, load_run_config
-    from tokentrim.files import check_output, write_json
+    from tokentrim.files import check_output
 
-    # 1. Everything checked before weights load. FlowMo guides block 0, which the toy observes: it is off.
-    kinds = list(KINDS) if args.kind == "all" else [args.kind]
     if args.json:
         check_output(args.json, "--json")
     path = args.config or default_config_path(args.pipeline, args.preset)
@@ -189,40 +278,14 @@ def cmd_stress(args: argparse.Namespace) -> int:
     trimmed.request("(the seed's scene)", frames, seed=0, start=start).check(checker)
     armed = observed + trimmed.tokentrim.warmup + 1  # the first block that can trigger
     if args.at_block < armed - 1:
-        raise UserError(f"--at-block must be >= {armed - 1}: block {armed} is the first TokenTrim can prune after "
-                        f"the warm-up (the fault at block J shows in block J + 1), got {args.at_block}")  # fmt: skip
+        raise UserError(
+            f"--at-block must be >= {armed - 1}: block {armed} is the first TokenTrim can prune after "
+            f"the warm-up (the fault at block J shows in block J + 1), got {args.at_block}"
+        )
     if (args.at_block + 2) * block > frames:
         raise UserError(f"--latent-frames {frames} leaves no block after --at-block {args.at_block}")
-    # 2. Per kind and seed: the four rollouts (the clean ones shared by the kinds)
-    backend = backends.load_backend(preset=args.preset, model_dir=None, checkpoint=None,
-                                    device=backends.pick_device(args.device), dtype=torch.float32)  # fmt: skip
-    pipes = {name: Pipeline(backend, run, offload="none") for name, run in
-             (("baseline", trimmed.baseline()), ("tokentrim", trimmed))}  # fmt: skip
-    report = {"settings": {"preset": args.preset, "pipeline": args.pipeline, "seeds": args.seeds, "kinds": kinds,
-                           "tokens": args.tokens, "at_block": args.at_block, "horizon": args.horizon,
-                           "latent_frames": frames, "tokentrim": trimmed.to_dict()["tokentrim"]},
-              "by_kind": {}}  # fmt: skip
-    all_rows, shared = [], {seed: {} for seed in range(args.seeds)}
-    for kind in kinds:
-        rows = []
-        for seed in range(args.seeds):
-            rows.append(run_seed(pipes, seed, kind, args.tokens, args.at_block, args.horizon, frames,
-                                 _starts(args.preset), shared[seed]))  # fmt: skip
-            d = rows[-1]["detection"]
-            print(f"{kind} seed {seed}: detected {d['detected']} recall {d['recall']:.2f}  persistence "
-                  f"baseline {rows[-1]['persistence']['baseline']['persistence']:.3f} tokentrim "
-                  f"{rows[-1]['persistence']['tokentrim']['persistence']:.3f}", flush=True)  # fmt: skip
-        report["by_kind"][kind] = {**aggregate(rows), "per_seed": rows}
-        all_rows += rows
-    report.update({k: v for k, v in aggregate(all_rows).items() if k != "spreads"})
-    report["spreads"] = aggregate(all_rows)["spreads"]
-    text = (f"recall {report['recall']:.3f}  precision {report['precision'] or float('nan'):.3f}  detection rate "
-            f"{report['detection_rate']:.3f}  persistence ratio (TokenTrim / baseline) "
-            f"{report['persistence_ratio'] or float('nan'):.3f}  false trigger rate {report['false_trigger_rate']:.3f}")  # fmt: skip
-    print(text)
-    if args.json:
-        print(f"wrote {write_json(args.json, report)}")
-    return 0
+    kinds = list(KINDS) if args.kind == "all" else [args.kind]
+    return trimmed, Setup(args.tokens, args.at_block, args.horizon, frames), kinds
 
 
 def _starts(preset: str):
@@ -240,10 +303,13 @@ def register(subparsers) -> None:
     from tokentrim.app.faults import KINDS
     from tokentrim.pipelines import pipeline_names
 
-    p = subparsers.add_parser("stress", help="inject cache-borne faults: does TokenTrim find them and stop them?",
-                              description="Corrupt a few tokens of one block before they enter the KV cache and "
-                              "measure detection, persistence and the cost on clean runs, with and without "
-                              "TokenTrim, over many seeds (docs/toy.md).")  # fmt: skip
+    p = subparsers.add_parser(
+        "stress",
+        help="inject cache-borne faults: does TokenTrim find them and stop them?",
+        description="Corrupt a few tokens of one block before they enter the KV cache and "
+        "measure detection, persistence and the cost on clean runs, with and without "
+        "TokenTrim, over many seeds (docs/toy.md).",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="toy", help="built-in model")
     p.add_argument("--pipeline", choices=pipeline_names(), default="self_forcing", help="sampling loop")
     p.add_argument("--config", help="run config YAML (default: the pipeline's, configs/toy/ for the toy)")

@@ -30,22 +30,30 @@ class Timeline:
         frames = [-(-start // block) * block for start in self.starts[1:]]
         for k, (start, frame) in enumerate(zip(self.starts[1:], frames, strict=True), 1):
             if frame >= num_frames:
-                raise UserError(f"timeline: prompt {k + 1} starts at frame {start} (block boundary {frame}), not "
-                                f"before the video's end ({num_frames} latent frames); add frames or move it")  # fmt: skip
+                raise UserError(
+                    f"timeline: prompt {k + 1} starts at frame {start} (block boundary {frame}), not "
+                    f"before the video's end ({num_frames} latent frames); add frames or move it"
+                )
             if frame <= observed:
-                raise UserError(f"timeline: prompt {k + 1} starts at frame {start}, within the {observed} observed "
-                                "frames; switches come after them")  # fmt: skip
+                raise UserError(
+                    f"timeline: prompt {k + 1} starts at frame {start}, within the {observed} observed "
+                    "frames; switches come after them"
+                )
         for k in range(1, len(frames)):
             if frames[k] == frames[k - 1]:
-                raise UserError(f"timeline: prompts {k + 1} and {k + 2} start in the same {block}-frame block "
-                                f"(frames {self.starts[k]} and {self.starts[k + 1]}); move them a block apart")  # fmt: skip
+                raise UserError(
+                    f"timeline: prompts {k + 1} and {k + 2} start in the same {block}-frame block "
+                    f"(frames {self.starts[k]} and {self.starts[k + 1]}); move them a block apart"
+                )
         return frames
 
     def settings(self, switch_frames: list[int]) -> list[dict]:
         """The decision log's record: each prompt with the frame asked and the frame it took effect."""
         effective = [0, *switch_frames]
-        return [{"prompt": p, "start": s, "frame": f} for p, s, f in zip(self.prompts, self.starts, effective,
-                                                                          strict=True)]  # fmt: skip
+        return [
+            {"prompt": p, "start": s, "frame": f}
+            for p, s, f in zip(self.prompts, self.starts, effective, strict=True)
+        ]
 
 
 def read_timeline(path: str | Path) -> Timeline:
@@ -95,8 +103,10 @@ def _parse(path: Path, text: str):
                 except json.JSONDecodeError as err:
                     raise UserError(f"{path}:{n}: not a JSON line ({err.msg})") from None
         if len(rows) > 1 and all(isinstance(r, dict) and "prompts" in r for r in rows):
-            raise UserError(f"{path} holds {len(rows)} LongLive timelines (one video per line); --timeline takes "
-                            "one: keep one line")  # fmt: skip
+            raise UserError(
+                f"{path} holds {len(rows)} LongLive timelines (one video per line); --timeline takes "
+                "one: keep one line"
+            )
         return rows[0] if len(rows) == 1 and isinstance(rows[0], dict) and "prompts" in rows[0] else rows
     import yaml
 
@@ -110,8 +120,10 @@ def _parse(path: Path, text: str):
 
 def _longlive(path: Path, data: dict) -> Timeline:
     if set(data) - {"prompts", "switch_frame_indices"}:
-        raise UserError(f"{path}: unknown keys {sorted(set(data) - {'prompts', 'switch_frame_indices'})}; "
-                        "LongLive's form has prompts and switch_frame_indices")  # fmt: skip
+        raise UserError(
+            f"{path}: unknown keys {sorted(set(data) - {'prompts', 'switch_frame_indices'})}; "
+            "LongLive's form has prompts and switch_frame_indices"
+        )
     prompts = data["prompts"]
     if not isinstance(prompts, list) or not prompts:
         raise UserError(f"{path}: `prompts` must be a non-empty list of prompts")
@@ -128,8 +140,9 @@ def _longlive(path: Path, data: dict) -> Timeline:
     if not isinstance(raw, list):
         raise UserError(f"{path}: switch_frame_indices must be a list of frame numbers")
     if len(raw) != len(prompts) - 1:
-        raise UserError(f"{path}: {len(prompts)} prompts need {len(prompts) - 1} switch_frame_indices, "
-                        f"got {len(raw)}")  # fmt: skip
+        raise UserError(
+            f"{path}: {len(prompts)} prompts need {len(prompts) - 1} switch_frame_indices, got {len(raw)}"
+        )
     return _checked(path, prompts, [0, *raw])
 
 
@@ -143,8 +156,10 @@ def _checked(path: Path, prompts: list, starts: list) -> Timeline:
         raise UserError(f"{path}: the first prompt starts the video (start 0), got start {starts[0]}")
     for i in range(1, len(starts)):
         if starts[i] <= starts[i - 1]:
-            raise UserError(f"{path}: switch frames must increase: prompt {i + 1} starts at {starts[i]}, "
-                            f"prompt {i} at {starts[i - 1]}")  # fmt: skip
+            raise UserError(
+                f"{path}: switch frames must increase: prompt {i + 1} starts at {starts[i]}, "
+                f"prompt {i} at {starts[i - 1]}"
+            )
     if len(prompts) < 2:
         raise UserError(f"{path}: a timeline has at least two prompts; for one prompt use --prompt")
     return Timeline(tuple(prompts), tuple(starts))

@@ -47,8 +47,9 @@ class SamplerConfig:
     denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
     warp_denoising_step: bool = option(True, "map the steps onto the shifted schedule's table")
     timestep_shift: float = option(5.0, "the flow-matching schedule's shift", low=0.0, low_open=True)
-    context_noise: float = option(0.0, "timestep of the clean pass that writes a block into the cache", low=0.0,
-                                  high=1000.0)  # fmt: skip
+    context_noise: float = option(
+        0.0, "timestep of the clean pass that writes a block into the cache", low=0.0, high=1000.0
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -226,9 +227,14 @@ class Rollout:
         self.model.gradient_checkpointing = flowmo_checkpointing(self.flowmo, cfg)
         try:
             for frames, scored in calls:
-                guided = flowmo_guidance(x, x0_of, self.flowmo, cfg.patch_size[1:],
-                                         None if frames == every else frames,
-                                         None if scored == every else scored)  # fmt: skip
+                guided = flowmo_guidance(
+                    x,
+                    x0_of,
+                    self.flowmo,
+                    cfg.patch_size[1:],
+                    None if frames == every else frames,
+                    None if scored == every else scored,
+                )
                 x, x0 = guided.latent, guided.x0[:, lead:]
                 self.losses.append(guided.losses)
         finally:
@@ -415,8 +421,10 @@ class BlockPipeline:
             or isinstance(prefix, Start)
             or any(not isinstance(p, torch.Tensor) for _, p in request.switches)
         ):
-            raise UserError("a loop takes prompt embeddings and latents: encode the text prompts and the start "
-                            "first (pipelines from `tokentrim.load(...)` do)")  # fmt: skip
+            raise UserError(
+                "a loop takes prompt embeddings and latents: encode the text prompts and the start "
+                "first (pipelines from `tokentrim.load(...)` do)"
+            )
         model, block = self.model, self.frames_per_block
         device, dtype = model_device_dtype(model)
         batch, observed = embeds.shape[0], request.observed_frames
@@ -436,11 +444,18 @@ class BlockPipeline:
         else:
             hook = NoHook()
         r = Rollout(
-            pipe=self, flowmo=request.flowmo, hook=hook, context=model.encode_context(embeds.to(device)),
-            cache=self.make_cache(batch, device, dtype), generator=generator, steps=self.timesteps.to(device),
-            noise=noise, output=torch.empty(noise.shape, dtype=dtype, device="cpu"),  # off the device: any length
-            observed=observed // block, switches=[(f, model.encode_context(e.to(device))) for f, e in request.switches],
-        )  # fmt: skip
+            pipe=self,
+            flowmo=request.flowmo,
+            hook=hook,
+            context=model.encode_context(embeds.to(device)),
+            cache=self.make_cache(batch, device, dtype),
+            generator=generator,
+            steps=self.timesteps.to(device),
+            noise=noise,
+            output=torch.empty(noise.shape, dtype=dtype, device="cpu"),  # off the device: any length
+            observed=observed // block,
+            switches=[(f, model.encode_context(e.to(device))) for f, e in request.switches],
+        )
         return r, prefix
 
     @property

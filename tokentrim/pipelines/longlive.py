@@ -34,8 +34,11 @@ class LongLiveConfig(SinkCacheConfig):
     "slot" (the "infinite" mode)."""
 
     cache_frames: int = option_of(SinkCacheConfig, "cache_frames", 12)
-    rope: str = option("absolute", "temporal RoPE positions: absolute frames, or slots in the cache (the "
-                       "infinite mode)", choices=ROPE_MODES)  # fmt: skip
+    rope: str = option(
+        "absolute",
+        "temporal RoPE positions: absolute frames, or slots in the cache (the infinite mode)",
+        choices=ROPE_MODES,
+    )
 
 
 class SlotRopeCachePolicy(SinkCachePolicy):

@@ -66,6 +66,10 @@ def pipeline_names(paper_only: bool = False) -> list[str]:
 
 register("self_forcing", SelfForcingPipeline, SelfForcingConfig, "self_forcing.yaml", paper=True)
 register("rolling_forcing", RollingForcingPipeline, RollingForcingConfig, "rolling_forcing.yaml", paper=True)
-register("causal_forcing_framewise", CausalForcingFramewisePipeline, CausalForcingFramewiseConfig,
-         "causal_forcing/framewise.yaml")  # fmt: skip
+register(
+    "causal_forcing_framewise",
+    CausalForcingFramewisePipeline,
+    CausalForcingFramewiseConfig,
+    "causal_forcing/framewise.yaml",
+)
 register("longlive", LongLivePipeline, LongLiveConfig, "longlive.yaml")

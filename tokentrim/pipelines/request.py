@@ -78,11 +78,22 @@ class Request:
     """
 
     prompt: str | torch.Tensor
-    latent_frames: int = option(MISSING, "latent frames in all, observed ones included (a multiple of the "
-                                "block; video frames = 1 + 4 (F - 1) with the Wan VAE)", low=1,
-                                flag="--latent-frames", label="Latent frames")  # fmt: skip
-    seed: int | None = option(None, "random seed of the initial noise and the in-loop draws", low=0, high=MAX_SEED,
-                              flag="--seed", label="Seed")  # fmt: skip
+    latent_frames: int = option(
+        MISSING,
+        "latent frames in all, observed ones included (a multiple of the "
+        "block; video frames = 1 + 4 (F - 1) with the Wan VAE)",
+        low=1,
+        flag="--latent-frames",
+        label="Latent frames",
+    )
+    seed: int | None = option(
+        None,
+        "random seed of the initial noise and the in-loop draws",
+        low=0,
+        high=MAX_SEED,
+        flag="--seed",
+        label="Seed",
+    )
     noise: torch.Tensor | None = None
     generator: torch.Generator | None = None
     start: torch.Tensor | Start | None = None

@@ -126,8 +126,7 @@ class RollingForcingPipeline(BlockPipeline):
 
     def make_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> AnchorCachePolicy:
         cache = self.new_cache(batch, self.config.cache_frames, device, dtype, self.config.attention_frames)
-        return AnchorCachePolicy(cache, self.model.rope, self.frames_per_block,
-                                 self.config.attention_frames)  # fmt: skip
+        return AnchorCachePolicy(cache, self.model.rope, self.frames_per_block, self.config.attention_frames)
 
     def generate(self, r: Rollout) -> Iterator[BlockEvent]:
         block, k, observed, steps = r.block, self.window_blocks, r.observed, r.steps
@@ -155,8 +154,11 @@ class RollingForcingPipeline(BlockPipeline):
                 r.cache.make_room(block)  # a new block will be committed at the end of this window
             # 2. one denoising pass; FlowMo first on the blocks it applies to (each at the levels in flowmo.steps),
             #    its last evaluation being this pass
-            guided = [range((b - first) * block, (b - first + 1) * block) for b in range(first, last + 1)
-                      if applies(r.flowmo, b) and w - (b - observed) in r.flowmo.steps]  # fmt: skip
+            guided = [
+                range((b - first) * block, (b - first + 1) * block)
+                for b in range(first, last + 1)
+                if applies(r.flowmo, b) and w - (b - observed) in r.flowmo.steps
+            ]
             if guided:
                 x, x0 = r.guide(x, t, s, guided)
             else:

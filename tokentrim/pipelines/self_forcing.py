@@ -24,13 +24,22 @@ class SinkCacheConfig(SamplerConfig):
 
     cache_frames: int = option(21, "KV-cache length in latent frames (`local_attn_size`)", low=1)
     sink_frames: int = option(3, "first frames kept forever once the cache rolls (`sink_size`)", low=0)
-    global_sink: bool = option(True, "a prompt switch's re-cache keeps the first prompt's sink (LongLive's "
-                               "default), or re-anchors it on the rebuilt frames")  # fmt: skip
-    regen_noise: str = option("same", "a pruned block is regenerated from its first attempt's noise, or from "
-                              "fresh noise", choices=("same", "fresh"))  # fmt: skip
-    switch_pruning: str = option("keep", "a prompt switch's re-cache keeps the positions TokenTrim removed "
-                                 "(masked inside it, removed again after), or rebuilds whole frames",
-                                 choices=("keep", "reset"))  # fmt: skip
+    global_sink: bool = option(
+        True,
+        "a prompt switch's re-cache keeps the first prompt's sink (LongLive's "
+        "default), or re-anchors it on the rebuilt frames",
+    )
+    regen_noise: str = option(
+        "same",
+        "a pruned block is regenerated from its first attempt's noise, or from fresh noise",
+        choices=("same", "fresh"),
+    )
+    switch_pruning: str = option(
+        "keep",
+        "a prompt switch's re-cache keeps the positions TokenTrim removed "
+        "(masked inside it, removed again after), or rebuilds whole frames",
+        choices=("keep", "reset"),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,8 +56,9 @@ class SelfForcingConfig(SinkCacheConfig):
     the reference's hard 21-frame limit.
     """
 
-    rolling: bool = option(True, "evict the oldest unpinned frames when the cache is full; false: the "
-                           "reference's hard limit")  # fmt: skip
+    rolling: bool = option(
+        True, "evict the oldest unpinned frames when the cache is full; false: the reference's hard limit"
+    )
 
 
 class SinkCachePolicy(CachePolicy):
@@ -107,8 +117,9 @@ class SinkCachePolicy(CachePolicy):
         base = sum(f.rows for f in sink)
         index = None
         if kept:  # the keep-mask as a key mask inside the re-cache
-            rows = [torch.arange(base)] + [base + i * T + (kept[f] if f in kept else torch.arange(T))
-                                           for i, f in enumerate(built)]  # fmt: skip
+            rows = [torch.arange(base)] + [
+                base + i * T + (kept[f] if f in kept else torch.arange(T)) for i, f in enumerate(built)
+            ]
             index = torch.cat(rows)  # host rows; the cache moves them to the device once per call
         reads = (Segment(0, base + len(built) * T, index=index),)
         return CallPlan(rs, n, reads, False, base, commit=True, pin=pin, skip_frames=len(sink))

@@ -86,9 +86,19 @@ GPU = Plan(
 )  # fmt: skip
 # The same steps on the CPU: the tiny preset, the shortest videos each pipeline allows, compilation traced only.
 # About a minute in all; the budgets leave room for a CPU shared with other jobs (the longest step: ~20 s alone).
-DRY = replace(GPU, dry_run=True, device="cpu", dtype=torch.float32, preset="tiny", speed_frames=15,
-              short_frames=15, check_frames=15, compile_backend="eager", total_s=1200.0,
-              budgets=dict.fromkeys(GPU.budgets, 300.0))  # fmt: skip
+DRY = replace(
+    GPU,
+    dry_run=True,
+    device="cpu",
+    dtype=torch.float32,
+    preset="tiny",
+    speed_frames=15,
+    short_frames=15,
+    check_frames=15,
+    compile_backend="eager",
+    total_s=1200.0,
+    budgets=dict.fromkeys(GPU.budgets, 300.0),
+)
 
 FIGURES = (
     Figure("Self Forcing baseline, video fps (H100-class)", ("speed_self_forcing", "baseline_fps"), "", ">=", 25),
@@ -141,8 +151,14 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 
 def tiny_pipeline(pipeline: str, device: torch.device, dtype: torch.dtype, overrides=()) -> Pipeline:
     """The tiny preset (the same seeded weights on every device) with `pipeline`'s run config and overrides."""
-    return tokentrim.load(pipeline, preset="tiny", device=str(device), dtype=DTYPE_NAMES[dtype],
-                          overrides=list(overrides), decoder=False)  # fmt: skip
+    return tokentrim.load(
+        pipeline,
+        preset="tiny",
+        device=str(device),
+        dtype=DTYPE_NAMES[dtype],
+        overrides=list(overrides),
+        decoder=False,
+    )
 
 
 class Check:
@@ -151,10 +167,17 @@ class Check:
     def __init__(self, plan: Plan, out_dir: Path):
         self.plan, self.out_dir = plan, out_dir
         self.device = torch.device(plan.device)
-        summary = ("CPU, tiny preset, short videos: checks that every step runs; its numbers say nothing about a GPU"
-                   if plan.dry_run else "full-size Wan2.1 DiT with random weights, bf16, 480x832")  # fmt: skip
-        header = {"check": "tokentrim GPU check", "dry_run": plan.dry_run, "summary": summary,
-                  "plan": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in vars(plan).items()}}  # fmt: skip
+        summary = (
+            "CPU, tiny preset, short videos: checks that every step runs; its numbers say nothing about a GPU"
+            if plan.dry_run
+            else "full-size Wan2.1 DiT with random weights, bf16, 480x832"
+        )
+        header = {
+            "check": "tokentrim GPU check",
+            "dry_run": plan.dry_run,
+            "summary": summary,
+            "plan": {k: str(v) if isinstance(v, torch.dtype) else v for k, v in vars(plan).items()},
+        }
         self.report = Report(out_dir, header, FIGURES, plan.total_s)
         self.backend: Backend | None = None
         self.embeds: torch.Tensor | None = None
@@ -178,8 +201,14 @@ class Check:
         embeds = torch.randn(1, 16, cfg.text_dim, generator=gen)
         frames = self.plan.check_frames
         noise = torch.randn(1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, generator=gen)
-        request = pipe.request(embeds.to(device), latent_frames=frames, seed=None, noise=noise.to(device, dtype),
-                               generator=torch.Generator().manual_seed(1), decode=False)  # fmt: skip
+        request = pipe.request(
+            embeds.to(device),
+            latent_frames=frames,
+            seed=None,
+            noise=noise.to(device, dtype),
+            generator=torch.Generator().manual_seed(1),
+            decode=False,
+        )
         out = pipe.loop(request)
         decisions = [(r.action, r.pruned_positions) for r in out.records]
         return out.latents.float().cpu(), decisions
@@ -194,8 +223,17 @@ class Check:
     ):
         """Alternating runs (`bench.measure`, one round); the summaries in `fig["configs"]` after every run."""
         backend, runs = self._need_model(), {name: [] for name in configs}
-        for name, warming, run in measure(backend, configs, self.embeds, frames, 0, self.device, repeats=1,
-                                          warmup_runs=warmup_runs, warmup_frames=warmup_frames):  # fmt: skip
+        for name, warming, run in measure(
+            backend,
+            configs,
+            self.embeds,
+            frames,
+            0,
+            self.device,
+            repeats=1,
+            warmup_runs=warmup_runs,
+            warmup_frames=warmup_frames,
+        ):
             if not warming:
                 runs[name].append(run)
                 fig["configs"] = summaries(backend, runs, frames)
@@ -206,20 +244,32 @@ class Check:
     def environment(self, fig: dict) -> None:
         from tokentrim.wan.attention import flash_available
 
-        fig.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-                   cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                   cpu_count=os.cpu_count(), cuda_available=torch.cuda.is_available(),
-                   flash_attn_importable=importlib.util.find_spec("flash_attn") is not None,
-                   versions={d: _version(d) for d in DEPENDENCIES})  # fmt: skip
+        fig.update(
+            python=platform.python_version(),
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            cpu_count=os.cpu_count(),
+            cuda_available=torch.cuda.is_available(),
+            flash_attn_importable=importlib.util.find_spec("flash_attn") is not None,
+            versions={d: _version(d) for d in DEPENDENCIES},
+        )
         if self.device.type == "cuda":
             props = torch.cuda.get_device_properties(self.device)
-            fig.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / GIB, 2),
-                       capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
-                       flash_attention_usable=flash_available())  # fmt: skip
+            fig.update(
+                gpu=props.name,
+                gpu_memory_gib=round(props.total_memory / GIB, 2),
+                capability=f"{props.major}.{props.minor}",
+                multiprocessors=props.multi_processor_count,
+                flash_attention_usable=flash_available(),
+            )
 
     def correctness(self, fig: dict) -> None:
-        fig.update(compared=f"tiny preset, fp32, {self.plan.check_frames} latent frames: {self.device} vs cpu",
-                   tolerance=TOLERANCE, overrides=PRUNING)  # fmt: skip
+        fig.update(
+            compared=f"tiny preset, fp32, {self.plan.check_frames} latent frames: {self.device} vs cpu",
+            tolerance=TOLERANCE,
+            overrides=PRUNING,
+        )
         with highest_fp32_precision():
             for pipeline in PIPELINES:
                 row = fig[pipeline] = {}
@@ -236,9 +286,11 @@ class Check:
         for pipeline in PIPELINES:
             latents, _ = self.tiny_rollout(pipeline, self.device, torch.bfloat16, PRUNING)
             fig[pipeline]["bf16_finite"] = bool(torch.isfinite(latents).all())
-        fig["passed"] = all(row[f"max_abs_diff{label}"] <= TOLERANCE and row[f"decisions_equal{label}"]
-                            and row["bf16_finite"] for row in map(fig.get, PIPELINES)
-                            for label in ("", "_flowmo"))  # fmt: skip
+        fig["passed"] = all(
+            row[f"max_abs_diff{label}"] <= TOLERANCE and row[f"decisions_equal{label}"] and row["bf16_finite"]
+            for row in map(fig.get, PIPELINES)
+            for label in ("", "_flowmo")
+        )
 
     def host_syncs(self, fig: dict) -> None:
         fig["run"] = (
@@ -255,43 +307,67 @@ class Check:
     def model(self, fig: dict) -> None:
         start = time.perf_counter()
         model = {"random_weights": True} if self.plan.preset is None else {"preset": self.plan.preset}
-        self.backend = tokentrim.load("self_forcing", device=self.plan.device, dtype=DTYPE_NAMES[self.plan.dtype],
-                                      decoder=False, **model).backend  # fmt: skip
+        self.backend = tokentrim.load(
+            "self_forcing",
+            device=self.plan.device,
+            dtype=DTYPE_NAMES[self.plan.dtype],
+            decoder=False,
+            **model,
+        ).backend
         cfg = self.backend.model.config
         gen = torch.Generator().manual_seed(0)
         self.embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(self.device)
-        fig.update(backend=self.backend.name, build_s=time.perf_counter() - start, dtype=str(self.plan.dtype),
-                   latent_grid=[cfg.latent_height, cfg.latent_width], tokens_per_frame=cfg.tokens_per_frame,
-                   dit_weights_gib=sum(p.numel() * p.element_size() for p in self.backend.model.parameters()) / GIB,
-                   kv_cache_gib={p: kv_cache_mb(self.backend, self.run_config(p), self.plan.dtype) / 1024
-                                 for p in PIPELINES})  # fmt: skip
+        fig.update(
+            backend=self.backend.name,
+            build_s=time.perf_counter() - start,
+            dtype=str(self.plan.dtype),
+            latent_grid=[cfg.latent_height, cfg.latent_width],
+            tokens_per_frame=cfg.tokens_per_frame,
+            dit_weights_gib=sum(p.numel() * p.element_size() for p in self.backend.model.parameters()) / GIB,
+            kv_cache_gib={
+                p: kv_cache_mb(self.backend, self.run_config(p), self.plan.dtype) / 1024 for p in PIPELINES
+            },
+        )
 
     def speed(self, fig: dict, pipeline: str) -> None:
         frames, block = self.plan.speed_frames, self._need_model().model.config.frames_per_block
-        fig.update(latent_frames=frames, warmup_frames=self.plan.warmup_frames[pipeline],
-                   baseline="TokenTrim off (scored and logged, nothing pruned), FlowMo off")  # fmt: skip
-        configs = {"baseline": self.run_config(pipeline, baseline=True),
-                   "tokentrim": self.run_config(pipeline, ["flowmo.mode=off"]),
-                   "tokentrim_flowmo": self.run_config(pipeline)}  # fmt: skip
+        fig.update(
+            latent_frames=frames,
+            warmup_frames=self.plan.warmup_frames[pipeline],
+            baseline="TokenTrim off (scored and logged, nothing pruned), FlowMo off",
+        )
+        configs = {
+            "baseline": self.run_config(pipeline, baseline=True),
+            "tokentrim": self.run_config(pipeline, ["flowmo.mode=off"]),
+            "tokentrim_flowmo": self.run_config(pipeline),
+        }
         s = self._measure(
             fig, configs, frames, warmup_runs=1, warmup_frames=self.plan.warmup_frames[pipeline]
         )
         base = s["baseline"]
-        fig.update(baseline_fps=base["video_fps"], baseline_block_latency_ms=base["block_latency_ms_median"],
-                   tokentrim_overhead=s["tokentrim"]["wall_s_median"] / base["wall_s_median"],
-                   tokentrim_flowmo_overhead=s["tokentrim_flowmo"]["wall_s_median"] / base["wall_s_median"],
-                   scoring_share=s["tokentrim"]["scoring_share"],
-                   scoring_ms_per_block=1000 * s["tokentrim"]["scoring_s_median"] / (frames // block),
-                   regeneration_rate=s["tokentrim"]["regeneration_rate"],
-                   peak_memory_mb={n: c["peak_memory_mb"] for n, c in s.items()})  # fmt: skip
+        fig.update(
+            baseline_fps=base["video_fps"],
+            baseline_block_latency_ms=base["block_latency_ms_median"],
+            tokentrim_overhead=s["tokentrim"]["wall_s_median"] / base["wall_s_median"],
+            tokentrim_flowmo_overhead=s["tokentrim_flowmo"]["wall_s_median"] / base["wall_s_median"],
+            scoring_share=s["tokentrim"]["scoring_share"],
+            scoring_ms_per_block=1000 * s["tokentrim"]["scoring_s_median"] / (frames // block),
+            regeneration_rate=s["tokentrim"]["regeneration_rate"],
+            peak_memory_mb={n: c["peak_memory_mb"] for n, c in s.items()},
+        )
 
     def memory(self, fig: dict) -> None:
         backend, pipeline, frames = self._need_model(), "rolling_forcing", self.plan.speed_frames
         vae = self._vae()
-        fig.update(pipeline=pipeline, latent_frames=frames, run="TokenTrim + FlowMo block 0 (the run config)",
-                   text_encoder="not on the device (random prompt embeddings), as after --offload cpu or free",
-                   vae_weights_gib=sum(p.numel() * p.element_size() for p in vae.model.parameters()) / GIB,
-                   decoded_frames=0, blocks_decoded=0)  # fmt: skip
+        fig.update(
+            pipeline=pipeline,
+            latent_frames=frames,
+            run="TokenTrim + FlowMo block 0 (the run config)",
+            text_encoder="not on the device (random prompt embeddings), as after --offload cpu or free",
+            vae_weights_gib=sum(p.numel() * p.element_size() for p in vae.model.parameters()) / GIB,
+            decoded_frames=0,
+            blocks_decoded=0,
+        )
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.empty_cache()
@@ -340,9 +416,13 @@ class Check:
         try:
             for pipeline in PIPELINES:
                 row = fig[pipeline] = {}
-                s = self._measure(row, {"baseline": self.run_config(pipeline, baseline=True)},
-                                  self.plan.speed_frames, warmup_runs=1,
-                                  warmup_frames=self.plan.warmup_frames[pipeline])  # fmt: skip
+                s = self._measure(
+                    row,
+                    {"baseline": self.run_config(pipeline, baseline=True)},
+                    self.plan.speed_frames,
+                    warmup_runs=1,
+                    warmup_frames=self.plan.warmup_frames[pipeline],
+                )
                 sdpa = self.report.steps[f"speed_{pipeline}"]["figures"].get("baseline_fps")
                 row.update(baseline_fps=s["baseline"]["video_fps"], sdpa_baseline_fps=sdpa)
         finally:
@@ -356,10 +436,31 @@ class Check:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # room for the other process
         model = ["--random-weights"] if self.plan.preset is None else ["--preset", self.plan.preset]
-        cmd = [sys.executable, "-m", "tokentrim.app.cli", "bench", *model, "--pipeline", "self_forcing",
-               "--device", self.plan.device, "--dtype", "bf16" if self.plan.dtype == torch.bfloat16 else "fp32",
-               "--latent-frames", str(frames), "--no-tokentrim", "--flowmo", "off", "--compile",
-               "--compile-backend", self.plan.compile_backend, "--repeats", "1", "--json", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tokentrim.app.cli",
+            "bench",
+            *model,
+            "--pipeline",
+            "self_forcing",
+            "--device",
+            self.plan.device,
+            "--dtype",
+            "bf16" if self.plan.dtype == torch.bfloat16 else "fp32",
+            "--latent-frames",
+            str(frames),
+            "--no-tokentrim",
+            "--flowmo",
+            "off",
+            "--compile",
+            "--compile-backend",
+            self.plan.compile_backend,
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
         fig.update(
             command=" ".join(["tokentrim", *cmd[3:]]), backend=self.plan.compile_backend, latent_frames=frames
         )
@@ -372,29 +473,43 @@ class Check:
             raise RuntimeError(f"tokentrim bench --compile exited {proc.returncode}: {proc.stderr[-800:]}")
         report = json.loads(out.read_text())
         compiled = report["run"]["wall_s_median"]
-        fig.update(eager_wall_s=eager["eager"]["wall_s_median"], compiled_wall_s=compiled,
-                   compile_and_warmup_s=report["warmup_wall_s"], compiled_graphs=report["compiled_graphs"],
-                   speedup=eager["eager"]["wall_s_median"] / compiled)  # fmt: skip
+        fig.update(
+            eager_wall_s=eager["eager"]["wall_s_median"],
+            compiled_wall_s=compiled,
+            compile_and_warmup_s=report["warmup_wall_s"],
+            compiled_graphs=report["compiled_graphs"],
+            speedup=eager["eager"]["wall_s_median"] / compiled,
+        )
 
     def flowmo(self, fig: dict) -> None:
         frames = self.plan.short_frames
         fig.update(latent_frames=frames, tokentrim="off")
         for pipeline in PIPELINES:
             row = fig[pipeline] = {}
-            configs = {mode: self.run_config(pipeline, [f"flowmo.mode={mode}", "tokentrim.enabled=false"])
-                       for mode in ("off", "first_block", "every_block")}  # fmt: skip
+            configs = {
+                mode: self.run_config(pipeline, [f"flowmo.mode={mode}", "tokentrim.enabled=false"])
+                for mode in ("off", "first_block", "every_block")
+            }
             s = self._measure(row, configs, frames, warmup_runs=0)
             off = s["off"]["wall_s_median"]
-            row.update(first_block_ratio=s["first_block"]["wall_s_median"] / off,
-                       every_block_ratio=s["every_block"]["wall_s_median"] / off)  # fmt: skip
+            row.update(
+                first_block_ratio=s["first_block"]["wall_s_median"] / off,
+                every_block_ratio=s["every_block"]["wall_s_median"] / off,
+            )
 
     # Order -----------------------------------------------------------------------------------------------------
     def steps(self) -> list[tuple[str, Callable[[dict], None]]]:
-        return [("environment", self.environment), ("correctness", self.correctness),
-                ("host_syncs", self.host_syncs), ("model", self.model),
-                *[(f"speed_{p}", lambda fig, p=p: self.speed(fig, p)) for p in PIPELINES],
-                ("memory", self.memory), ("attention_flash", self.attention_flash), ("compile", self.compile),
-                ("flowmo", self.flowmo)]  # fmt: skip
+        return [
+            ("environment", self.environment),
+            ("correctness", self.correctness),
+            ("host_syncs", self.host_syncs),
+            ("model", self.model),
+            *[(f"speed_{p}", lambda fig, p=p: self.speed(fig, p)) for p in PIPELINES],
+            ("memory", self.memory),
+            ("attention_flash", self.attention_flash),
+            ("compile", self.compile),
+            ("flowmo", self.flowmo),
+        ]
 
     def run(self) -> bool:
         """Run the steps in order, each guarded; True if none failed, timed out or was stopped."""
@@ -407,8 +522,10 @@ class Check:
 def check_request(dry_run: bool, out_dir: Path) -> None:
     """Raise a UserError unless the check can run here and write `out_dir`; nothing is created."""
     if not dry_run and not torch.cuda.is_available():
-        raise UserError(f"no CUDA device here (torch {torch.__version__}); run the check on a GPU machine, or "
-                        "add --dry-run for the same steps on the CPU")  # fmt: skip
+        raise UserError(
+            f"no CUDA device here (torch {torch.__version__}); run the check on a GPU machine, or "
+            "add --dry-run for the same steps on the CPU"
+        )
     check_output(out_dir, "OUTDIR", folder=True)
 
 

@@ -60,8 +60,11 @@ def count_syncs(sites: list[str], first_block_end: int) -> dict:
     after the first `first_block_end` sites (block 0 copies the timestep tables to the device, once a video)."""
     kinds = Counter(DOCUMENTED.get(s, "other") for s in sites)
     later = sum(s not in DOCUMENTED for s in sites[first_block_end:])
-    return {"syncs": dict(Counter(sites)), **{k: kinds[k] for k in (*DOCUMENTED.values(), "other")},
-            "other_after_first_block": later}  # fmt: skip
+    return {
+        "syncs": dict(Counter(sites)),
+        **{k: kinds[k] for k in (*DOCUMENTED.values(), "other")},
+        "other_after_first_block": later,
+    }
 
 
 def cuda_syncs(pipe: Pipeline, embeds: torch.Tensor, frames: int, device: torch.device) -> dict:

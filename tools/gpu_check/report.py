@@ -62,8 +62,14 @@ class Figure:
         if judge and self.op is not None and value is not None and math.isfinite(value):
             met = {"<=": value <= self.goal, ">=": value >= self.goal, "<": value < self.goal}[self.op]
         goal = None if self.op is None else f"{self.op} {self.goal:g}{self.unit}"
-        return {"figure": self.name, "value": value, "unit": self.unit, "goal": goal, "met": met,
-                "step_status": steps.get(self.path[0], {}).get("status")}  # fmt: skip
+        return {
+            "figure": self.name,
+            "value": value,
+            "unit": self.unit,
+            "goal": goal,
+            "met": met,
+            "step_status": steps.get(self.path[0], {}).get("status"),
+        }
 
 
 def json_safe(node):
@@ -145,8 +151,11 @@ class Report:
             record.update(status="stopped", error=str(why))
             self.stopped = True
         except Exception as err:  # recorded; the next step runs
-            record.update(status="failed", error=f"{type(err).__name__}: {err}",
-                          traceback=traceback.format_exc(limit=-4).splitlines()[-12:])  # fmt: skip
+            record.update(
+                status="failed",
+                error=f"{type(err).__name__}: {err}",
+                traceback=traceback.format_exc(limit=-4).splitlines()[-12:],
+            )
         record["wall_s"] = round(time.monotonic() - start, 2)
         why = f": {record.get('error') or record.get('reason')}" if record["status"] != "ok" else ""
         print(f"[gpu_check] {name}: {record['status']} in {record['wall_s']:.1f} s{why}", flush=True)
