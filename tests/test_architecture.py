@@ -203,7 +203,9 @@ from tokentrim_core.options import check_options, option  # noqa: E402
 class TwoStepConfig(SamplerConfig):
     denoising_steps: tuple[float, ...] = (1000, 500)
     # a sliding cache, no sink; declared once, it is also a command-line option (and a checked config key)
-    window_frames: int = option(6, "the sliding cache's length in latent frames", low=3, flag="--window-frames")
+    window_frames: int = option(
+        6, "the sliding cache's length in latent frames", low=3, flag="--window-frames"
+    )
 
     def __post_init__(self) -> None:
         check_options(self)

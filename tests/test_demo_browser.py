@@ -146,7 +146,9 @@ def page_text(driver) -> str:
 
 def test_generate_streams_the_video_and_the_drift_plot(page, downloads, tmp_path):
     css(page, "#demo-side input").click()  # baseline and TokenTrim side by side
-    type_into(page, "#demo-tokentrim-lam input", "0.5")  # lower than the paper's 2: prunes are likely in 30 frames
+    type_into(
+        page, "#demo-tokentrim-lam input", "0.5"
+    )  # lower than the paper's 2: prunes are likely in 30 frames
     css(page, "#demo-generate").click()
     # While it runs, the status and the live images change block by block.
     seen, previews = [], set()

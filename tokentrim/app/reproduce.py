@@ -25,8 +25,9 @@ from tokentrim.files import write_json, write_text
 from tokentrim.pipelines import pipeline_names
 
 logger = logging.getLogger(__name__)
-# name -> what the variant changes in the run config (the paper's rows, Tables 1-4; docs/spec.md#the-tokentrim-paper); the rest is the
-# shipped config: TokenTrim at the paper's settings, FlowMo on the first block.
+# name -> what the variant changes in the run config (the paper's rows, Tables 1-4;
+# docs/spec.md#the-tokentrim-paper); the rest is the shipped config: TokenTrim at the paper's settings, FlowMo on
+# the first block.
 VARIANTS = {
     "baseline": BASELINE,
     "tokentrim": {},

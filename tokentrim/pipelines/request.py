@@ -70,7 +70,7 @@ class Request:
     on every device). start: P observed first frames, clean latents `[B, P, C, H, W]` (P a multiple of the
     block) or a `Start` in pixels; they are committed as they are and returned unchanged, the last of them is
     shown to the hook, and generation continues after them (the references draw the initial noise for the
-    generated frames only, more-pipelines.md §A.5). switches: prompt switches `(first latent frame, prompt)` in
+    generated frames only, docs/spec.md#rng-order). switches: prompt switches `(first latent frame, prompt)` in
     time order, each a block boundary after the observed frames (loops with `switching`).
     tokentrim: TokenTrim's settings (None: the plain reference loop, nothing judged); hook: another `BlockHook`
     instead (say, a fault wrapped around TokenTrim), serving this one video. decode: each event carries its
