@@ -66,20 +66,25 @@ def test_generate_and_stream_give_the_same_video(toy):
 
 
 def test_rolling_forcing_hands_out_each_block_when_it_becomes_final(model, embeds):
-    """A block is final at the window pass that takes it to its last level: the events come at those passes, in
-    time order, each with its own decision, and together they are the video."""
+    """Block b is final after window b + 4 (a 5-level window: denoising pass and clean pass per window, one more
+    pass per regeneration): its event comes right then, in time order, with its own decision; the events together
+    are what `__call__` returns."""
     request = Request(embeds, 21, seed=0, tokentrim=TokenTrimConfig(lam=0.0, warmup=1))
     calls, forward = [], model.forward
     model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
-    stream = RollingForcingPipeline(model).stream(request)
-    seen = []
-    for event in stream:
-        seen.append((event.block, len(calls)))
-    windows = len(seen) + 5 - 1  # 7 blocks, a 5-level window
-    assert [b for b, _ in seen] == list(range(7))
-    assert seen[0][1] >= 2 * 5  # block 0 is final after the fifth window's denoising pass
-    out = RollingForcingPipeline(model)(request)
-    assert len(calls) >= 2 * windows and [r.block for r in out.records] == list(range(7))
+    events, at = [], []
+    for event in RollingForcingPipeline(model).stream(request):
+        events.append(event)
+        at.append(len(calls))
+    prunes = [e.record.action == "prune" for e in events]
+    assert [e.block for e in events] == [e.record.block for e in events] == list(range(7)) and any(prunes)
+    assert at == [2 * (b + 5) + sum(prunes[: b + 1]) for b in range(7)]
+    model.forward = forward
+    whole = RollingForcingPipeline(model)(request)
+    assert torch.equal(whole.latents, torch.cat([e.latents for e in events], dim=1))
+    assert [r.to_dict() | {"score_ms": 0} for r in whole.records] == [
+        e.record.to_dict() | {"score_ms": 0} for e in events
+    ]
 
 
 def test_closing_a_stream_frees_its_cache(model, embeds, monkeypatch):
@@ -127,29 +132,35 @@ def test_a_cpu_generator_gives_the_same_video_on_any_device(model, embeds):
 
 
 # Writing as the blocks come --------------------------------------------------------------------------------------
-def test_the_mp4_grows_under_its_temporary_name_and_equals_the_one_shot_video(toy, tmp_path):
-    prompt, start = observed_start(HELD_OUT_SCENES + 1)
-    target = tmp_path / "video.mp4"
-    sizes = []
+def test_the_mp4_grows_under_its_temporary_name_and_equals_the_one_shot_video(tmp_path):
+    """`generate`'s writer: the temporary mp4 exists from the first block and grows while the run goes on (ffmpeg
+    writes its output in 256 KB pieces: 45 latent frames of the tiny preset's VAE are 177 frames, about 0.8 MB); the
+    finished file is the one a one-shot write of the same frames gives."""
+    pipe = tokentrim.load("self_forcing", preset="tiny", device="cpu")
+    target, sizes, frames = tmp_path / "video.mp4", [], []
 
     def watching(events):
-        for event in events:
+        for event in events:  # the blocks before this one are written
             temporaries = list(tmp_path.glob(".video.mp4.tmp-*"))
-            assert len(temporaries) == 1 and not target.exists()  # written under the temporary name only
+            assert len(temporaries) == 1 and not target.exists()  # under the temporary name only
             sizes.append(temporaries[0].stat().st_size)
+            frames.append(event.decoded[0].numpy())
             yield event
 
-    request = toy.request(prompt, latent_frames=120, seed=0, start=start)
-    out = gen.write_video_files(watching(toy.run(request)), settings={"prompt": prompt}, fps=toy.fps,
-                                start=start, video=target, log=tmp_path / "video.json")  # fmt: skip
-    assert len(sizes) == 40 and sizes == sorted(sizes) and sizes[-1] > sizes[0] > 0  # it grew during the run
+    out = gen.write_video_files(
+        watching(pipe.stream("a cat", latent_frames=45, seed=0)),
+        settings={"seed": 0},
+        fps=pipe.fps,
+        video=target,
+        log=tmp_path / "video.json",
+    )
+    assert len(sizes) == 15 and sizes == sorted(sizes) and sizes[-1] > sizes[0]  # it grew during the run
     assert not list(tmp_path.glob(".*tmp*"))
-    one_shot = tmp_path / "one_shot.mp4"
-    write_video(one_shot, toy.generate(prompt, latent_frames=120, seed=0, start=start).frames, fps=toy.fps)
+    one_shot = write_video(tmp_path / "one_shot.mp4", np.concatenate(frames), fps=pipe.fps)
     assert target.read_bytes() == one_shot.read_bytes()
-    assert read_video(target)[0].shape == (120, 32, 32, 3)
+    assert read_video(target)[0].shape == (177, 64, 96, 3)
     log = json.loads((tmp_path / "video.json").read_text())
-    assert [b["block"] for b in log["blocks"]] == [r.block for r in out.records] == list(range(40))
+    assert [b["block"] for b in log["blocks"]] == [r.block for r in out.records] == list(range(15))
 
 
 def test_an_interrupted_stream_leaves_no_file(toy, tmp_path):

@@ -244,8 +244,7 @@ def test_a_stream_hands_its_error_to_the_reader(toy):
 
     prompt, prefix = observed_start(SCENE)
     run = load_run_config(default_config_path("self_forcing", "toy"), ["flowmo.mode=off"])
-    stream = Pipeline(toy, run).stream(prompt, latent_frames=12, seed=0, start=prefix, hook=Failing(),
-                                       tokentrim=None)  # fmt: skip
+    stream = Pipeline(toy, run).stream(prompt, latent_frames=12, seed=0, start=prefix, hook=Failing())
     with pytest.raises(FloatingPointError, match="bad latents"):
         next(stream)
 

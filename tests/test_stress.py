@@ -71,9 +71,7 @@ def test_the_fault_enters_through_the_commit_of_block_j_only(toy, monkeypatch):
     clean_calls = list(calls)
     calls.clear()
     hook = FaultHook(TokenTrim(run.tokentrim, (2, 2)), fault, mask)
-    bad = pipe.generate(
-        prompt, latent_frames=18, seed=4, start=prefix, decode=False, hook=hook, tokentrim=None
-    )
+    bad = pipe.generate(prompt, latent_frames=18, seed=4, start=prefix, decode=False, hook=hook)
     assert torch.equal(bad.latents[:, :9], clean.latents[:, :9])  # blocks 0..2
     diff = bad.latents[:, 9:12] - clean.latents[:, 9:12]
     assert diff[..., ~mask].abs().max() == 0 and diff[..., mask].abs().max() > 0  # block J: the region only

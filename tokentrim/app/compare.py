@@ -134,9 +134,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
     base = videos["baseline"].frames
     factor = max(1, -(-MIN_HEIGHT // base.shape[1]))
-    what = (
-        "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
-    )  # ASCII: PIL's default font
+    # ASCII only: PIL's default font
+    what = "" if fault is None else f" - {fault.kind} fault at block {fault.block}"
     labels = (f"baseline{what}", f"TokenTrim{what}")
     video = side_by_side(base, videos["TokenTrim"].frames, labels, marked, factor)
     write_video(out / "compare.mp4", video, fps=backend.fps)

@@ -142,9 +142,8 @@ class Run:
     request: Request
     settings: dict
     stream: Iterator[BlockEvent] | None = None
-    writers: list[VideoWriter] = field(
-        default_factory=list
-    )  # the mp4 for download, an upscaled one for display
+    # the mp4 for download, and an upscaled one for display
+    writers: list[VideoWriter] = field(default_factory=list)
     scale: int = 0  # display factor, known at the first decoded block
     out: GenerationOutput = field(default_factory=lambda: GenerationOutput(torch.empty(0)))
 

@@ -88,83 +88,67 @@ def run_seed(pipes: dict, setup: Setup, seed: int, kind: str, start, shared: dic
     `shared`: a dict kept across calls with the same seed, settings and pipelines; the clean rollouts (and their
     drift measures) do not depend on the fault, so the calls for the other kinds reuse them (deterministic: the
     same seed gives the same rollout)."""
-    from tokentrim.app.faults import Fault, FaultHook, region, token_mask
-    from tokentrim.eval import evaluate_frames
-    from tokentrim.eval.summary import summary_row
-    from tokentrim_core.trim import TokenTrim
+    from tokentrim.app.faults import Fault, region, token_mask
 
     backend = pipes["baseline"].backend
-    cfg = backend.model.config
-    grid, patch, fpb = (cfg.grid_height, cfg.grid_width), cfg.patch_size[1:], cfg.frames_per_block
-    tokens, at_block, horizon, latent_frames = (
-        setup.tokens,
-        setup.at_block,
-        setup.horizon,
-        setup.latent_frames,
-    )
-    fault = Fault(kind, at_block, region(grid, tokens, np.random.default_rng(seed)), seed)
-    mask = token_mask(fault.tokens, grid, patch)
-    prompt, prefix = start(seed)
-    foreign = None
-    if kind == "foreign":
-        other, other_prefix = start(seed + HELD_OUT_OTHER)
-        foreign = (
-            pipes["baseline"]
-            .generate(other, latent_frames=latent_frames, seed=seed, start=other_prefix, decode=False)
-            .latents
-        )
-    shared = {} if shared is None else shared
-    out, walls, hooks = {}, {}, {}
-    for method, pipe in pipes.items():
-        for faulted in (False, True):
-            name = f"{method}{'_fault' if faulted else ''}"
-            if not faulted and method in shared:
-                out[(method, False)], walls[name] = shared[method]
-                continue
-            hook = None
-            if faulted:
-                hook = hooks[method] = FaultHook(
-                    TokenTrim(pipe.run_config.tokentrim, patch), fault, mask, foreign
-                )
-            t0 = time.perf_counter()
-            out[(method, faulted)] = pipe.generate(
-                prompt,
-                latent_frames=latent_frames,
-                seed=seed,
-                start=prefix,
-                decode=faulted is False and backend.decoder is not None,
-                **({} if hook is None else {"hook": hook, "tokentrim": None}),
-            )
-            walls[name] = time.perf_counter() - t0
-            if not faulted:
-                shared[method] = (out[(method, False)], walls[name])
-    row = {"seed": seed, "tokens": list(fault.tokens), "wall_s": walls}
-    persistence = {}
+    cfg, shared = backend.model.config, {} if shared is None else shared
+    grid, fpb = (cfg.grid_height, cfg.grid_width), cfg.frames_per_block
+    fault = Fault(kind, setup.at_block, region(grid, setup.tokens, np.random.default_rng(seed)), seed)
+    mask = token_mask(fault.tokens, grid, cfg.patch_size[1:])
+    clean, faulted, walls = _rollouts(pipes, setup, seed, fault, mask, start, shared)
+    row = {"seed": seed, "tokens": list(fault.tokens), "wall_s": walls, "persistence": {}}
     for method in pipes:
-        clean, bad, applied = out[(method, False)], out[(method, True)], hooks[method].applied
-        injected = float(applied[0]) if applied else float("nan")
+        bad, hook = faulted[method]
+        injected = float(hook.applied[0]) if hook.applied else float("nan")
+        last = min(setup.at_block + setup.horizon, bad.latents.shape[1] // fpb - 1)
         curve = [
-            region_energy(bad.latents, clean.latents, mask, b, fpb) / injected
-            for b in range(at_block + 1, min(at_block + horizon, bad.latents.shape[1] // fpb - 1) + 1)
+            region_energy(bad.latents, clean[method].latents, mask, b, fpb) / injected
+            for b in range(setup.at_block + 1, last + 1)
         ]
-        persistence[method] = {"persistence": float(sum(curve)), "curve": curve, "injected": injected}
-    row["persistence"] = persistence
-    row["detection"] = _detection(out[("tokentrim", True)].records, fault, horizon)
-    clean_tt = out[("tokentrim", False)].records
-    row["placebo"] = _detection(clean_tt, fault, horizon)
-    armed = [r for r in clean_tt if r.action in ("accept", "prune")]
+        row["persistence"][method] = {"persistence": float(sum(curve)), "curve": curve, "injected": injected}
+    row["detection"] = _detection(faulted["tokentrim"][0].records, fault, setup.horizon)
+    row["placebo"] = _detection(clean["tokentrim"].records, fault, setup.horizon)
+    armed = [r for r in clean["tokentrim"].records if r.action in ("accept", "prune")]
     row["clean_trigger_rate"] = sum(r.action == "prune" for r in armed) / max(1, len(armed))
     if backend.decoder is not None:
         if "drift" not in shared:
-            shared["drift"] = {}
-            for method in pipes:
-                video = out[(method, False)].frames
-                report = evaluate_frames(
-                    video, backend.fps, max(2 / backend.fps, len(video) / backend.fps / 4)
-                )
-                shared["drift"][method] = summary_row(report)
+            shared["drift"] = {method: _drift(clean[method].frames, backend.fps) for method in pipes}
         row["clean_drift"] = shared["drift"]
     return row
+
+
+def _rollouts(pipes: dict, setup: Setup, seed: int, fault, mask: torch.Tensor, start, shared: dict) -> tuple:
+    """Per method: the clean video (from `shared` when there), the faulted one with its `FaultHook`, and the wall
+    times of the rollouts run."""
+    from tokentrim.app.faults import FaultHook
+    from tokentrim_core.trim import TokenTrim
+
+    prompt, prefix = start(seed)
+    inputs = {"latent_frames": setup.latent_frames, "seed": seed, "start": prefix}
+    foreign = None
+    if fault.kind == "foreign":
+        other, other_prefix = start(seed + HELD_OUT_OTHER)
+        foreign = pipes["baseline"].generate(other, **{**inputs, "start": other_prefix}, decode=False).latents
+    clean, faulted, walls = {}, {}, {}
+    for method, pipe in pipes.items():
+        if method not in shared:
+            t0 = time.perf_counter()
+            shared[method] = (pipe.generate(prompt, **inputs), time.perf_counter() - t0)
+        clean[method], walls[method] = shared[method]
+        patch = pipe.backend.model.config.patch_size[1:]
+        hook = FaultHook(TokenTrim(pipe.run_config.tokentrim, patch), fault, mask, foreign)
+        t0 = time.perf_counter()
+        faulted[method] = (pipe.generate(prompt, **inputs, decode=False, hook=hook), hook)
+        walls[f"{method}_fault"] = time.perf_counter() - t0
+    return clean, faulted, walls
+
+
+def _drift(video: np.ndarray, fps: int) -> dict:
+    """`tokentrim eval`'s summary of a clean video."""
+    from tokentrim.eval import evaluate_frames
+    from tokentrim.eval.summary import summary_row
+
+    return summary_row(evaluate_frames(video, fps, max(2 / fps, len(video) / fps / 4)))
 
 
 def _detection_summary(detections: list[dict]) -> dict:

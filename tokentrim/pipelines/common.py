@@ -141,17 +141,13 @@ class Rollout:
     cache: CachePolicy
     generator: torch.Generator
     steps: torch.Tensor  # the sampler's timesteps, on the device
-    noise: (
-        torch.Tensor
-    )  # the initial noise, by absolute frame (the observed frames' rows are zeros, never read)
+    noise: torch.Tensor  # the initial noise by absolute frame (observed rows are zeros, never read)
     output: torch.Tensor  # final latents on the CPU, filled as blocks finish
     observed: int  # observed (start) blocks, committed before the loop
-    switches: list[tuple[int, ContextCache]] = field(
-        default_factory=list
-    )  # (first frame, its prompt's context)
-    losses: list[list[float]] = field(
-        default_factory=list
-    )  # FlowMo: per guidance call, the loss per iteration
+    # (first frame, its prompt's context) of the prompt switches still to come
+    switches: list[tuple[int, ContextCache]] = field(default_factory=list)
+    # FlowMo: per guidance call, the loss per iteration
+    losses: list[list[float]] = field(default_factory=list)
     handed_out: tuple[int, int] = (0, 0)  # records and losses already in events
 
     @property

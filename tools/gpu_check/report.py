@@ -199,9 +199,8 @@ def markdown(data: dict) -> str:
              f"Wall time {data['wall_s']:.1f} s of a {data['total_budget_s']:.0f} s budget.", "",
              "| figure | measured | goal | met |", "|---|---|---|---|"]  # fmt: skip
     for f in data["figures"]:
-        met = (
-            "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
-        )  # —: no goal, not judged or measured
+        # —: no goal, not judged or measured
+        met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
         value = "not measured" if f["value"] is None else f"{_fmt(f['value'])}{f['unit']}"
         if f["value"] is not None and f["step_status"] != "ok":
             value += f" (step {f['step_status']})"
