@@ -144,9 +144,6 @@ def _take_moved(cfg: DictConfig, moved: dict) -> DictConfig:
         section, key = old.split(".")
         if section in cfg and isinstance(cfg[section], DictConfig) and key in cfg[section]:
             moved[new] = cfg[section].pop(key)
-            logger.warning(
-                "`%s` is now `<pipeline>.%s` (the loops that read it have it); please rename it", old, new
-            )
     return cfg
 
 
@@ -163,6 +160,8 @@ def _moved_to(pipeline: str, section: DictConfig, moved: dict) -> dict:
                 f"{key}={value} is not available for {pipeline} (its sampler has {known})",
                 field=f"{pipeline}.{key}",
             )
+    for key in moved:  # warned only once the configuration holds
+        logger.warning("`tokentrim.%s` is now `%s.%s`; please rename it", key, pipeline, key)
     return kept
 
 
