@@ -88,8 +88,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = Pipeline(load_model(args, device, dtype, attention), run, offload=args.offload)
     asked = [dataclasses.replace(request, prompt=prompt, seed=seed) for _, prompt, _, _, seed in todo]
     for (index, prompt, video, log, seed), ready in zip(todo, pipe.encode(asked), strict=True):
+        blocks = args.latent_frames // pipe.loop.frames_per_block
         out = gen.write_video_files(
-            pipe.loop.stream(ready),
+            gen.with_progress(pipe.loop.stream(ready), blocks, f"{pipe.loop.title} blocks"),
             settings=settings_of(index=index, prompt=prompt, seed=seed),
             fps=pipe.fps,
             start=request.start,

@@ -64,6 +64,16 @@ class VideoFiles:
             self._stack.__exit__(exc_type, exc, tb)
 
 
+def with_progress(events: Iterable[BlockEvent], blocks: int, desc: str) -> Iterator[BlockEvent]:
+    """`events` with a progress bar over blocks on stderr (the command line's; the loops draw none)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=blocks, desc=desc, unit="block") as bar:
+        for event in events:
+            yield event
+            bar.update(1)
+
+
 def decision_log(settings: dict, out: GenerationOutput | Video) -> dict:
     """The decision log document: {"config", "blocks", "flowmo_losses", "timings"} (timings: the loop's wall
     time, no decoding or writing)."""
