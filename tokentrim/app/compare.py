@@ -125,7 +125,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     videos, logs = {}, {}
     inputs = {"latent_frames": request.latent_frames, "seed": request.seed, "start": request.start}
     for name, run in runs.items():
-        hook = {} if fault is None else {"hook": fault_hook(backend, run, fault), "tokentrim": None}
+        hook = {} if fault is None else {"hook": fault_hook(backend, run, fault)}
         videos[name] = Pipeline(backend, run, offload="none").generate(request.prompt, **inputs, **hook)
         logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
     # 3. The two-panel video (TokenTrim's pruned blocks framed red), the logs, the drift figure, the heat map

@@ -81,10 +81,10 @@ class RunConfig:
         return self.loop(build_model(config, device="meta"))
 
     def request(self, prompt: str | torch.Tensor, latent_frames: int, **inputs) -> Request:
-        """A `Request` with this run's TokenTrim and FlowMo settings; `inputs` are its other fields."""
-        return Request(
-            prompt, latent_frames, **{"tokentrim": self.tokentrim, "flowmo": self.flowmo, **inputs}
-        )
+        """A `Request` with this run's TokenTrim and FlowMo settings; `inputs` are its other fields (a `hook` takes
+        the place of the run's TokenTrim settings)."""
+        tokentrim = None if inputs.get("hook") is not None else self.tokentrim
+        return Request(prompt, latent_frames, **{"tokentrim": tokentrim, "flowmo": self.flowmo, **inputs})
 
     def baseline(self) -> RunConfig:
         """The same run with TokenTrim and FlowMo off (`BASELINE`)."""
