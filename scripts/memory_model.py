@@ -27,13 +27,13 @@ import time
 
 import torch
 
-from tokentrim.app.device_reads import DeviceReads
 from tokentrim.app.run_config import default_config_path, load_run_config
-from tokentrim.pipelines import REGISTRY
+from tokentrim.pipelines import REGISTRY, Request
 from tokentrim.wan import build_model, get_preset
 from tokentrim.wan.memory import GIB, PeakLiveBytes, fused_attention, parameter_bytes
 from tokentrim.wan.quantize import weight_bytes
 from tokentrim_core import TokenTrim
+from tools.gpu_check.device_reads import DeviceReads
 
 PIPELINES = ("self_forcing", "rolling_forcing", "causal_forcing_framewise", "longlive")
 LENGTHS = {"5 s": 21, "30 s": 120, "5 min": 1200}  # latent frames: 1 + 4 (F - 1) video frames at 16 fps
@@ -53,10 +53,12 @@ def rollout_peak(name: str, model, frames: int, layout: str, decoder=None) -> in
         1, frames, cfg.in_dim, cfg.latent_height, cfg.latent_width, device=device, dtype=dtype
     )
     stream = None if decoder is None else decoder.streaming()
-    on_block = None if stream is None else (lambda start, x0: stream.decode(x0))
+    hook = TokenTrim(run.tokentrim, cfg.patch_size[1:])
+    request = Request(embeds, frames, noise=noise, generator=torch.Generator(), hook=hook, flowmo=run.flowmo)
     with fused_attention(), DeviceReads(), PeakLiveBytes() as peak:
-        pipe(embeds, frames, noise=noise, generator=torch.Generator(), hook=TokenTrim(run.tokentrim, cfg.patch_size[1:]),
-             flowmo=run.flowmo, progress=False, on_block=on_block)  # fmt: skip
+        for event in pipe.stream(request):
+            if stream is not None:
+                stream.decode(event.latents.to(device))
     return peak.peak
 
 

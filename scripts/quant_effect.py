@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from tokentrim.app.backends import PRESETS
-from tokentrim.app.generate import run_video
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.eval import evaluate_frames
 from tokentrim.toy import HELD_OUT_SCENES, observed_start, sample_scene
@@ -62,8 +61,8 @@ def main() -> None:
             run = load_run_config(default_config_path(pipeline, "toy"))
             out = {}
             for mode, backend in backends.items():
-                result = run_video(backend, run, embeds, latent_frames=args.latent_frames, seed=seed,
-                                   prefix=prefix, progress=False)  # fmt: skip
+                request = run.request(embeds, args.latent_frames, seed=seed, start=prefix)
+                result = run.loop(backend.model)(request)
                 video = backend.decoder.decode(result.latents)[0].cpu().numpy()
                 report = evaluate_frames(video, FPS, SEGMENT_SECONDS, name=f"{mode}{seed}")
                 out[mode] = (result, {k: m["drift"] for k, m in report["metrics"].items()},

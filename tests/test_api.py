@@ -17,6 +17,7 @@ from tokentrim.app import generate as gen
 from tokentrim.app.run_config import RUN_DEFAULTS, default_config_path, load_run_config
 from tokentrim.errors import UserError
 from tokentrim.pipelines import REGISTRY, Request, RollingForcingPipeline, SelfForcingPipeline
+from tokentrim.pipelines.common import NoHook
 from tokentrim.toy import HELD_OUT_SCENES, observed_start
 from tokentrim.video import read_video, write_video
 from tokentrim.wan import KVCache, build_model
@@ -112,8 +113,10 @@ def test_a_request_is_checked_before_any_weights_and_a_loop_takes_tensors(tiny_c
         run.request("a cat", 20, seed=0).check(checker)
     with pytest.raises(UserError, match="`prompt` is empty"):
         run.request(" ", 21, seed=0).check(checker)
+    # a hook takes the place of the run's TokenTrim settings
+    assert run.request("a cat", 21, seed=0, hook=NoHook()).tokentrim is None
     with pytest.raises(UserError, match="not both"):
-        run.request("a cat", 21, seed=0, hook=object()).check(checker)
+        Request("a cat", 21, seed=0, tokentrim=run.tokentrim, hook=NoHook()).check(checker)
     with pytest.raises(UserError, match="a seed or a torch.Generator, not both"):
         run.request("a cat", 21, seed=0, generator=torch.Generator()).check(checker)
     with pytest.raises(UserError, match="encode the text prompts"):

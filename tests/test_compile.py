@@ -12,6 +12,7 @@ import torch
 
 from tokentrim.errors import UserError
 from tokentrim.pipelines import (
+    Request,
     RollingForcingConfig,
     RollingForcingPipeline,
     SelfForcingConfig,
@@ -28,9 +29,8 @@ PRUNING = TokenTrimConfig(lam=0.0, warmup=1)
 def rollout(pipe, frames: int, switch_at=()):
     gen = torch.Generator().manual_seed(5)
     embeds = torch.randn(1, 9, C.text_dim, generator=gen)
-    switches = [(f, torch.randn(1, 12, C.text_dim, generator=gen)) for f in switch_at]
-    return pipe(embeds, frames, seed=1, hook=TokenTrim(PRUNING, C.patch_size[1:]), progress=False,
-                switches=switches)  # fmt: skip
+    switches = tuple((f, torch.randn(1, 12, C.text_dim, generator=gen)) for f in switch_at)
+    return pipe(Request(embeds, frames, seed=1, hook=TokenTrim(PRUNING, C.patch_size[1:]), switches=switches))
 
 
 def eager_and_compiled(make_pipe, layout: str, backend: str, frames: int, switch_at=()):

@@ -62,8 +62,13 @@ def direct_run(backend, *, enabled: bool, flowmo: str, frames: int, seed: int, l
 
 
 def demo_threads() -> list[threading.Thread]:
-    """Threads besides the test's own: the demo's runs are streams read in the caller's thread, none start."""
-    return [t for t in threading.enumerate() if t not in STARTING_THREADS and t.is_alive()]
+    """Threads besides the test's own: the demo's runs are streams read in the caller's thread, none start (tqdm's
+    monitor, which an earlier progress bar in the same process may have started, is not the demo's)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in STARTING_THREADS and t.is_alive() and t.name != "tqdm_monitor"
+    ]
 
 
 STARTING_THREADS = set(threading.enumerate())

@@ -10,15 +10,20 @@ RECORDED = torch.load(GOLDEN, weights_only=True)
 
 @pytest.fixture(scope="module")
 def fresh():
-    """The cases run once; with the recording's thread count where the comparison is bit for bit (elsewhere the
-    suite's one thread: a tolerance covers rounding, and threads only slow shared cores down)."""
-    previous = torch.get_num_threads()
-    if RECORDED["platform"] == platform_key():
-        torch.set_num_threads(RECORD_THREADS)
+    """The cases run once: those recorded on this platform with their recording's thread count (compared bit for
+    bit), the others with the suite's one thread (a tolerance covers rounding; threads only slow shared cores)."""
+    previous, groups = torch.get_num_threads(), {}
+    for name, case in RECORDED["cases"].items():
+        here = case.get("platform", RECORDED["platform"]) == platform_key()
+        groups.setdefault(case.get("threads", RECORD_THREADS) if here else previous, []).append(name)
+    results = {}
     try:
-        return run_cases()
+        for threads, names in groups.items():
+            torch.set_num_threads(threads)
+            results |= run_cases(names)
     finally:
         torch.set_num_threads(previous)
+    return results
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED["cases"]))

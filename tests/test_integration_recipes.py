@@ -11,6 +11,7 @@ from reference_layout import Call, ReferenceAttention, recipes, reference_cache,
 from tokentrim.pipelines import (
     LongLiveConfig,
     LongLivePipeline,
+    Request,
     RollingForcingPipeline,
     SelfForcingConfig,
     SelfForcingPipeline,
@@ -131,7 +132,7 @@ def test_self_forcing_recipe(tiny, block):
     pipe = SelfForcingPipeline(model, SelfForcingConfig(cache_frames=21, sink_frames=0, rolling=False))
     frames = 21 if block == 3 else 12
     got = block_loop(model, embeds, frames, 0, pipe, rule="self_forcing", sink=0)
-    assert_same(got, pipe(embeds, frames, seed=0, hook=TokenTrim(EAGER, (2, 2)), progress=False))
+    assert_same(got, pipe(Request(embeds, frames, seed=0, hook=TokenTrim(EAGER, (2, 2)))))
 
 
 @pytest.mark.parametrize(
@@ -143,13 +144,12 @@ def test_longlive_masked_across_a_prompt_switch(tiny, pruning, drop):
     `switch_pruning: keep`), or `restore` before it resets them (`reset`); bit for bit."""
     model, embeds = tiny
     other = torch.randn(1, 9, model.config.text_dim, generator=torch.Generator().manual_seed(6))
-    pipe = LongLivePipeline(model, LongLiveConfig())
+    pipe = LongLivePipeline(model, LongLiveConfig(switch_pruning=pruning))
     got = block_loop(
         model, embeds, 30, 2, pipe, rule="longlive", sink=3, mode="mask", switch=(18, other), drop=drop
     )
     assert got[1][6].action == "switch" and got[1][6].prompt_switch
-    builtin = pipe(embeds, 30, seed=2, hook=TokenTrim(EAGER, (2, 2)), progress=False, switches=[(18, other)],
-                   switch_pruning=pruning)  # fmt: skip
+    builtin = pipe(Request(embeds, 30, seed=2, hook=TokenTrim(EAGER, (2, 2)), switches=((18, other),)))
     assert_same(got, builtin)
 
 
@@ -237,7 +237,7 @@ def test_rolling_forcing_recipe(tiny):
             clean = denoised_pred[:, :block]
             model(clean, torch.zeros(1, block), context, cache=attention, plan=Call(s, block, updating_cache=True),
                   start_frame=s)  # fmt: skip
-    builtin = pipe(embeds, frames, seed=0, hook=TokenTrim(EAGER, (2, 2)), progress=False)
+    builtin = pipe(Request(embeds, frames, seed=0, hook=TokenTrim(EAGER, (2, 2))))
     assert_same((output, ns["tokentrim"].records), builtin)
 
 

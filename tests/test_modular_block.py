@@ -21,7 +21,7 @@ from tokentrim.integrations.modular import (
     TokenTrimRegenerate,
     with_tokentrim,
 )
-from tokentrim.pipelines import SelfForcingConfig, SelfForcingPipeline
+from tokentrim.pipelines import Request, SelfForcingConfig, SelfForcingPipeline
 from tokentrim.wan import build_model, get_preset
 from tokentrim.wan.model import CausalWanModel
 from tokentrim.wan.scheduler import FlowMatchSchedule
@@ -154,9 +154,7 @@ def test_modular_pipeline_makes_the_built_in_decisions(setup, sink):
     assert isinstance(component, TokenTrimComponent) and component.pruner.sink_frames == sink
     with torch.no_grad():
         latents, kv_cache = stream(pipe, model, sampler, embeds, 21, seed=0)
-    builtin = SelfForcingPipeline(model, sampler)(
-        embeds, 21, seed=0, hook=TokenTrim(EAGER, (2, 2)), progress=False
-    )
+    builtin = SelfForcingPipeline(model, sampler)(Request(embeds, 21, seed=0, hook=TokenTrim(EAGER, (2, 2))))
     assert sum(r.action == "prune" for r in component.records) >= 2
     assert rows(component.records) == rows(builtin.records)
     assert torch.equal(latents, builtin.latents)
@@ -180,5 +178,3 @@ def test_block_declares_its_state_and_needs_its_component(setup):
     pipe.update_components(tokentrim=None)
     with pytest.raises(ValueError, match="update_components\\(tokentrim="):
         stream(pipe, model, sampler, embeds, 3, seed=0)
-    with pytest.raises(ValueError, match="regen_noise='same'"):
-        TokenTrimComponent(TokenTrimConfig(regen_noise="fresh"), (2, 2), 24)

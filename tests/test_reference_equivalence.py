@@ -12,6 +12,7 @@ import torch
 from reference_layout import ReferenceAttention, ReferencePolicy, reference_cache
 
 from tokentrim.pipelines import (
+    Request,
     RollingForcingConfig,
     RollingForcingPipeline,
     SelfForcingConfig,
@@ -50,6 +51,9 @@ class ControllerHook:
         self.previous = self.attempts[verdict.keep or 0]
         return verdict
 
+    def accepted(self, block, x0):
+        return x0
+
     def switched(self, block):
         self.controller.switched()
 
@@ -79,9 +83,9 @@ def rows(records):
 
 
 def assert_same(make_pipe, mode, embeds, frames, config, patch, **call):
-    builtin = make_pipe()(embeds, frames, hook=TokenTrim(config, patch), progress=False, **call)
+    builtin = make_pipe()(Request(embeds, frames, hook=TokenTrim(config, patch), **call))
     hook = ControllerHook(TokenTrimController(config, patch))
-    reference = on_reference_cache(make_pipe(), mode)(embeds, frames, hook=hook, progress=False, **call)
+    reference = on_reference_cache(make_pipe(), mode)(Request(embeds, frames, hook=hook, **call))
     assert sum(r.action == "prune" for r in builtin.records) >= 2, "the case must prune to test anything"
     assert rows(reference.records) == rows(builtin.records)
     assert torch.equal(reference.latents, builtin.latents)
@@ -150,4 +154,4 @@ def test_toy(pipeline, sampler, frames, mode):
         embeds = text([prompt])
     config = TokenTrimConfig(lam=0.5)
     patch = toy.config.patch_size[1:]
-    assert_same(lambda: pipeline(toy, sampler), mode, embeds, frames, config, patch, seed=0, prefix=prefix)
+    assert_same(lambda: pipeline(toy, sampler), mode, embeds, frames, config, patch, seed=0, start=prefix)

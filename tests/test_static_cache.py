@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokentrim.errors import UserError
-from tokentrim.pipelines import REGISTRY, SelfForcingConfig, SelfForcingPipeline
+from tokentrim.pipelines import REGISTRY, Request, SelfForcingConfig, SelfForcingPipeline
 from tokentrim.pipelines.longlive import LongLiveConfig, SlotRopeCachePolicy
 from tokentrim.pipelines.rolling_forcing import AnchorCachePolicy, RollingForcingConfig
 from tokentrim.pipelines.self_forcing import SinkCachePolicy
@@ -194,13 +194,14 @@ def test_rollouts_match_the_dynamic_cache(case):
     model = build_model(C, seed=3)
     gen = torch.Generator().manual_seed(5)
     embeds = torch.randn(1, 9, C.text_dim, generator=gen)
-    switches = [(f, torch.randn(1, 12, C.text_dim, generator=gen)) for f in switch_at]
+    switches = tuple((f, torch.randn(1, 12, C.text_dim, generator=gen)) for f in switch_at)
     entry = REGISTRY[name]
     outs = []
     for layout in ("dynamic", "static"):
         pipe = entry.pipeline(model, sampler or entry.config(), cache=layout)
-        outs.append(pipe(embeds, frames, seed=1, hook=TokenTrim(PRUNING, C.patch_size[1:]), progress=False,
-                         flowmo=FlowMoConfig(mode="first_block" if flowmo else "off"), switches=switches))  # fmt: skip
+        hook = TokenTrim(PRUNING, C.patch_size[1:])
+        guidance = FlowMoConfig(mode="first_block" if flowmo else "off")
+        outs.append(pipe(Request(embeds, frames, seed=1, hook=hook, flowmo=guidance, switches=switches)))
     dynamic, static = outs
     assert sum(r.action == "prune" for r in dynamic.records) >= 2
     assert decisions(static) == decisions(dynamic)
@@ -216,7 +217,7 @@ def test_rollouts_match_the_dynamic_cache(case):
 def test_the_static_cache_reads_the_device_no_more_than_the_dynamic_one(name):
     """Run on the meta device, where any host read of device data is counted (`DeviceReads`): the static
     cache's host bookkeeping adds none (its indices go host to device)."""
-    from tokentrim.app.device_reads import DeviceReads
+    from tools.gpu_check.device_reads import DeviceReads
 
     entry = REGISTRY[name]
     counts = []
@@ -224,7 +225,8 @@ def test_the_static_cache_reads_the_device_no_more_than_the_dynamic_one(name):
         pipe = entry.pipeline(build_model(C, device="meta"), entry.config(), cache=layout)
         noise = torch.zeros(1, 18, C.in_dim, C.latent_height, C.latent_width, device="meta")
         with DeviceReads() as reads:
-            pipe(torch.zeros(1, 9, C.text_dim, device="meta"), 18, noise=noise, generator=torch.Generator(),
-                 hook=TokenTrim(PRUNING, C.patch_size[1:]), progress=False)  # fmt: skip
+            hook = TokenTrim(PRUNING, C.patch_size[1:])
+            prompt = torch.zeros(1, 9, C.text_dim, device="meta")
+            pipe(Request(prompt, 18, noise=noise, generator=torch.Generator(), hook=hook))
         counts.append(reads.counts())
     assert counts[1] == counts[0] and sum(counts[0].values()) > 0

@@ -9,8 +9,8 @@ from .detectors import Detector, PaperRule
 from .drift import consecutive_block_drift, latent_summary, num_unstable, token_drift, unstable_set
 from .flowmo import FlowMoConfig, Guided, applies, flowmo_guidance, motion_variance
 from .hook import BlockHook, BlockRecord, Verdict
-from .ref_cache import CachePruner, Pruned
 from .options import Option, check_options, option, option_of, options
+from .ref_cache import CachePruner, Pruned
 from .stats import RunningStats
 from .trim import TokenTrim, TokenTrimConfig, TokenTrimController
 
@@ -21,9 +21,9 @@ __all__ = [
     "Detector",
     "FlowMoConfig",
     "Guided",
+    "Option",
     "PaperRule",
     "Pruned",
-    "Option",
     "RunningStats",
     "TokenTrim",
     "TokenTrimConfig",

@@ -54,11 +54,6 @@ class TokenTrimComponent:
         mode: str = "remove",
         detector: Detector | None = None,
     ):
-        if config.regen_noise != "same":
-            raise ValueError(
-                f"regen_noise={config.regen_noise!r}: TokenTrimRegenerate regenerates from the block's own noise "
-                "and random state; use regen_noise='same'"
-            )
         self.controller = TokenTrimController(config, patch, detector)
         self.pruner = CachePruner(frame_tokens, sink_frames, mode)
         self.reset()
