@@ -163,6 +163,24 @@ def test_a_full_unpruned_cache_attends_bit_exactly():
 def test_unknown_layout_is_a_user_error():
     with pytest.raises(UserError, match="`cache` must be one of"):
         SelfForcingPipeline(build_model(C, device="meta"), cache="paged")
+    with pytest.raises(ValueError, match="cache must be one of \\('dynamic', 'static'\\), got 'paged'"):
+        SelfForcingConfig(cache="paged")
+
+
+def test_the_layout_is_a_run_option_of_every_sampler():
+    """Declared once on `SamplerConfig`: a run config's `<pipeline>.cache` picks the storage the loop builds, the
+    decision log's settings record it, and a wrong value is one line naming the choices."""
+    from tokentrim.app.run_config import default_config_path, load_run_config
+
+    for name in REGISTRY:
+        run = load_run_config(default_config_path(name), [f"{name}.cache=static"])
+        assert run.to_dict()[name]["cache"] == "static"
+        policy = run.checker(C).make_cache(1, torch.device("meta"), torch.float32)
+        assert isinstance(policy.cache, StaticKVCache), name
+        default = load_run_config(default_config_path(name)).checker(C)
+        assert type(default.make_cache(1, torch.device("meta"), torch.float32).cache) is KVCache
+    with pytest.raises(UserError, match="cache must be one of \\('dynamic', 'static'\\), got 'paged'"):
+        load_run_config(default_config_path("self_forcing"), ["self_forcing.cache=paged"])
 
 
 # Whole rollouts: every registered pipeline, TokenTrim pruning most blocks (lam = 0), evictions, sinks / anchors,

@@ -44,7 +44,7 @@ class CausalForcingFramewisePipeline(SelfForcingPipeline):
     title = "Causal Forcing frame-wise"
     config_class = CausalForcingFramewiseConfig
 
-    def __init__(self, model, config=None, vae=None, *, cache: str = "dynamic"):
+    def __init__(self, model, config=None, vae=None, *, cache: str | None = None):
         super().__init__(model, config, vae, cache=cache)
         first = self.config.first_block_steps
         self.first_timesteps = self.warp(first) if first else self.timesteps

@@ -37,6 +37,11 @@ from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 from tokentrim_core.options import check_options, option
 from tokentrim_core.trim import TokenTrim
 
+# The KV cache's layouts: "dynamic" (`KVCache`: a call's key set is exactly what it attends to, compacted in place)
+# or "static" (`StaticKVCache`: fixed shapes per call kind and a mask; for torch.compile without recompiles and CUDA
+# graphs). Both give the same keys; docs/benchmarks.md#static-shape-kv-cache compares them.
+CACHE_LAYOUTS = ("dynamic", "static")
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -49,6 +54,11 @@ class SamplerConfig:
     timestep_shift: float = option(5.0, "the flow-matching schedule's shift", low=0.0, low_open=True)
     context_noise: float = option(
         0.0, "timestep of the clean pass that writes a block into the cache", low=0.0, high=1000.0
+    )
+    cache: str = option(
+        "dynamic",
+        "KV-cache layout: exact key sets (dynamic) or fixed shapes and a mask (static)",
+        choices=CACHE_LAYOUTS,
     )
 
     def __post_init__(self) -> None:
@@ -101,12 +111,6 @@ class CachePolicy:
     def recache_plan(self, s: int, keep_pruning: bool) -> tuple[int, CallPlan, dict[int, torch.Tensor]]:
         """The re-cache call after a prompt switch before frame s (see `SinkCachePolicy.recache_plan`)."""
         raise NotImplementedError
-
-
-# The KV cache's layouts: "dynamic" (`KVCache`: a call's key set is exactly what it attends to, compacted in place)
-# or "static" (`StaticKVCache`: fixed shapes per call kind and a mask; for torch.compile without recompiles and CUDA
-# graphs). Both give the same keys; docs/benchmarks.md#static-shape-kv-cache compares them.
-CACHE_LAYOUTS = ("dynamic", "static")
 
 
 # FlowMo's backward needs every DiT block's activations. Wan2.1-1.3B (dim 1536) keeps about 45 GB of them for one
@@ -324,12 +328,14 @@ class BlockPipeline:
     config_class: ClassVar[type[SamplerConfig]] = SamplerConfig
     switching: ClassVar[bool] = False  # whether the loop switches prompts (its policy can re-cache)
 
-    def __init__(self, model: CausalWanModel, config: Any = None, vae=None, *, cache: str = "dynamic"):
-        if cache not in CACHE_LAYOUTS:
-            raise UserError(f"`cache` must be one of {CACHE_LAYOUTS}, got {cache!r}", field="cache")
+    def __init__(self, model: CausalWanModel, config: Any = None, vae=None, *, cache: str | None = None):
+        """cache: the KV-cache layout instead of the config's (`SamplerConfig.cache`)."""
         self.model = model
-        self.cache_layout = cache
         self.config = config if config is not None else self.config_class()
+        if cache is not None:
+            if cache not in CACHE_LAYOUTS:
+                raise UserError(f"`cache` must be one of {CACHE_LAYOUTS}, got {cache!r}", field="cache")
+            self.config = dataclasses.replace(self.config, cache=cache)
         self.vae = vae  # decodes latents block by block when a request asks (`streaming()`)
         self.schedule = FlowMatchSchedule(self.config.timestep_shift)
         self.timesteps = self.warp(self.config.denoising_steps)
@@ -363,12 +369,13 @@ class BlockPipeline:
         dtype: torch.dtype,
         span_frames: int | None = None,
     ) -> KVCache:
-        """KV storage in the pipeline's layout (`cache`) for `make_cache`; `span_frames`: the most frames one call
+        """KV storage in the config's layout (`cache`) for `make_cache`; `span_frames`: the most frames one call
         attends to, its own included (default: the capacity), which fixes the static layout's key length."""
         config = self.model.config
-        if self.cache_layout == "static":
-            return StaticKVCache(config, batch, capacity_frames, span_frames=span_frames, device=device,
-                                 dtype=dtype)  # fmt: skip
+        if self.config.cache == "static":
+            return StaticKVCache(
+                config, batch, capacity_frames, span_frames=span_frames, device=device, dtype=dtype
+            )
         return KVCache(config, batch, capacity_frames, device=device, dtype=dtype)
 
     def generate(self, r: Rollout) -> Iterator[BlockEvent]:
