@@ -69,8 +69,9 @@ class CachePruner:
     def _indices(self, kv_cache: Sequence[dict]) -> tuple[int, int, int]:
         """(global_end, local_end, buffer rows), read once for every layer (one host transfer); every layer of a
         reference cache carries the same indices."""
-        ends = torch.stack([torch.cat([c["global_end_index"].reshape(1), c["local_end_index"].reshape(1)])
-                            for c in kv_cache]).tolist()  # fmt: skip
+        ends = torch.stack(
+            [torch.cat([c["global_end_index"].reshape(1), c["local_end_index"].reshape(1)]) for c in kv_cache]
+        ).tolist()
         if any(e != ends[0] for e in ends):
             raise ValueError("the layers' global_end_index / local_end_index differ: not one reference cache")
         (g, lc), rows = ends[0], kv_cache[0]["k"].shape[1]

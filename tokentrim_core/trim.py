@@ -260,8 +260,15 @@ class TokenTrimController:
         attempt, positions, ms = self._score(candidate, reference)
         mean, std = self.detector.statistics()
         severity = None if attempt is None else attempt.severity
-        record = BlockRecord(int(block), (frames.start, frames.stop), severity=severity, mean=mean, std=std,
-                             score_ms=ms, prompt_switch=self._switched)  # fmt: skip
+        record = BlockRecord(
+            int(block),
+            (frames.start, frames.stop),
+            severity=severity,
+            mean=mean,
+            std=std,
+            score_ms=ms,
+            prompt_switch=self._switched,
+        )
         self._records.append(record)
         opened = _Open(record, reference, [] if attempt is None else [attempt])
         self._open = opened

@@ -116,13 +116,25 @@ class TokenTrimBlock(ModularPipelineBlocks):
     @property
     def inputs(self) -> list[InputParam]:
         return [
-            InputParam("latents", required=True, type_hint=torch.Tensor,
-                       description="The denoised block x0 [B, F, C, H, W]"),
-            InputParam("kv_cache", required=True, type_hint=list,
-                       description="Self-attention cache in the reference layout (one dict per layer)"),
-            InputParam("current_start_frame", required=True, type_hint=int,
-                       description="First latent frame of the block"),
-        ]  # fmt: skip
+            InputParam(
+                "latents",
+                required=True,
+                type_hint=torch.Tensor,
+                description="The denoised block x0 [B, F, C, H, W]",
+            ),
+            InputParam(
+                "kv_cache",
+                required=True,
+                type_hint=list,
+                description="Self-attention cache in the reference layout (one dict per layer)",
+            ),
+            InputParam(
+                "current_start_frame",
+                required=True,
+                type_hint=int,
+                description="First latent frame of the block",
+            ),
+        ]
 
     @property
     def intermediate_outputs(self) -> list[OutputParam]:
@@ -173,8 +185,11 @@ class TokenTrimRegenerate(SequentialPipelineBlocks):
     def __call__(self, components, state: PipelineState):
         noise = state.get("latents")
         generator = state.get("generator")
-        generators = [g for g in (generator if isinstance(generator, list) else [generator])
-                      if isinstance(g, torch.Generator)]  # fmt: skip
+        generators = [
+            g
+            for g in (generator if isinstance(generator, list) else [generator])
+            if isinstance(g, torch.Generator)
+        ]
         rng = [g.get_state() for g in generators]
         while True:
             components, state = super().__call__(components, state)

@@ -56,9 +56,14 @@ def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
     cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)  # on device: no host sync
     cu_k = torch.arange(0, (b + 1) * lk, lk, dtype=torch.int32, device=q.device)
     out = _flash_func()(
-        q.reshape(b * lq, h, d).to(half), k.reshape(b * lk, h, d).to(half), v.reshape(b * lk, h, d).to(half),
-        cu_q, cu_k, lq, lk,
-    )  # fmt: skip
+        q.reshape(b * lq, h, d).to(half),
+        k.reshape(b * lk, h, d).to(half),
+        v.reshape(b * lk, h, d).to(half),
+        cu_q,
+        cu_k,
+        lq,
+        lk,
+    )
     return out.reshape(b, lq, h, d).to(q.dtype)
 
 

@@ -227,9 +227,11 @@ def build_tiny_components(
     """Random-weight text encoder and VAE matching `get_preset("tiny")`; the DiT has no weights file."""
     encoder = build_tiny_text_encoder(seed, device=device, dtype=dtype)
     factory = TextEncoderFactory(
-        lambda: encoder, identity=f"tiny-umt5-seed{seed}-{str(dtype).removeprefix('torch.')}",
-        text_len=encoder.text_len, device=device,
-    )  # fmt: skip
+        lambda: encoder,
+        identity=f"tiny-umt5-seed{seed}-{str(dtype).removeprefix('torch.')}",
+        text_len=encoder.text_len,
+        device=device,
+    )
     return Components(
         layout="tiny",
         dit_config=get_preset("tiny"),

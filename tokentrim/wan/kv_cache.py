@@ -111,8 +111,13 @@ class KVCache:
             raise ValueError(f"capacity_frames must be positive, got {capacity_frames}")
         self.tokens_per_frame = config.tokens_per_frame
         self.capacity_frames = capacity_frames
-        shape = (config.num_layers, batch, capacity_frames * self.tokens_per_frame, config.num_heads,
-                 config.head_dim)  # fmt: skip
+        shape = (
+            config.num_layers,
+            batch,
+            capacity_frames * self.tokens_per_frame,
+            config.num_heads,
+            config.head_dim,
+        )
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.frames: list[CachedFrame] = []

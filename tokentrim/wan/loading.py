@@ -252,8 +252,11 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    misshaped = [f"{k} {tuple(sd[k].shape)} != {expected[k]}" for k in expected if k in sd
-                 and tuple(sd[k].shape) != expected[k]]  # fmt: skip
+    misshaped = [
+        f"{k} {tuple(sd[k].shape)} != {expected[k]}"
+        for k in expected
+        if k in sd and tuple(sd[k].shape) != expected[k]
+    ]
     if not (missing or unexpected or misshaped):
         return
     parts = [

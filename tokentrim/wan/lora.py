@@ -62,8 +62,10 @@ def lora_pairs(
             continue
         found.setdefault(match.group(1), {})[match.group(2)] = value
     if unknown:
-        raise UserError(f"LoRA tensors with unexpected names ({len(unknown)}, e.g. {unknown[0]!r}); expected "
-                        "base_model.model.blocks.N.<module>.lora_A/lora_B.weight")  # fmt: skip
+        raise UserError(
+            f"LoRA tensors with unexpected names ({len(unknown)}, e.g. {unknown[0]!r}); expected "
+            "base_model.model.blocks.N.<module>.lora_A/lora_B.weight"
+        )
     shapes = {"ffn.0": (dim, ffn_dim), "ffn.2": (ffn_dim, dim)}  # (in, out)
     pairs, missing = {}, []
     for i in range(num_layers):
@@ -88,8 +90,10 @@ def lora_pairs(
                 )
             pairs[name] = (a, b)
     if missing:
-        raise UserError(f"LoRA adapters missing for {len(missing)} of {num_layers * len(TARGETS)} layers "
-                        f"(e.g. {missing[0]}); the file does not cover the model")  # fmt: skip
+        raise UserError(
+            f"LoRA adapters missing for {len(missing)} of {num_layers * len(TARGETS)} layers "
+            f"(e.g. {missing[0]}); the file does not cover the model"
+        )
     if found:
         raise UserError(f"LoRA adapters for layers the model does not have: {sorted(found)[:3]}")
     return pairs

@@ -147,9 +147,14 @@ class TextEncoder:
         for prompt, count in zip(cleaned, self.token_counts(cleaned), strict=True):
             warn_truncated(prompt, count, self.text_len)  # truncated as the reference does; say so
         tokens = self.tokenizer(
-            cleaned, padding="max_length", truncation=True, max_length=self.text_len,
-            add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
-        )  # fmt: skip
+            cleaned,
+            padding="max_length",
+            truncation=True,
+            max_length=self.text_len,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
         lengths = mask.sum(dim=1)  # real tokens per prompt

@@ -167,10 +167,12 @@ class StreamingDecoder:
             conv_idx = [0]
             outs.append(
                 model.decoder(
-                    x[:, :, i : i + 1], feat_cache=self._feat_cache, feat_idx=conv_idx,
+                    x[:, :, i : i + 1],
+                    feat_cache=self._feat_cache,
+                    feat_idx=conv_idx,
                     first_chunk=self.latent_frames == 0,
                 )
-            )  # fmt: skip
+            )
             self.latent_frames += 1
         video = torch.cat(outs, dim=2).clamp(-1.0, 1.0)  # (B, 3, t, 8H, 8W)
         return to_uint8(video.permute(0, 2, 3, 4, 1))
