@@ -37,8 +37,8 @@ test-all: install
 	$(PYTEST) -m "not gpu"
 
 lint: install
-	$(BIN)/ruff check tokentrim tokentrim_core tests scripts
-	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts
+	$(BIN)/ruff check tokentrim tokentrim_core tests scripts tools
+	$(BIN)/ruff format --check tokentrim tokentrim_core tests scripts tools
 
 demo: install
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 --seed 0 \
