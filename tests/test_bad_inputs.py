@@ -28,6 +28,10 @@ CASES = [
     (TOY + ["--p", "1.5"], "--p: p must be a finite number > 0 and < 1, got 1.5"),
     (TOY + ["--lam", "-1"], "--lam: lam must be a finite number >= 0, got -1"),
     (TOY + ["--lam", "nan"], "--lam: lam must be a finite number >= 0, got nan"),
+    (TOY + ["--lam", "inf"], "--lam: lam must be a finite number >= 0, got inf"),
+    (TOY + ["--p=-inf"], "--p: p must be a finite number > 0 and < 1, got -inf"),
+    (TOY + ["tokentrim.lam=inf"], "lam must be a finite number >= 0, got inf"),
+    (TOY + ["tokentrim.p=nan"], "p must be a finite number > 0 and < 1, got nan"),
     (TOY + ["--warmup", "-1"], "--warmup: warmup must be an int >= 0, got -1"),
     (TOY + ["--max-regen", "1.5"], "--max-regen: max_regen must be an int >= 0, got 1.5"),
     (TOY + ["--flowmo", "sometimes"], "argument --flowmo: invalid choice"),
@@ -35,6 +39,14 @@ CASES = [
     (TOY + ["tokentrim.nope=1"], "unknown key 'tokentrim.nope'; tokentrim has enabled, p, lam"),
     (TOY + ["tokentrim.p"], "overrides must look like key=value"),
     (TOY + ["tokentrim.p=2"], "p must be a finite number > 0 and < 1, got 2"),
+    # a value of the wrong type names its key and what it must be
+    (TOY + ["tokentrim.lam=lots"], "tokentrim.lam must be a number, got lots"),
+    (TOY + ["tokentrim.warmup=1.5"], "tokentrim.warmup must be an integer, got 1.5"),
+    (TOY + ["tokentrim.enabled=maybe"], "tokentrim.enabled must be true or false, got maybe"),
+    (TOY + ["flowmo.steps=[a]"], "flowmo.steps must be a list of integers, got [a]"),
+    (TOY + ["self_forcing.denoising_steps=abc"], "self_forcing.denoising_steps must be a list, got abc"),
+    (TOY + ["--config", "{in}/wrong_type.yaml"], "tokentrim.lam must be a number, got 'lots'"),
+    (TOY + ["--config", "{in}/wrong_entry.yaml"], "flowmo.steps must be a list of integers"),
     (TOY + ["flowmo.steps=[9]"], "must index the 4 denoising steps"),
     (
         TOY + ["--pipeline", "rolling_forcing", "--latent-frames", "15", "tokentrim.regen_noise=fresh"],
@@ -92,6 +104,7 @@ CASES = [
     (TOY + ["--init-image", "{in}/missing.png"], "--init-image {in}/missing.png not found"),
     (TOY + ["--init-image", "{in}/text.txt"], "is not an image PIL can read"),
     (TOY + ["--init-video", "{in}/text.txt"], "cannot read video"),
+    (TOY + ["--log", "/dev/null"], "--log /dev/null is a device; give a file name there instead"),
     (TOY + ["--init-frames", "9"], "--init-frames / --keep-init go with --init-video"),
     (TOY + ["--init-image", "{in}/text.txt", "--init-video", "{in}/text.txt"], "not both"),
     (
@@ -237,6 +250,8 @@ def _inputs(folder: Path) -> None:
     (folder / "broken.yaml").write_text("tokentrim: [1,\n")
     (folder / "list.yaml").write_text("- 1\n- 2\n")
     (folder / "wrong_pipeline.yaml").write_text("pipeline: self_forcing\n")
+    (folder / "wrong_type.yaml").write_text("tokentrim:\n  lam: lots\n")
+    (folder / "wrong_entry.yaml").write_text("flowmo:\n  steps: [a]\n")
     (folder / "list.json").write_text("[1, 2]\n")
     (folder / "log.json").write_text(
         json.dumps({"blocks": [{"block": 0, "action": "warmup", "severity": None}]})
@@ -347,7 +362,9 @@ def test_sigkill_litter_is_removed_by_the_next_run(tmp_path):
     proc.kill()
     proc.wait(timeout=60)
     stale = sorted(p.name for p in tmp_path.iterdir())
-    assert stale and all(".tmp-" in name for name in stale)  # a killed process cannot clean up
+    assert stale and all(
+        ".tmp-" in name or name.endswith(".lock") for name in stale
+    )  # no clean-up after a kill
     rerun = _start(out)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-800:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.json", "run.mp4"]
@@ -420,13 +437,15 @@ def _parsers(parser):
 
 
 def test_every_option_says_what_it_does_and_its_default():
+    """Every option of every subcommand: a help text, and, if it takes a value, its default in the rendered
+    help (the value itself, "none", or the help's own words); flags are off unless given."""
     import argparse
 
     from tokentrim.app.cli import DESCRIPTION, build_parser
 
     parser = build_parser()
     assert DESCRIPTION.count(". ") == 0 and DESCRIPTION.endswith(".")  # one sentence
-    seen = 0
+    seen, missing = 0, []
     for p in _parsers(parser):
         text = " ".join(p.format_help().split())
         for action in p._actions:
@@ -434,9 +453,33 @@ def test_every_option_says_what_it_does_and_its_default():
                 continue
             seen += 1
             assert action.help, f"{p.prog} {action.dest} has no help"
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
-                shown = (
-                    " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
-                )
-                assert f"default: {shown}" in text or "default" in action.help, f"{p.prog} {action.dest}"
+            if not action.option_strings or action.nargs == 0:
+                continue
+            default = action.default
+            if "default" in action.help:
+                shown = " ".join(action.help.replace("%(default)s", str(default)).replace("%%", "%").split())
+            elif default is None:
+                shown = "(default: none)"
+            else:
+                value = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+                shown = f"(default: {value})"
+            if shown not in text:
+                missing.append(f"{p.prog} {'/'.join(action.option_strings)}: {shown!r} not in its help")
+    assert not missing, "\n".join(missing)
     assert seen > 60
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [(["generate"], "--seed"), (["compare"], "--seed"), (["reproduce"], "--seed"), (["compare"], "--flowmo"),
+     (["stress"], "--json")],
+)  # fmt: skip
+def test_options_that_hid_their_default_show_it(argv, option, capsys):
+    """`--seed` (default 0, once mistaken for "no default" because 0 == False), `compare --flowmo` and
+    `stress --json` (default none) show their defaults."""
+    assert run(argv + ["--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    help_text = help_text[help_text.index("options:") :]  # past the usage line
+    entry = help_text[help_text.index(option + " ") :]
+    entry = entry[: entry.index(" --", len(option)) if " --" in entry[len(option) :] else None]
+    assert "(default: " in entry, entry

@@ -165,9 +165,11 @@ def subcommand_parsers(parser: argparse.ArgumentParser, prefix: str = ""):
                 yield from subcommand_parsers(sub, f"{prefix} {name}".strip())
 
 
-def test_help_pointers_resolve(monkeypatch):
-    """The rendered help of every subcommand: pointers resolve and none is broken across lines."""
-    monkeypatch.setenv("COLUMNS", "80")
+@pytest.mark.parametrize("columns", ["60", "80", "200"])
+def test_help_pointers_resolve(columns, monkeypatch):
+    """The rendered help of every subcommand, at several terminal widths: pointers resolve and none is broken
+    across lines."""
+    monkeypatch.setenv("COLUMNS", columns)
     from tokentrim.app.cli import build_parser
 
     found, seen = [], 0

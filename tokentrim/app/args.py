@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from tokentrim.app.backends import PRESETS
 from tokentrim.app.run_config import BASELINE, RUN_DEFAULTS, RunConfig, default_config_path, load_run_config
@@ -17,16 +18,28 @@ from tokentrim_core.trim import TokenTrimConfig
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to options that have a default worth stating."""
+    """Appends "(default: X)" to every option that takes a value, "(default: none)" when it has none, unless its
+    help already says; flags (no value) are off unless given. Lines never break inside a hyphenated word, so a
+    pointer like `docs/causal_forcing.md#2-image-and-video-start` stays whole."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if (
+            "default" in text
+            or action.nargs == 0
+            or not action.option_strings
+            or default is argparse.SUPPRESS
+        ):
             return text
+        if default is None:
+            return f"{text} (default: none)"
         if isinstance(default, list | tuple):  # as it is typed: `--patch 2 2`
             return f"{text} (default: {' '.join(map(str, default))})".replace("%", "%%")
         return f"{text} (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 class Parser(argparse.ArgumentParser):

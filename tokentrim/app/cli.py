@@ -1,7 +1,8 @@
 """`tokentrim generate | eval | figure | bench | reproduce | demo | stress | compare | merge-lora`.
 
 A thin layer: parse arguments into the config dataclasses, load weights once, run the video in memory, write
-files. User errors print one line (no traceback) and exit with status 2.
+files. User errors print one line (no traceback) and exit with status 2. This module imports nothing heavy:
+`main` first turns SIGINT / SIGTERM into the clean `interrupted` / `terminated` exit, then imports the rest.
 """
 
 from __future__ import annotations
@@ -17,18 +18,6 @@ import sys
 import threading
 from pathlib import Path
 
-from tokentrim.app.args import (
-    POSITIVE_INT,
-    SEED,
-    Parser,
-    add_model_args,
-    add_run_args,
-    ema_choice,
-    flag_names,
-    load_model,
-    run_config_from_args,
-    runtime,
-)
 from tokentrim.errors import UserError
 
 logger = logging.getLogger("tokentrim")
@@ -47,6 +36,8 @@ LOADING_FLAGS = {"model_dir": "--model-dir", "checkpoint": "--checkpoint", "devi
 
 def cli_message(err: UserError) -> str:
     """The error text with `argument` names replaced by the options that set them (other quoted text stays)."""
+    from tokentrim.app.args import flag_names
+
     flags = LOADING_FLAGS | flag_names()
     return re.sub(r"`([^`]+)`", lambda m: flags.get(m.group(1), m.group(0)), str(err))
 
@@ -55,6 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
     from tokentrim.app import generate as gen
     from tokentrim.app.api import Pipeline
+    from tokentrim.app.args import ema_choice, load_model, run_config_from_args, runtime
 
     # 1. What to generate and where it goes, all checked before any weights load
     run = run_config_from_args(args)
@@ -209,6 +201,7 @@ def observe(args: argparse.Namespace, config, block: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from tokentrim.app import bench, compare, demo, figures, merge_lora, reproduce, stress
+    from tokentrim.app.args import POSITIVE_INT, SEED, Parser, add_model_args, add_run_args
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
@@ -291,29 +284,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminated(signum, frame):
-    """SIGTERM (a scheduler's kill, `timeout`): unwind like Ctrl-C, so temporary files are removed."""
-    raise SystemExit(128 + signum)
+_received: list[int] = []  # the interrupting signals that reached `main`
+
+
+def _interrupt(signum, frame):
+    """SIGINT: KeyboardInterrupt; SIGTERM (a scheduler's kill, `timeout`): SystemExit(143). Either unwinds, so
+    temporary files are removed; remembered in case a library swallows the exception while it is imported."""
+    _received.append(signum)
+    if signum == signal.SIGTERM:
+        raise SystemExit(128 + signum)
+    raise KeyboardInterrupt
+
+
+def _stopped(signum: int) -> int:
+    """The one line and exit status of a run stopped by a signal."""
+    if signum == signal.SIGTERM:
+        print("terminated", file=sys.stderr)
+        raise SystemExit(128 + signum)
+    print("interrupted", file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.verbose:  # diffusers / transformers read these when first imported
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
-    # Load-time notices of libraries are not the user's business: diffusers and transformers; torchao (installed with
-    # the quant extra, imported by diffusers) and torch's notice about one of torchao's enums.
-    for noisy in ("diffusers", "transformers", "torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
+    # First, before any heavy import: Ctrl-C and SIGTERM unwind to the one-line exits below, whenever they come.
+    _received.clear()
     previous = (
-        signal.signal(signal.SIGTERM, _terminated)
+        {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         if threading.current_thread() is threading.main_thread()
-        else None
+        else {}
     )
     try:
+        parser = build_parser()  # imports torch and the rest
+        if _received:  # a library caught the interrupt while it was imported
+            raise SystemExit(128 + signal.SIGTERM) if signal.SIGTERM in _received else KeyboardInterrupt
+        args = parser.parse_args(argv)
+        if not args.verbose:  # diffusers / transformers read these when first imported
+            os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        level = logging.INFO if args.verbose else logging.WARNING
+        logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
+        # Load-time notices of libraries are not the user's business: diffusers and transformers; torchao (installed
+        # with the quant extra, imported by diffusers) and torch's notice about one of torchao's enums.
+        for noisy in ("diffusers", "transformers", "torchao", "torch.utils._pytree"):
+            logging.getLogger(noisy).setLevel(level if args.verbose else logging.ERROR)
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"error: {cli_message(err)}", file=sys.stderr)
@@ -322,15 +335,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _stopped(signal.SIGINT)
     except SystemExit as err:
         if err.code == 128 + signal.SIGTERM:
             print("terminated", file=sys.stderr)
         raise
+    except Exception:
+        if _received:  # an interrupt that surfaced as another error (an import cut short)
+            return _stopped(signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
+        raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        from tokentrim.files import release_all
+
+        release_all()  # the outputs this run claimed (their lock files go)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

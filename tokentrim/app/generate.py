@@ -19,7 +19,7 @@ import torch
 from tokentrim.app.api import Shown, Video
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
-from tokentrim.files import atomic_dir, atomic_path, write_json
+from tokentrim.files import atomic_dir, atomic_path
 from tokentrim.pipelines import REGISTRY, BlockEvent, GenerationOutput, Start
 from tokentrim.video import VideoWriter, write_png_frames
 
@@ -36,8 +36,9 @@ class VideoFiles:
     ):
         self._stack = contextlib.ExitStack()
         self.shown, self.written = Shown(start), 0
-        self.writer = self._stack.enter_context(VideoWriter(video, fps=fps)) if video is not None else None
+        # the PNG folder entered first, so it is renamed after the mp4's close succeeded (ffmpeg's exit status)
         self.png = self._stack.enter_context(atomic_dir(frames_dir)) if frames_dir is not None else None
+        self.writer = self._stack.enter_context(VideoWriter(video, fps=fps)) if video is not None else None
 
     def add(self, event: BlockEvent) -> None:
         """One block's decoded frames into the files."""
@@ -97,15 +98,19 @@ def write_video_files(
     frames_dir: Path | None = None,
 ) -> GenerationOutput:
     """Run a stream to its end, writing what is asked as it goes: the mp4 and PNG frames block by block (the
-    events must carry decoded frames), then the latents of sample 0, and the decision log last (a video counts as
-    finished, for batch resume, once its log exists)."""
-    with VideoFiles(video, frames_dir, fps, start) as files:
+    events must carry decoded frames), then the latents of sample 0 and the decision log. All of them are written
+    under temporary names and renamed together once every one is complete, the log last (a video counts as
+    finished, for batch resume, once its log exists): a failure (a full disk, an interrupt) leaves none of them."""
+    with contextlib.ExitStack() as stack:  # entered first, renamed last
+        log_tmp = stack.enter_context(atomic_path(log)) if log is not None else None
+        latents_tmp = stack.enter_context(atomic_path(latents)) if latents is not None else None
+        files = stack.enter_context(VideoFiles(video, frames_dir, fps, start))
         out = GenerationOutput.collect(files.written_from(events) if video or frames_dir else events)
-    if latents is not None:
-        with atomic_path(latents) as tmp:
-            torch.save(out.latents[0].float(), tmp)
-    if log is not None:
-        write_json(log, decision_log(settings, out))
+        if latents_tmp is not None:
+            with open(latents_tmp, "wb") as f:  # a file object: torch.save then reports the OS's error (ENOSPC)
+                torch.save(out.latents[0].float(), f)
+        if log_tmp is not None:
+            log_tmp.write_text(json.dumps(decision_log(settings, out), indent=2) + "\n", encoding="utf-8")
     return out
 
 

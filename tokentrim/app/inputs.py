@@ -3,7 +3,9 @@ of a rollout (a `Request`'s `Start`, encoded by the VAE), read and checked befor
 
 * Size: frames are brought to the model's frame size (latent grid x the VAE's spatial stride) either by
   `stretch` (bilinear resize, aspect ratio not kept — what the Causal Forcing reference does,
-  docs/spec.md#image-to-video) or `crop` (scaled to cover, then the centre cut out).
+  docs/spec.md#image-to-video) or `crop` (scaled to cover, then the centre cut out). Upscaling by more than
+  `MAX_UPSCALE` in either direction is done, with a warning (the start will be blurry); so is the conversion
+  of an image that is not RGB (CMYK, grey, palette, with alpha).
 * An image becomes the first block: for 1-frame blocks (Causal Forcing frame-wise) the image itself, one latent
   frame, as the reference; for b-frame blocks a still clip of the image repeated `1 + 4 (b - 1)` times (9 for
   3-frame blocks, b for the toy codec), which the causal VAE encodes to exactly one block. The output shows the
@@ -16,6 +18,7 @@ of a rollout (a `Request`'s `Start`, encoded by the VAE), read and checked befor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -25,6 +28,13 @@ from tokentrim.errors import UserError
 from tokentrim.pipelines import Start
 
 RESIZE_MODES = ("stretch", "crop")
+MAX_UPSCALE = 4.0  # beyond this the start is mostly interpolation: said in a warning
+logger = logging.getLogger(__name__)
+# What becomes of an image that is not RGB (PIL's modes), said in a warning.
+NOT_RGB = {"RGBA": "its alpha channel is dropped", "LA": "grey in all three channels, alpha dropped",
+           "L": "grey in all three channels", "1": "black and white in all three channels",
+           "P": "its palette colours are used", "CMYK": "converted to RGB (colours may shift)",
+           "I;16": "16-bit grey clipped to 8 bits"}  # fmt: skip
 
 
 def latent_frames_of(video_frames: int, temporal: int) -> int | None:
@@ -50,13 +60,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resize(frames: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    """uint8 `[T, h, w, 3]` -> `[T, H, W, 3]` with size = (H, W): bilinear `stretch`, or `crop` (cover, centre)."""
+def resize(frames: np.ndarray, size: tuple[int, int], mode: str, what: str = "the frames") -> np.ndarray:
+    """uint8 `[T, h, w, 3]` -> `[T, H, W, 3]` with size = (H, W): bilinear `stretch`, or `crop` (cover, centre).
+    Upscaling by more than `MAX_UPSCALE` logs a warning naming `what`."""
     from PIL import Image
 
     if mode not in RESIZE_MODES:
         raise UserError(f"`init_resize` must be one of {RESIZE_MODES}, got {mode!r}")
     height, width = size
+    h, w = frames.shape[1:3]
+    scales = (height / h, width / w)
+    scale = max(scales)
+    if scale > MAX_UPSCALE:
+        how = (
+            f"{scale:.3g}x" if mode == "crop" else f"{scales[0]:.3g}x in height and {scales[1]:.3g}x in width"
+        )
+        logger.warning("%s (%dx%d) is upscaled %s to the model's %dx%d frame; expect a blurry start",
+                       what, w, h, how, width, height)  # fmt: skip
     out = []
     for frame in frames:
         image = Image.fromarray(frame)
@@ -83,12 +103,16 @@ def image_start(
         raise UserError(f"`init_image` {path} not found")
     try:
         with Image.open(path) as image:
+            kind = image.mode
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(
             f"`init_image` {path} is not an image PIL can read ({err}); give a PNG or JPEG"
         ) from None
-    frame = resize(pixels[None], size, mode)
+    if kind != "RGB":
+        done = NOT_RGB.get(kind, "converted to RGB")
+        logger.warning("the start image %s is %s, not RGB: %s", path, kind, done)
+    frame = resize(pixels[None], size, mode, what=f"the start image {path}")
     clip = video_frames_of(block, temporal)
     settings = {"kind": "image", "path": str(path), "sha256": _sha256(path), "resize": mode}
     return Start(np.repeat(frame, clip, axis=0), block, drop=(1, clip), settings=settings)
@@ -125,6 +149,7 @@ def video_start(
         "resize": mode,
         "keep": keep,
     }
-    lead = resize(video, size, mode) if keep else None
-    tail = lead[-n:] if lead is not None else resize(video[-n:], size, mode)
+    what = f"the start video {path}"
+    lead = resize(video, size, mode, what) if keep else None
+    tail = lead[-n:] if lead is not None else resize(video[-n:], size, mode, what)
     return Start(tail, latents, drop=(0, n), lead=lead, settings=settings)

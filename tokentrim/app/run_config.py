@@ -11,8 +11,10 @@ name the key. The shipped YAML files hold only what differs from the defaults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from tokentrim.errors import UserError
 from tokentrim.pipelines import (
@@ -113,6 +115,50 @@ def _schema():
     return schema
 
 
+# What a config value must be, by the kind of node that holds it (or the type a conversion was aiming at).
+_KINDS = {"FloatNode": "a number", "IntegerNode": "an integer", "BooleanNode": "true or false",
+          "StringNode": "a string", "EnumNode": "one of its names", "ListConfig": "a list",
+          "DictConfig": "a mapping", "Float": "a number", "Integer": "an integer", "Boolean": "true or false",
+          "String": "a string"}  # fmt: skip
+
+
+def _wrong_type(err: ValidationError, key: str | None = None, text: str | None = None) -> str:
+    """`KEY must be KIND, got VALUE` for a value of the wrong type (omegaconf's own text names neither the key
+    nor, for list entries, the value)."""
+    key = key or (str(err.full_key) if getattr(err, "full_key", None) else None)
+    target = re.search(r"converted to (\w+)|is not a (\w+)Config", str(err))
+    node = type(getattr(err, "child_node", None)).__name__
+    kind = _KINDS.get(node) or _KINDS.get(next((g for g in target.groups() if g), "") if target else "")
+    if target and target.group(2):
+        kind, node = "a list", "ListConfig"  # a single value where a list belongs
+    if kind is None or key is None:
+        return " ".join(str(err).splitlines()[0].split())
+    entry = node not in _KINDS  # the list entries were converted, not the list
+    value = text if text is not None else getattr(err, "value", None)
+    kind = f"a list of {kind.split(' ', 1)[-1]}s" if entry and kind not in ("true or false",) else kind
+    return f"{key} must be {kind}, got {value if isinstance(value, str) and text else repr(value)}"
+
+
+def _locate(schema, loaded) -> str | None:
+    """The wrong-type message of the first key of `loaded` that does not merge into `schema` on its own."""
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    for key, value in leaves(OmegaConf.to_container(loaded)):
+        try:
+            OmegaConf.merge(schema, OmegaConf.from_dotlist([f"{key}={json.dumps(value)}"]))
+        except ValidationError as err:
+            return _wrong_type(err, key, json.dumps(value))
+        except OmegaConfBaseException:
+            continue
+    return None
+
+
 def _off_is_a_mode(cfg):
     """YAML 1.1 reads an unquoted `off` as false; `flowmo.mode: off` means the mode "off"."""
     if "flowmo" in cfg and cfg.flowmo.get("mode") is False:
@@ -172,13 +218,25 @@ def load_run_config(
     try:
         merged, moved = _schema(), {}
         if path is not None:
-            merged = OmegaConf.merge(merged, _take_moved(_off_is_a_mode(_read_yaml(path)), moved))
+            loaded = _take_moved(_off_is_a_mode(_read_yaml(path)), moved)
+            try:
+                merged = OmegaConf.merge(merged, loaded)
+            except ValidationError as err:
+                if getattr(err, "full_key", None):
+                    raise
+                raise UserError(f"bad configuration in {path}: {_locate(merged, loaded) or err}") from None
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise UserError(f"overrides must look like key=value (e.g. tokentrim.p=0.05), got {bad}")
-        if overrides:
-            dotlist = _off_is_a_mode(OmegaConf.from_dotlist(list(overrides)))
-            merged = OmegaConf.merge(merged, _take_moved(dotlist, moved))
+        for override in overrides:  # one at a time, so that a wrong value's error can name its key
+            key = override.split("=", 1)[0].strip()
+            try:
+                dotlist = _off_is_a_mode(OmegaConf.from_dotlist([override]))
+                merged = OmegaConf.merge(merged, _take_moved(dotlist, moved))
+            except ValidationError as err:
+                raise UserError(
+                    f"bad configuration: {_wrong_type(err, key, override.split('=', 1)[1])}"
+                ) from None
         if updates:
             merged = OmegaConf.merge(merged, updates)
         pipeline = merged.pipeline
@@ -197,6 +255,8 @@ def load_run_config(
             raise
         message = str(err).splitlines()[0]
         key = getattr(err, "full_key", None)
+        if isinstance(err, ValidationError):
+            message = _wrong_type(err, str(key) if key else None)
         if isinstance(err, ConfigKeyError) and key:  # an unknown key: name the section's valid keys
             section, _, name = str(key).rpartition(".")
             known = (

@@ -292,8 +292,11 @@ def _write_cached(path: Path, embeds: torch.Tensor, identity: str, prompt: str, 
     from tokentrim.video import atomic_path
 
     meta = {"encoder": identity, "prompt": prompt, "tokens": "uncounted" if tokens is None else str(tokens)}
-    with atomic_path(path) as tmp:
-        save_file({"prompt_embeds": embeds.cpu().contiguous()}, str(tmp), metadata=meta)
+    try:
+        with atomic_path(path) as tmp:
+            save_file({"prompt_embeds": embeds.cpu().contiguous()}, str(tmp), metadata=meta)
+    except UserError as err:  # a full disk, another run writing the same entry: the cache is only a cache
+        logger.warning("prompt cache entry not written: %s", err)
 
 
 def encode_prompts(
