@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -369,6 +370,33 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".o.json.lock"]
     write_json(tmp_path / "o.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]
+
+
+@pytest.mark.slow
+def test_ranks_of_a_sharded_batch_share_the_out_dir(tmp_path, capsys, monkeypatch):
+    """torchrun ranks write into one `--out-dir`, each its own prompts: rank 1 starts while rank 0 runs."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    out_dir = tmp_path / "batch"
+    argv = ["generate", "--preset", "toy", "--prompts", str(prompts), "--out-dir", str(out_dir)]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    rank0 = subprocess.Popen([sys.executable, "-m", "tokentrim.app.cli", *argv, "--latent-frames", "30"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        lock = out_dir / ".0000_a_red_circle.mp4.lock"
+        while not lock.exists() and rank0.poll() is None:
+            time.sleep(0.05)
+        assert rank0.poll() is None, rank0.communicate()
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        code, err = run(argv + ["--latent-frames", "30"], capsys)
+        assert code == 0, err
+        assert rank0.wait(timeout=600) == 0, rank0.communicate()
+    finally:
+        rank0.kill()
+        rank0.wait()
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "0000_a_red_circle.json", "0000_a_red_circle.mp4", "0001_a_blue_square.json", "0001_a_blue_square.mp4"]  # fmt: skip
 
 
 def test_claims_are_per_process_and_released(tmp_path):

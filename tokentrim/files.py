@@ -291,10 +291,11 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def check_output(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+def check_output(path: str | os.PathLike, what: str, folder: bool = False, shared: bool = False) -> Path:
     """Raise one `UserError` (naming `what`, e.g. the option) unless `path` can be written: a file (or, with
     `folder`, a folder) there, created with its missing parent folders, and no other tokentrim process writing
-    it. Then claim it for this process (`claim`; `release_all` ends the claims, and nothing else is left)."""
+    it. Then claim it for this process (`claim`; `release_all` ends the claims, and nothing else is left),
+    unless it is `shared`: a folder several processes write into (a sharded batch's `--out-dir`)."""
     path = Path(path)
     if path.exists() and (path.is_dir() != folder or not (path.is_dir() or path.is_file())):
         # a device (`--out /dev/null`), a pipe or a socket would be replaced by the finished file
@@ -314,5 +315,6 @@ def check_output(path: str | os.PathLike, what: str, folder: bool = False) -> Pa
         raise UserError(
             f"{what} {path} cannot be written ({err.strerror} in {ancestor}); choose another {what}"
         ) from None
-    claim(path, what)
+    if not shared:
+        claim(path, what)
     return path
