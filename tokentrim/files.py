@@ -265,6 +265,22 @@ def release(path: str | os.PathLike) -> None:
     _remove_empty(made)
 
 
+_command = threading.local()  # set while a command runs: `check_output`'s claims last until its end
+
+
+@contextlib.contextmanager
+def command_claims() -> Iterator[None]:
+    """The scope of one command (the CLI's `main`): the outputs `check_output` approves stay claimed until the
+    block ends, then every claim of this process goes. Outside it `check_output` only checks that no other
+    process holds the output, and the writers claim each output while they write it."""
+    _command.active = True
+    try:
+        yield
+    finally:
+        _command.active = False
+        release_all()
+
+
 def release_all() -> None:
     """End every claim of this process (the command line does this on exit; so does `atexit`)."""
     for key in reversed(list(_claims)):  # the latest first: folders made for earlier claims empty last
@@ -294,7 +310,7 @@ def write_json(path: str | os.PathLike, data) -> Path:
 def check_output(path: str | os.PathLike, what: str, folder: bool = False, shared: bool = False) -> Path:
     """Raise one `UserError` (naming `what`, e.g. the option) unless `path` can be written: a file (or, with
     `folder`, a folder) there, created with its missing parent folders, and no other tokentrim process writing
-    it. Then claim it for this process (`claim`; `release_all` ends the claims, and nothing else is left),
+    it. Inside `command_claims` it stays claimed for this process until the command ends (nothing else is left),
     unless it is `shared`: a folder several processes write into (a sharded batch's `--out-dir`)."""
     path = Path(path)
     if path.exists() and (path.is_dir() != folder or not (path.is_dir() or path.is_file())):
@@ -315,6 +331,6 @@ def check_output(path: str | os.PathLike, what: str, folder: bool = False, share
         raise UserError(
             f"{what} {path} cannot be written ({err.strerror} in {ancestor}); choose another {what}"
         ) from None
-    if not shared:
-        claim(path, what)
+    if not shared and claim(path, what) and not getattr(_command, "active", False):
+        release(path)  # no command to hold it for: the check is all
     return path

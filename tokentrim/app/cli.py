@@ -313,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
         if threading.current_thread() is threading.main_thread()
         else {}
     )
+    from tokentrim.files import command_claims  # light: the outputs this run claims go when it ends
+
+    try:
+        with command_claims():
+            return _run(argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()  # imports torch and the rest
         if _received:  # a library caught the interrupt while it was imported
@@ -344,12 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         if _received:  # an interrupt that surfaced as another error (an import cut short)
             return _stopped(signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
         raise
-    finally:
-        from tokentrim.files import release_all
-
-        release_all()  # the outputs this run claimed (their lock files go)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
