@@ -138,6 +138,20 @@ def test_json_refused_by_a_full_disk(tmp_path, full_disk):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.json"]
 
 
+def test_latents_refused_by_a_full_disk(tmp_path, full_disk):
+    """torch.save into a file object (generate's --save-latents): the refusal shows when the file is closed.
+    (safetensors writes its own temporary and renames it, so /dev/full cannot stand in for a full disk there:
+    merge-lora's checkpoint is tested on a real full tmpfs, test_safetensors_on_a_full_tmpfs.)"""
+    import torch
+
+    full_disk("o.latents.pt")
+    with pytest.raises(UserError) as caught:
+        with atomic_path(tmp_path / "o.latents.pt") as tmp, open(tmp, "wb") as f:
+            torch.save(torch.zeros(10_000), f)
+    assert str(caught.value) == refused(tmp_path / "o.latents.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_refusals_reported_in_words_are_found():
     """Native writers report the OS error in their own words (safetensors: "(os error 28)"; torch: "[Errno 28]"
     inside a RuntimeError); the errno in them, or behind them, is found. Other errors are not refusals."""
