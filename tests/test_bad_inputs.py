@@ -352,6 +352,9 @@ def test_interrupt_leaves_no_temporary_or_partial_files(tmp_path, sig, code):
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mp4, no PNG folder, no log, no temporaries
+    err = proc.stderr.read().decode()
+    line = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert err.split("\n")[-2:] == [line, ""] and "Traceback" not in err, err  # its own line, after any bar
 
 
 @pytest.mark.slow

@@ -115,8 +115,10 @@ def _flush_to_disk(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _refusals_reported(path: Path) -> Iterator[None]:
-    """Turn a refused write inside the block into `write_refused`; anything else passes unchanged."""
+def refusals_named(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a refused write inside the block into `write_refused(path)`; anything else passes unchanged. For a
+    writer that fills an `atomic_path` temporary while other outputs' temporaries are open around it: the
+    refusal then names the output being written, not the one whose block it passes through."""
     try:
         yield
     except Exception as err:  # an interrupt (BaseException) keeps its own path
@@ -133,7 +135,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise UserError(f"{path} is {_kind(path)}, not a file; give a file name")
-    with _refusals_reported(path):
+    with refusals_named(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = claim(path)
         try:
@@ -162,7 +164,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{path} is {_kind(path)}, not a folder; give a folder name")
-    with _refusals_reported(path):
+    with refusals_named(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = claim(path)
         try:

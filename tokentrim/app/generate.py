@@ -19,7 +19,7 @@ import torch
 from tokentrim.app.api import Shown, Video
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
-from tokentrim.files import atomic_dir, atomic_path
+from tokentrim.files import atomic_dir, atomic_path, refusals_named
 from tokentrim.pipelines import REGISTRY, BlockEvent, GenerationOutput, Start
 from tokentrim.video import VideoWriter, write_png_frames
 
@@ -105,12 +105,15 @@ def write_video_files(
         log_tmp = stack.enter_context(atomic_path(log)) if log is not None else None
         latents_tmp = stack.enter_context(atomic_path(latents)) if latents is not None else None
         files = stack.enter_context(VideoFiles(video, frames_dir, fps, start))
+        # a stream the writing stopped is closed first (its progress bar ends its line before any message)
+        stack.callback(getattr(events, "close", lambda: None))
         out = GenerationOutput.collect(files.written_from(events) if video or frames_dir else events)
         if latents_tmp is not None:
-            with open(latents_tmp, "wb") as f:  # a file object: torch.save then reports the OS's error (ENOSPC)
+            with refusals_named(latents), open(latents_tmp, "wb") as f:  # torch.save reports the OS's error
                 torch.save(out.latents[0].float(), f)
         if log_tmp is not None:
-            log_tmp.write_text(json.dumps(decision_log(settings, out), indent=2) + "\n", encoding="utf-8")
+            with refusals_named(log):
+                log_tmp.write_text(json.dumps(decision_log(settings, out), indent=2) + "\n", encoding="utf-8")
     return out
 
 
