@@ -161,7 +161,8 @@ def output_jobs(args: argparse.Namespace, request) -> list[tuple]:
         jobs = [(0, request.prompt, out, Path(args.log) if args.log else out.with_suffix(".json"), args.seed)]
     else:
         prompts = gen.read_prompts(args.prompts)
-        check_output(args.out_dir, "--out-dir", folder=True, shared=True)  # ranks share it; each claims its files
+        # the ranks share --out-dir: each claims its own files in it
+        check_output(args.out_dir, "--out-dir", folder=True, shared=True)
         rank, world = gen.rank_and_world()
         jobs = [
             (i, prompts[i], *gen.batch_outputs(Path(args.out_dir), i, prompts[i]), args.seed + i)
