@@ -1,21 +1,24 @@
 """The memory model of docs/benchmarks.md#memory-model: what a video needs on the GPU, part by part, per pipeline, and
 its check against a measured peak RSS on the CPU.
 
-    PYTHONPATH=. python scripts/memory_model.py table --json memory.json          # 480x832, bf16, on the meta device
-    PYTHONPATH=. python scripts/memory_model.py rss --pipeline self_forcing --latent 16 16 --frames 6
+    PYTHONPATH=. python scripts/memory_model.py table --layouts dynamic --json memory.json   # 480x832, bf16, meta
+    PYTHONPATH=. python scripts/memory_model.py rss --pipeline self_forcing --latent 24 24 --frames 6
 
-`table` measures on the meta device (no memory, no weights, a few minutes of CPU), for each pipeline's shipped run
-config (TokenTrim + FlowMo on block 0) and cache layout: the peak of live tensors over a rollout whose cache has
-filled and rolled, with every block decoded as it finishes by the Wan2.1 VAE (streamed, as `tokentrim generate`
-writes the mp4); the umT5-XXL encoder's forward; the exact sizes of weights, KV cache, text context and the
-initial noise (the one part that grows with the video: every frame's noise is drawn on the device up front). The
-device peak of a video is the larger of its two phases: encoding the prompt (DiT and umT5 weights on the device;
-none when the prompt's embedding is cached on disk) and generating (DiT and VAE weights + the rollout's peak).
-Attention is measured as the fused kernels allocate (`tokentrim.wan.memory.fused_attention`).
+`table` measures on the meta device (no memory, no weights; about 15 minutes of one CPU core):
+- exact sizes: the weights of the DiT (bf16 and int8), the Wan2.1 VAE and umT5-XXL's encoder, one latent frame,
+  the KV cache of each pipeline, the text context;
+- peaks of live tensors (`tokentrim.wan.memory.PeakLiveBytes`): umT5-XXL's forward on a 512-token prompt; the
+  VAE's decoder streamed block by block (as `tokentrim generate` writes the mp4) and a whole video decoded at once
+  (21 and 120 latent frames; longer ones on the line through these two); for each pipeline's shipped run config
+  (TokenTrim + FlowMo on block 0) and cache layout, a rollout whose cache has filled and rolled. Attention is
+  measured as the fused kernels allocate (`tokentrim.wan.memory.fused_attention`).
+`derive` turns these into each pipeline's activations and its device peak (`tokentrim.wan.memory.VideoMemory`) at
+5 s, 30 s and 5 min for each option of `OPTIONS`.
 
 `rss` checks the model where it can be checked without a GPU: the full-size 1.3B DiT on the CPU, at a reduced
-latent grid so that it runs in minutes. Prediction: the process's RSS before the model is built + the weights +
-the same rollout's peak measured on the meta device. Run one at a time (the measured RSS is the process's).
+latent grid so that it runs in minutes. Predicted: the weights' exact size, and the same rollout's peak measured
+on the meta device; measured: the growth of the process's resident memory when the model is built, and its peak
+during the rollout. Run it alone (the measured RSS is the process's).
 """
 
 from __future__ import annotations
@@ -30,13 +33,22 @@ import torch
 from tokentrim.app.run_config import default_config_path, load_run_config
 from tokentrim.pipelines import REGISTRY, Request
 from tokentrim.wan import build_model, get_preset
-from tokentrim.wan.memory import GIB, PeakLiveBytes, fused_attention, parameter_bytes
+from tokentrim.wan.memory import (
+    GIB,
+    LENGTHS,
+    PeakLiveBytes,
+    VideoMemory,
+    context_bytes,
+    fused_attention,
+    kv_cache_bytes,
+    latent_bytes,
+    parameter_bytes,
+)
 from tokentrim.wan.quantize import weight_bytes
 from tokentrim_core import TokenTrim
 from tools.gpu_check.device_reads import DeviceReads
 
 PIPELINES = ("self_forcing", "rolling_forcing", "causal_forcing_framewise", "longlive")
-LENGTHS = {"5 s": 21, "30 s": 120, "5 min": 1200}  # latent frames: 1 + 4 (F - 1) video frames at 16 fps
 # Rollout lengths measured: past the cache's capacity (it has rolled), a whole number of blocks.
 MEASURED = {"self_forcing": 27, "rolling_forcing": 30, "causal_forcing_framewise": 24, "longlive": 18}
 
@@ -86,18 +98,84 @@ def text_encoder_parts(dtype: torch.dtype) -> tuple[int, int]:
     return parameter_bytes(model), peak.peak
 
 
+def decode_peaks(vae, config, lengths: list[int], block: int = 3) -> dict:
+    """Peaks of the VAE's decoder at the full grid (meta device): a video decoded block by block as `tokentrim
+    generate` streams it (the same for any length), and each of `lengths` decoded at once (`WanVAE.decode`)."""
+    latents = torch.zeros(1, max(lengths), config.in_dim, config.latent_height, config.latent_width,
+                          device="meta", dtype=vae.dtype)  # fmt: skip
+    with DeviceReads(), PeakLiveBytes() as streamed:
+        stream = vae.streaming()
+        for s in range(0, 2 * block, block):  # the first block and a later one (4 frames per latent frame)
+            stream.decode(latents[:, s : s + block])
+    whole = {}
+    for frames in lengths:
+        with DeviceReads(), PeakLiveBytes() as peak:
+            vae.decode(latents[:, :frames])
+        whole[frames] = peak.peak
+    return {"streamed": streamed.peak, "whole": whole}
+
+
+def video_memory(out: dict, key: str, *, whole_decode_at: int | None, int8: bool) -> VideoMemory:
+    """The `VideoMemory` of one pipeline/layout of `table`'s measurements. whole_decode_at: decode a video of
+    that many latent frames at once (None: streamed); int8: the DiT's block linears in int8."""
+    row = out["pipelines"][key]
+    whole = {int(k): v for k, v in out["decode_whole"].items()}  # keys are text once read from JSON
+    decode = out["decode_streamed"] if whole_decode_at is None else whole_decode(whole, whole_decode_at)
+    return VideoMemory(dit=out["dit_weights_int8" if int8 else "dit_weights"], vae=out["vae_weights"],
+                       text_encoder=out["text_encoder_weights"], text_encoder_forward=out["text_encoder_forward_peak"],
+                       rollout=row["rollout_peak"], decode=decode, latent_frame=out["latent_frame"],
+                       measured_frames=row["measured_frames"], growing=row["growing"])  # fmt: skip
+
+
+def whole_decode(measured: dict[int, int], frames: int) -> int:
+    """The peak of decoding `frames` latent frames at once: measured, or on the line through the two longest
+    measured lengths (the decoder's peak grows by the decoded frames it keeps; docs/benchmarks.md#memory-model)."""
+    if frames in measured:
+        return measured[frames]
+    (f0, p0), (f1, p1) = sorted(measured.items())[-2:]
+    return p1 + (p1 - p0) * (frames - f1) // (f1 - f0)
+
+
+# The options of the memory model, each adding one to the previous:
+# (label, text encoder kept on the device, decode streamed, prompt encoded in this run, DiT int8).
+OPTIONS = (("bf16, all on the device", True, False, True, False),
+           ("+ text encoder off after encoding", False, False, True, False),
+           ("+ VAE decode streamed", False, True, True, False),
+           ("+ prompt embedding from the disk cache", False, True, False, False),
+           ("+ int8/fp8 DiT weights", False, True, False, True))  # fmt: skip
+
+
+def derive(out: dict) -> None:
+    """Adds to `table`'s measurements: each pipeline's activations (its rollout peak less the KV cache, the text
+    context and the latent buffers inside it) and the device peak per pipeline (dynamic cache), length and
+    option, with its phases."""
+    for row in out["pipelines"].values():
+        inside = (row["growing"] - 1) * row["measured_frames"] * out["latent_frame"]
+        row["activations"] = row["rollout_peak"] - row["kv_cache"] - out["text_context"] - inside
+    out["peaks"] = {}
+    for name in (k for k in out["pipelines"] if "/" not in k):
+        for length, frames in LENGTHS.items():
+            for label, kept, streamed, encode, int8 in OPTIONS:
+                if int8 and not isinstance(out["dit_weights_int8"], int):
+                    continue
+                m = video_memory(out, name, whole_decode_at=None if streamed else frames, int8=int8)
+                phases = m.phases(frames, text_encoder_on_device=kept, encode=encode)
+                top = max(phases, key=phases.get)
+                out["peaks"][f"{name} | {length} | {label}"] = {"peak": phases[top], "phase": top, **phases}
+
+
 def table(args) -> dict:
     dtype = torch.bfloat16
     model = build_model("wan2.1-t2v-1.3b", device="meta").to(dtype)
     cfg = model.config
-    noise_frame = (
-        cfg.in_dim * cfg.latent_height * cfg.latent_width * torch.tensor([], dtype=dtype).element_size()
-    )
     vae = meta_vae(dtype)
     t5_weights, t5_peak = text_encoder_parts(dtype)
+    decode = decode_peaks(vae, cfg, sorted({21, 120, *args.whole_decode}))
     out = {"dtype": "bf16", "grid": [cfg.latent_height, cfg.latent_width], "dit_weights": parameter_bytes(model),
            "vae_weights": parameter_bytes(vae.model), "text_encoder_weights": t5_weights,
-           "text_encoder_forward_peak": t5_peak, "noise_per_latent_frame": noise_frame, "pipelines": {}}  # fmt: skip
+           "text_encoder_forward_peak": t5_peak, "latent_frame": latent_bytes(cfg, 1, dtype),
+           "kv_per_frame": kv_cache_bytes(cfg, 1, dtype), "text_context": context_bytes(cfg, dtype),
+           "decode_streamed": decode["streamed"], "decode_whole": decode["whole"], "pipelines": {}}  # fmt: skip
     try:
         from tokentrim.wan.quantize import quantize_dit
 
@@ -109,18 +187,19 @@ def table(args) -> dict:
         for layout in args.layouts:
             frames = MEASURED[name]
             start = time.time()
-            plain = rollout_peak(name, model, frames, layout)
-            decoded = rollout_peak(name, model, frames, layout, vae)
             pipe = REGISTRY[name].pipeline(
                 model, load_run_config(default_config_path(name)).sampler, cache=layout
             )
             cache = pipe.make_cache(1, torch.device("meta"), dtype).cache
-            row = {"measured_frames": frames, "rollout_peak": plain, "rollout_peak_decoding": decoded,
-                   "kv_cache": 2 * cache.k.numel() * cache.k.element_size(),
-                   "noise_buffers": 2 if name == "rolling_forcing" else 1, "seconds": round(time.time() - start, 1)}  # fmt: skip
-            out["pipelines"][f"{name}/{layout}"] = row
+            row = {"measured_frames": frames, "rollout_peak": rollout_peak(name, model, frames, layout),
+                   "kv_cache": 2 * cache.k.numel() * cache.k.element_size(), "cache_frames": cache.k.shape[2] // cfg.tokens_per_frame,
+                   "growing": 2 if name == "rolling_forcing" else 1, "seconds": round(time.time() - start, 1)}  # fmt: skip
+            out["pipelines"][name if layout == "dynamic" else f"{name}/{layout}"] = row
             print(name, layout, {k: round(v / GIB, 3) if k.startswith(("rollout", "kv")) else v
                                  for k, v in row.items()}, flush=True)  # fmt: skip
+    derive(out)
+    for key, row in out["peaks"].items():
+        print(f"{key}: {row['peak'] / GIB:.2f} GiB ({row['phase']})")
     return out
 
 
@@ -172,6 +251,13 @@ def main(argv=None) -> int:
     t = sub.add_parser("table", help="the memory model at 480x832 (meta device)")
     t.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     t.add_argument("--layouts", nargs="+", default=["dynamic", "static"], choices=["dynamic", "static"])
+    t.add_argument(
+        "--whole-decode",
+        nargs="*",
+        type=int,
+        default=[],
+        help="more lengths decoded at once (default 21, 120)",
+    )
     t.add_argument("--json")
     r = sub.add_parser("rss", help="predicted vs measured peak RSS on the CPU, reduced latent grid")
     r.add_argument("--pipeline", default="self_forcing", choices=PIPELINES)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -97,3 +98,76 @@ def fused_attention() -> Iterator[None]:
         yield
     finally:
         model.attention = original
+
+
+# The memory model of docs/benchmarks.md#memory-model: exact sizes from shapes, measured peaks of live tensors, and
+# the device peak of one video as the largest of its three phases.
+
+LENGTHS = {"5 s": 21, "30 s": 120, "5 min": 1200}  # latent frames; 1 + 4 (F - 1) video frames at 16 fps
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty(0, dtype=dtype).element_size()
+
+
+def kv_cache_bytes(config, frames: int, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> int:
+    """Self-attention keys and values of `frames` latent frames in every layer."""
+    return 2 * batch * config.num_layers * frames * config.tokens_per_frame * config.dim * itemsize(dtype)
+
+
+def context_bytes(config, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> int:
+    """Cross-attention keys and values of one prompt (`text_len` rows) in every layer, computed once per video."""
+    return 2 * batch * config.num_layers * config.text_len * config.dim * itemsize(dtype)
+
+
+def latent_bytes(config, frames: int, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> int:
+    """`frames` latent frames `[C, H, W]`: the initial noise drawn on the device up front."""
+    return batch * frames * config.in_dim * config.latent_height * config.latent_width * itemsize(dtype)
+
+
+def video_bytes(config, latent_frames: int, dtype: torch.dtype = torch.uint8, spatial: int = 8) -> int:
+    """The decoded video of `latent_frames`: 1 + 4 (F - 1) RGB frames at `spatial` times the latent grid."""
+    frames = 1 + 4 * (latent_frames - 1)
+    pixels = config.latent_height * spatial * config.latent_width * spatial
+    return frames * 3 * pixels * itemsize(dtype)
+
+
+@dataclass(frozen=True)
+class VideoMemory:
+    """What one video of one pipeline holds on the device, in bytes.
+
+    Exact sizes: `dit`, `vae`, `text_encoder` (weights) and `latent_frame` (one frame of initial noise). Measured
+    peaks of live tensors (`PeakLiveBytes`): `text_encoder_forward` (one prompt's encoding), `rollout` (a rollout
+    past the cache's capacity: KV cache, text context, activations, `growing` latent buffers of
+    `measured_frames` frames each, the initial noise excluded) and `decode` (the VAE's decoder: one streamed
+    block, or a whole video at once). `growing`: the latent buffers of the video's length the loop keeps on the
+    device (1 for the initial noise; Rolling Forcing adds its buffer of re-noised blocks)."""
+
+    dit: int
+    vae: int
+    text_encoder: int
+    text_encoder_forward: int
+    rollout: int
+    decode: int
+    latent_frame: int
+    measured_frames: int
+    growing: int = 1
+
+    def phases(
+        self, frames: int, *, text_encoder_on_device: bool = False, encode: bool = True
+    ) -> dict[str, int]:
+        """Device bytes of the phases of a video of `frames` latent frames, as `tokentrim generate` runs it: the
+        backend (DiT, VAE) is loaded, the prompt encoded (`encode`; not when its embedding is read from the disk
+        cache), the video generated, then decoded. The text encoder leaves the device after encoding (`--offload
+        cpu|free`) unless `text_encoder_on_device`."""
+        resident = self.dit + self.vae + (self.text_encoder if text_encoder_on_device else 0)
+        rollout = self.rollout + self.latent_frame * (
+            self.growing * frames - (self.growing - 1) * self.measured_frames
+        )
+        phases = {"generate": resident + rollout, "decode": resident + self.decode}
+        if encode:
+            phases = {"encode": self.dit + self.vae + self.text_encoder + self.text_encoder_forward, **phases}
+        return phases
+
+    def peak(self, frames: int, *, text_encoder_on_device: bool = False, encode: bool = True) -> int:
+        return max(self.phases(frames, text_encoder_on_device=text_encoder_on_device, encode=encode).values())
