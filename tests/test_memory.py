@@ -129,4 +129,5 @@ def test_video_memory_phases_by_hand():
                       latent_frame=3, measured_frames=27)  # fmt: skip
     assert one.phases(1200)["generate"] == 12 + 100 + 3600 and one.peak(1200) == 3712
     assert one.peak(21) == 517  # the encoding phase sets it
-    assert one.phases(21, encode=False) == {"generate": 12 + 100 + 63, "decode": 19}  # the prompt read from disk
+    # the prompt's embedding read from disk: no encoding phase
+    assert one.phases(21, encode=False) == {"generate": 12 + 100 + 63, "decode": 19}
