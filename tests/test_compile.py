@@ -94,6 +94,20 @@ def test_bad_compile_settings_are_user_errors():
         compile_dit(model, "static", "tensorrt")
 
 
+def test_inductor_on_the_cpu_without_a_compiler_is_refused(monkeypatch):
+    """Inductor runs the compiler of `torch._inductor.config.cpp.cxx`; none found is one line, before loading."""
+    import torch._inductor.config as inductor_config
+
+    from tokentrim.wan.compile import check_compile
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    with pytest.raises(UserError, match="needs a C\\+\\+ compiler") as err:
+        check_compile("inductor", "cpu")
+    assert err.value.field == "compile"
+    check_compile("eager", "cpu")  # tracing needs no compiler
+    check_compile("inductor", "meta")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="inductor on the CPU needs g++ (apt-get install -y g++)"

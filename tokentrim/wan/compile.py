@@ -21,6 +21,8 @@ counters so that a benchmark can report the graphs a run compiled.
 
 from __future__ import annotations
 
+import torch
+
 from tokentrim.errors import UserError
 from tokentrim.wan.model import CausalWanModel
 
@@ -29,11 +31,28 @@ COMPILE_LIMIT = 32  # graphs per block before dynamo falls back to eager; a roll
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
+def check_compile(backend: str, device) -> None:
+    """Raise a UserError, before any weights load, if the DiT cannot be compiled with `backend` on `device`: an
+    unknown backend, or inductor on the CPU without the C++ compiler it generates code for."""
+    if backend not in COMPILE_BACKENDS:
+        raise UserError(
+            f"`compile_backend` must be one of {COMPILE_BACKENDS}, got {backend!r}", field="compile"
+        )
+    if backend == "inductor" and torch.device(device).type == "cpu":
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()  # what inductor will run: config.cpp.cxx, from $CXX or g++
+        except exc.InvalidCxxCompiler:
+            raise UserError("compiling on the CPU needs a C++ compiler for inductor: install g++ "
+                            "(apt-get install -y g++) or set CXX, or run without --compile", field="compile") from None  # fmt: skip
+
+
 def compile_dit(model: CausalWanModel, cache_layout: str, backend: str = "inductor") -> CausalWanModel:
     """Compile every transformer block of `model` in place for calls on a `cache_layout` ("static" | "dynamic")
     KV cache. Returns the model. The first call of each kind compiles; later calls reuse the graph."""
-    if backend not in COMPILE_BACKENDS:
-        raise UserError(f"`compile_backend` must be one of {COMPILE_BACKENDS}, got {backend!r}")
+    check_compile(backend, model.patch_embedding.weight.device)
     dynamic = False if cache_layout == "static" else None
     for block in model.blocks:
         block.compile(fullgraph=True, dynamic=dynamic, backend=backend, recompile_limit=COMPILE_LIMIT)
