@@ -94,14 +94,16 @@ def test_bad_compile_settings_are_user_errors():
         compile_dit(model, "static", "tensorrt")
 
 
-def test_inductor_on_the_cpu_without_a_compiler_is_refused(monkeypatch):
+def test_inductor_on_the_cpu_without_a_compiler_is_refused():
     """Inductor runs the compiler of `torch._inductor.config.cpp.cxx`; none found is one line, before loading."""
     import torch._inductor.config as inductor_config
 
     from tokentrim.wan.compile import check_compile
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    with pytest.raises(UserError, match="needs a C\\+\\+ compiler") as err:
+    with (
+        inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}),
+        pytest.raises(UserError, match="needs a C\\+\\+ compiler") as err,
+    ):
         check_compile("inductor", "cpu")
     assert err.value.field == "compile"
     check_compile("eager", "cpu")  # tracing needs no compiler
