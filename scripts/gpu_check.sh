@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check: environment; correctness (the tiny preset in fp32 on CUDA vs the CPU, both pipelines, TokenTrim
-# pruning; bf16 finite); host syncs per block; speed of both pipelines at 480x832 with the full-size DiT (random
-# weights, bf16, 120 latent frames = 30 s): baseline fps and block latency, TokenTrim and TokenTrim + FlowMo
-# overheads (alternating in one process), scoring share; peak memory of a 30 s video with VAE decoding and no text
-# encoder on the device, against 24 GiB; flash-attn (if it imports) and torch.compile against SDPA in eager mode;
-# FlowMo on every block, with what time is left.
+# pruning, the static KV cache too; bf16 finite); host syncs per block; speed of both pipelines at 480x832 with the
+# full-size DiT (random weights, bf16, 120 latent frames = 30 s): the loop's fps, end-to-end fps with the VAE's
+# decoding timed apart, block and first-block latency, TokenTrim and TokenTrim + FlowMo overheads (alternating in
+# one process), scoring share; peak memory of a 30 s video with VAE decoding and no text encoder on the device,
+# against 24 GiB; the static against the dynamic KV cache; flash-attn (if it imports) and torch.compile on the
+# static cache against SDPA in eager mode; FlowMo on every block; the memory run again with int8 DiT weights.
 #
 #   scripts/gpu_check.sh OUTDIR               # on a CUDA machine: under 8 minutes on one H100 / H200
 #   scripts/gpu_check.sh --dry-run OUTDIR     # the same steps on the CPU, tiny preset, about a minute (CI)
@@ -22,12 +23,14 @@
 #   correctness                60        20   tiny preset; includes CUDA start-up
 #   host_syncs                 45        10   tiny preset
 #   model                      60        25   seeded initialisation of 1.42 B parameters on the CPU, copy to the GPU
-#   speed_self_forcing        100        65   3 runs of 120 latent frames, 3 short warm-ups
-#   speed_rolling_forcing     120        90   the same
+#   speed_self_forcing        100        75   3 runs of 120 latent frames, each block decoded; 3 short warm-ups
+#   speed_rolling_forcing     120       100   the same
 #   memory                     90        60   one Rolling Forcing run, VAE decode of 477 frames at 480x832
+#   static_cache               40        25   Self Forcing baseline, dynamic and static cache, 30 latent frames
 #   attention_flash            70        55   skipped unless flash-attn imports
-#   compile                   150       120   process start, model build, inductor compilation, eager + compiled runs
+#   compile                   150       120   process start, model build, eager runs, inductor compilation, compiled runs
 #   flowmo                    100      rest   FlowMo off / first block / every block, 30 latent frames
+#   memory_int8                60      rest   the memory run with int8 DiT weights (skipped without torchao)
 # The Python part stops starting steps at 450 s; `timeout` below ends it at 470 s in any case (SIGKILL at 480 s).
 #
 # Running it on a GPU machine

@@ -206,6 +206,13 @@ CASES = [
     (["bench", "--preset", "toy", "--json", "{in}/afile/b.json"], "is a file, not a folder"),
     (["bench", "--preset", "toy", "--random-weights"], "--random-weights builds the full-size DiT by itself"),
     (["bench"], "give --preset tiny|toy, --random-weights"),
+    (
+        ["bench", "--preset", "toy", "--quantize", "fp8"],
+        "fp8 weights need a CUDA GPU of compute capability 8.9",
+    ),
+    (["bench", "--preset", "toy", "--quantize", "int4"], "argument --quantize: invalid choice"),
+    (["bench", "--preset", "toy", "--cache", "fixed"], "argument --cache: invalid choice"),
+    ([*TOY, "--quantize", "fp8"], "fp8 weights need a CUDA GPU of compute capability 8.9"),
     # reproduce
     (["reproduce"], "give --preset tiny|toy, or --model-dir"),
     (["reproduce", "--preset", "toy", "--num-prompts", "0"], "--num-prompts: the value must be an int >= 1"),
@@ -319,6 +326,32 @@ def run(argv) -> int:
         return main(argv)
     except SystemExit as stop:
         return stop.code
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[*TOY, "--out", "v.mp4", "--compile"], ["bench", "--preset", "toy", "--compile"]],
+    ids=["generate", "bench"],
+)
+def test_compile_without_a_cpp_compiler_is_refused_before_loading(argv, tmp_path, monkeypatch, capsys):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.chdir(tmp_path)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "needs a C++ compiler" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_without_torchao_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name in ("torchao", "torchao.quantization"):  # importing them fails, imported before or not
+        monkeypatch.setitem(sys.modules, name, None)
+    assert run([*TOY, "--out", "v.mp4", "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: weight quantisation needs torchao: pip install 'tokentrim[quant]'"
+    assert list(tmp_path.iterdir()) == []
 
 
 # Interruptions ------------------------------------------------------------------------------------------------

@@ -109,9 +109,14 @@ def test_bench_compare_json(tmp_path, capsys):
     for name in ("baseline", "tokentrim"):
         r = report[name]
         assert r["runs"] == 2 and len(r["wall_s"]) == 2
-        for key in ("block_latency_ms_median", "video_fps", "scoring_s_median", "scoring_share",
+        for key in ("block_latency_ms_median", "dit_fps", "scoring_s_median", "scoring_share",
                     "regeneration_rate", "peak_memory_mb"):  # fmt: skip
             assert r[key] >= 0, key
+        # the tiny preset's VAE decodes every block, timed apart from the loop
+        assert r["decode_s_median"] > 0 and r["end_to_end_s_median"] > r["wall_s_median"]
+        assert r["dit_fps"] == pytest.approx(r["video_frames"] / r["wall_s_median"])
+        assert r["end_to_end_fps"] < r["dit_fps"] and r["video_frames"] == 1 + 4 * (12 - 1)
+        assert 0 < r["first_block_latency_ms_median"] < 1000 * r["end_to_end_s_median"]
     assert report["overhead_ratio"] == pytest.approx(
         report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
     )
@@ -120,6 +125,23 @@ def test_bench_compare_json(tmp_path, capsys):
     c = get_preset("tiny")  # keys + values, every layer, 21 cached frames (the SF default), fp32 on CPU
     expected = 2 * c.num_layers * 21 * c.tokens_per_frame * c.dim * 4 / 2**20
     assert report["kv_cache_mb"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_bench_compile_measures_eager_then_compiled_in_one_run(tmp_path, capsys):
+    """--compile: the same runs eager, then compiled (dynamo's `eager` backend: tracing only, bit-exact), with the
+    graphs compiled: two call kinds for Self Forcing on the static cache."""
+    out = tmp_path / "bench.json"
+    code, _, _ = run(capsys, "bench", "--preset", "tiny", "--pipeline", "self_forcing", "--latent-frames", "12",
+                     "--compile", "--compile-backend", "eager", "--cache", "static", "--no-decode",
+                     "--repeats", "1", "--warmup-runs", "1", "--json", str(out))  # fmt: skip
+    report = json.loads(out.read_text())
+    assert code == 0 and report["compile"] is True and report["cache"] == "static" and not report["decoded"]
+    assert report["compiled_graphs"] == 2  # the block calls, and FlowMo's call on block 0 (it writes nothing)
+    assert report["compile_speedup"] == pytest.approx(
+        report["eager"]["run"]["wall_s_median"] / report["run"]["wall_s_median"]
+    )
+    assert report["run"]["decode_s_median"] is None and report["run"]["end_to_end_fps"] is None
 
 
 @pytest.mark.slow

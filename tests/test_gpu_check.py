@@ -1,6 +1,7 @@
 """The GPU check (scripts/gpu_check.sh): its dry run end to end on the CPU, the guarded steps of its report, the
 report's rendering, the sync counting, and its answers to bad usage."""
 
+import importlib.util
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from tools.gpu_check.report import Figure, Report, Skip, json_safe, lookup, mark
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 STEPS = ["environment", "correctness", "host_syncs", "model", "speed_self_forcing", "speed_rolling_forcing",
-         "memory", "attention_flash", "compile", "flowmo"]  # fmt: skip
+         "memory", "static_cache", "attention_flash", "compile", "flowmo", "memory_int8"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,8 @@ def test_dry_run_writes_every_step_with_finite_figures(tmp_path):
     assert data["dry_run"] is True
     assert list(data["steps"]) == STEPS
     status = {name: step["status"] for name, step in data["steps"].items()}
-    assert status == {**dict.fromkeys(STEPS, "ok"), "attention_flash": "skipped"}  # no flash-attn on a CPU
+    int8 = "ok" if importlib.util.find_spec("torchao") else "skipped"  # the quant extra
+    assert status == {**dict.fromkeys(STEPS, "ok"), "attention_flash": "skipped", "memory_int8": int8}
     bad = [(p, v) for p, v in numbers(data) if not math.isfinite(v)]
     assert not bad
     fig = {name: step["figures"] for name, step in data["steps"].items()}
@@ -72,11 +74,15 @@ def test_dry_run_writes_every_step_with_finite_figures(tmp_path):
         row = fig["correctness"][pipeline]
         assert row["max_abs_diff"] == 0 and row["decisions_equal"] and row["prunes"] >= 1  # CPU against CPU
         assert row["bf16_finite"] is True
+        assert row["max_abs_diff_static"] < 1e-5 and row["decisions_equal_static"]  # static (CPU) vs dynamic
         speed = fig[f"speed_{pipeline}"]
         assert set(speed["configs"]) == {"baseline", "tokentrim", "tokentrim_flowmo"}
         assert (
             speed["baseline_fps"] > 0 and speed["tokentrim_overhead"] > 0 and 0 < speed["scoring_share"] < 1
         )
+        # the VAE's decoding timed apart: end to end is slower than the loop alone
+        assert 0 < speed["baseline_end_to_end_fps"] < speed["baseline_fps"] and speed["baseline_decode_s"] > 0
+        assert speed["baseline_first_block_latency_ms"] > 0
         assert fig["host_syncs"][pipeline]["observed"] is False  # CUDA's sync debug mode needs CUDA
         assert fig["flowmo"][pipeline]["every_block_ratio"] > 0
     assert fig["correctness"]["passed"] is True
@@ -84,6 +90,11 @@ def test_dry_run_writes_every_step_with_finite_figures(tmp_path):
     assert fig["memory"]["decoded_frames"] == 1 + 4 * (frames - 1)  # the Wan VAE's frame count
     assert fig["memory"]["blocks_decoded"] == frames // get_preset("tiny").frames_per_block
     assert fig["compile"]["compiled_graphs"] >= 1 and fig["compile"]["speedup"] > 0
+    assert fig["compile"]["eager_wall_s"] > 0 and fig["compile"]["cache"] == "static"
+    assert fig["static_cache"]["static_fps"] > 0 and fig["static_cache"]["static_over_dynamic"] > 0
+    if int8 == "ok":
+        assert fig["memory_int8"]["dit_weights_gib"] < fig["memory_int8"]["dit_weights_gib_bf16"]
+        assert fig["memory_int8"]["decoded_frames"] == fig["memory"]["decoded_frames"]
     assert [f["figure"] for f in data["figures"]] == [f.name for f in FIGURES]
     assert all(f["met"] is None for f in data["figures"])  # a dry run judges no goal
     md = (out / "gpu_check.md").read_text()

@@ -1,26 +1,32 @@
 """`tokentrim bench`: speed and memory of a pipeline, with and without TokenTrim, as JSON.
 
-Per-block latency (the device is synchronised at block boundaries only), video fps, time in drift scoring vs
-the rest (DiT), peak memory (CUDA max allocated, or the process's max RSS on CPU) and the regeneration rate.
-Warm-up runs are excluded. `--compare` alternates baseline and TokenTrim runs in one process and reports the
-wall-clock ratio TokenTrim / baseline as `overhead_ratio`.
+The loop's time (DiT, TokenTrim, FlowMo: `wall_s`) and the VAE's streamed decoding of each block (`decode_s`) are
+timed apart: fps of the loop alone (`dit_fps`) and end to end (`end_to_end_fps`), per-block latency of the loop
+and the first block's latency (its frames decoded: what a viewer waits for). Also the time in drift scoring, peak
+memory (CUDA max allocated, or the process's max RSS on CPU) and the regeneration rate. Warm-up runs are
+excluded. `--compare` alternates baseline and TokenTrim runs in one process and reports the ratio of their loop
+times as `overhead_ratio`. `--compile` measures the same runs eager first, then compiled, in one process: the
+speed-up, the compilation time and the graphs compiled (dynamo's count; after the warm-up runs none should be).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
 import statistics
-import time
 from collections.abc import Iterator
 
 import torch
 
 from tokentrim.app.args import NONNEG_INT, POSITIVE_INT, add_model_args, add_run_args
+from tokentrim.app.fast_path import add_fast_path_args
 from tokentrim.errors import UserError
 from tokentrim.files import write_json
+from tokentrim.wan.compile import COMPILE_BACKENDS
+from tokentrim.wan.quantize import weight_bytes
 
 
 def _sync(device: torch.device) -> None:
@@ -34,30 +40,36 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_once(backend, run, embeds, latent_frames: int, seed: int, device: torch.device) -> dict:
-    """One generation without decoding, timed between the blocks its stream yields (the device synchronised at
-    each block boundary only)."""
-    loop = run.loop(backend.model)
-    request = run.request(embeds, latent_frames, seed=seed)
+def run_once(
+    backend,
+    run,
+    embeds,
+    latent_frames: int,
+    seed: int,
+    device: torch.device,
+    decoder=None,
+) -> dict:
+    """One generation, timed block by block: the loop's time per block (the device synchronised at each block's
+    copy to the host) and, with a `decoder`, the streamed decoding of each block to host frames."""
+    loop = run.loop(backend.model, decoder)
+    request = run.request(embeds, latent_frames, seed=seed, decode=decoder is not None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    records, marks = [], []
+    records, blocks, decodes = [], [], []
     _sync(device)
-    t0 = time.perf_counter()
     for event in loop.stream(request):
         _sync(device)
-        marks.append(time.perf_counter())
+        blocks.append(event.loop_s)
+        decodes.append(event.decode_s)
         if event.record is not None:
             records.append(event.record)
-    wall = time.perf_counter() - t0
-    blocks = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
-    score_s = sum(r.score_ms for r in records) / 1000
-    regens = sum(r.action == "prune" for r in records)
     return {
-        "wall_s": wall,
+        "wall_s": sum(blocks),
+        "decode_s": sum(decodes),
+        "first_block_s": blocks[0] + decodes[0],
         "block_s": blocks,
-        "score_s": score_s,
-        "regenerations": regens,
+        "score_s": sum(r.score_ms for r in records) / 1000,
+        "regenerations": sum(r.action == "prune" for r in records),
         "blocks": len(records),
         "peak_memory_mb": _peak_memory_mb(device),
     }
@@ -74,37 +86,19 @@ def measure(
     repeats: int,
     warmup_runs: int = 1,
     warmup_frames: int | None = None,
+    decoder=None,
 ) -> Iterator[tuple[str, bool, dict]]:
     """Run each config (name -> RunConfig) `warmup_runs` times unmeasured, on `warmup_frames` latent frames
     (default: the measured length; fewer is enough to load the kernels), then `repeats` rounds alternating the
     configs, so drifting clocks or thermals affect all alike. Yields `(name, warm-up, run_once dict)` as each
-    run ends."""
+    run ends. decoder: decode each block (`run_once`)."""
     frames = warmup_frames or latent_frames
     for _ in range(warmup_runs):
         for name, run in configs.items():
-            yield name, True, run_once(backend, run, embeds, frames, seed, device)
+            yield name, True, run_once(backend, run, embeds, frames, seed, device, decoder)
     for _ in range(repeats):
         for name, run in configs.items():
-            yield name, False, run_once(backend, run, embeds, latent_frames, seed, device)
-
-
-def check_compile_backend(backend: str) -> str:
-    """A torch.compile backend name (`inductor`; `eager` only traces, a quick check on a CPU)."""
-    import torch._dynamo
-
-    known = torch._dynamo.list_backends(exclude_tags=())
-    if backend not in known:
-        raise UserError(
-            f"--compile-backend {backend!r} is unknown; use inductor (the default) or eager (trace only)"
-        )
-    return backend
-
-
-def compile_blocks(model, backend: str = "inductor") -> None:
-    """torch.compile each DiT block, dynamic in its shapes: the key length changes as the cache fills, rolls and
-    loses pruned tokens."""
-    for block in model.blocks:
-        block.compile(dynamic=True, backend=check_compile_backend(backend))
+            yield name, False, run_once(backend, run, embeds, latent_frames, seed, device, decoder)
 
 
 def kv_cache_mb(backend, run, dtype: torch.dtype) -> float:
@@ -121,19 +115,28 @@ def summaries(backend, results: dict[str, list[dict]], latent_frames: int) -> di
 
 
 def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict:
+    """Medians over runs. `wall_s`: the loop (DiT, TokenTrim, FlowMo), without decoding; `decode_s`: the VAE;
+    fps over the video frames the VAE makes of the latents (None where nothing was decoded)."""
     walls = [r["wall_s"] for r in runs]
     blocks = [b for r in runs for b in r["block_s"]]
     video_frames = 1 + temporal_scale * (latent_frames - 1) if temporal_scale > 1 else latent_frames
     wall = statistics.median(walls)
+    decode = statistics.median(r["decode_s"] for r in runs)
+    end_to_end = statistics.median(r["wall_s"] + r["decode_s"] for r in runs)
+    decoded = decode > 0
     score = statistics.median(r["score_s"] for r in runs)
     return {
         "runs": len(runs),
         "wall_s_median": wall,
         "wall_s": walls,
+        "decode_s_median": decode if decoded else None,
+        "end_to_end_s_median": end_to_end if decoded else None,
         "block_latency_ms_median": 1000 * statistics.median(blocks),
         "block_latency_ms_p90": 1000 * sorted(blocks)[int(0.9 * (len(blocks) - 1))],
+        "first_block_latency_ms_median": 1000 * statistics.median(r["first_block_s"] for r in runs),
         "video_frames": video_frames,
-        "video_fps": video_frames / wall,
+        "dit_fps": video_frames / wall,
+        "end_to_end_fps": video_frames / end_to_end if decoded else None,
         "latent_fps": latent_frames / wall,
         "scoring_s_median": score,
         "scoring_share": score / wall,
@@ -145,44 +148,61 @@ def summarise(runs: list[dict], latent_frames: int, temporal_scale: int) -> dict
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from tokentrim.app.args import load_model, runtime
+    from tokentrim.app.fast_path import fast_path_from_args
+    from tokentrim.wan.compile import compile_counts, compile_dit, counts_since
 
     # 1. Everything checked before weights load
     device, dtype, attention = runtime(args)
     configs = bench_configs(args)
-    # 2. Load, measure (each run's stream timed block by block), report
-    backend = load_model(
-        args, device, dtype, attention, decoder=False, text_encoder=False, random_weights=args.random_weights
-    )
-    if args.compile:
-        compile_blocks(backend.model, args.compile_backend)
+    fast = fast_path_from_args(args)
+    fast.check(device, args.compile_backend)
+    # 2. Load (and quantise), measure eager, compile and measure again if asked, report
+    backend = load_model(args, device, dtype, attention, decoder=not args.no_decode, text_encoder=False,
+                         random_weights=args.random_weights)  # fmt: skip
+    decoder = None if args.no_decode else backend.decoder
+    if decoder is None and not args.no_decode and args.random_weights:
+        from tokentrim.wan.vae import build_random_vae
+
+        decoder = build_random_vae(device=device, dtype=dtype)
+    layout = configs["tokentrim" if args.compare else "run"].sampler.cache
+    dataclasses.replace(fast, compile=False).apply(backend.model, layout)  # quantised for both
     cfg = backend.model.config
     gen_ = torch.Generator().manual_seed(args.seed)
     embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen_).to(device)  # content does not matter
     warmup_frames = args.warmup_frames or args.latent_frames
-    results, warmup = {name: [] for name in configs}, []
-    for name, warming, run in measure(
-        backend,
-        configs,
-        embeds,
-        args.latent_frames,
-        args.seed,
-        device,
-        repeats=args.repeats,
-        warmup_runs=args.warmup_runs,
-        warmup_frames=warmup_frames,
-    ):
-        warmup.append(run["wall_s"]) if warming else results[name].append(run)
+
+    def measured() -> tuple[dict, list]:
+        results, warmup = {name: [] for name in configs}, []
+        for name, warming, run in measure(backend, configs, embeds, args.latent_frames, args.seed, device,
+                                          repeats=args.repeats, warmup_runs=args.warmup_runs,
+                                          warmup_frames=warmup_frames, decoder=decoder):  # fmt: skip
+            warmup.append(run["wall_s"]) if warming else results[name].append(run)
+        return summaries(backend, results, args.latent_frames), warmup
+
+    eager = None
+    if fast.compile:
+        eager, eager_warmup = measured()
+        compile_dit(backend.model, layout, args.compile_backend)
+        before = compile_counts()
+    main, warmup = measured()
     treated = configs["tokentrim" if args.compare else "run"]
     report = {
-        **bench_header(args, backend, treated, device, dtype),
+        **bench_header(args, backend, treated, device, dtype, fast),
+        "decoded": decoder is not None,
         "warmup_frames": warmup_frames,
-        "warmup_wall_s": warmup,
-        **summaries(backend, results, args.latent_frames),
+        "warmup_wall_s": warmup,  # with --compile: compilation included
+        **main,
     }
-    if args.compile:
-        from torch._dynamo.utils import counters
-
-        report["compiled_graphs"] = counters["stats"]["unique_graphs"]  # > 1: recompilations
+    if eager is not None:
+        counts = counts_since(before)
+        name = "tokentrim" if args.compare else "run"
+        report |= {
+            "eager": eager,
+            "eager_warmup_wall_s": eager_warmup,
+            "compiled_graphs": counts["graphs"],  # every call kind of the run; more: recompilations
+            "compile_s": counts["compile_s"],
+            "compile_speedup": eager[name]["wall_s_median"] / main[name]["wall_s_median"],
+        }
     if args.compare:
         report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
     if args.json:
@@ -192,7 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def bench_header(
-    args: argparse.Namespace, backend, treated, device: torch.device, dtype: torch.dtype
+    args: argparse.Namespace, backend, treated, device: torch.device, dtype: torch.dtype, fast
 ) -> dict:
     """What a report was measured on: the pipeline, the weights, the device, the settings, the cache's size."""
     cfg = backend.model.config
@@ -206,13 +226,14 @@ def bench_header(
         else platform.processor() or "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "attention": args.attention,
-        "compile": args.compile,
-        "compile_backend": args.compile_backend if args.compile else None,
+        **dataclasses.asdict(fast),  # compile, quantize
+        "cache": treated.sampler.cache,
+        "compile_backend": args.compile_backend if fast.compile else None,
         "torch": torch.__version__,
         "tokentrim_config": treated.to_dict()["tokentrim"],
         "flowmo_config": treated.to_dict()["flowmo"],
         "kv_cache_mb": kv_cache_mb(backend, treated, dtype),
-        "dit_weights_mb": sum(p.numel() * p.element_size() for p in backend.model.parameters()) / 2**20,
+        "dit_weights_mb": weight_bytes(backend.model) / 2**20,  # as stored: int8 / fp8 with --quantize
     }
 
 
@@ -239,8 +260,6 @@ def bench_configs(args: argparse.Namespace) -> dict:
             raise UserError(str(err).replace("`latent_frames`", "--warmup-frames")) from None
     if args.json:
         check_output(args.json, "--json")
-    if args.compile:
-        check_compile_backend(args.compile_backend)
     return {"tokentrim": treated, "baseline": treated.baseline()} if args.compare else {"run": treated}
 
 
@@ -271,10 +290,14 @@ def register(subparsers) -> None:
         type=POSITIVE_INT,
         help="latent frames of each warm-up run (default: --latent-frames)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
+    p.add_argument(
+        "--no-decode", action="store_true", help="time the loop only: no VAE decoding of the blocks"
+    )
+    add_fast_path_args(p)
     p.add_argument(
         "--compile-backend",
         default="inductor",
-        help="torch.compile backend for --compile (eager: trace only, a quick check)",
+        choices=list(COMPILE_BACKENDS),
+        help="torch.compile backend for --compile (eager, aot_eager: trace only, a quick check)",
     )
     p.set_defaults(func=cmd_bench)

@@ -47,10 +47,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tokentrim.app import generate as gen
     from tokentrim.app.api import Pipeline
     from tokentrim.app.args import ema_choice, load_model, run_config_from_args, runtime
+    from tokentrim.app.fast_path import fast_path_from_args
 
     # 1. What to generate and where it goes, all checked before any weights load
     run = run_config_from_args(args)
     device, dtype, attention = runtime(args)
+    fast = fast_path_from_args(args)
+    fast.check(device)
     if (args.model_dir is None) != (args.checkpoint is None) and args.preset is None:
         raise UserError("the official weights need both --model-dir and --checkpoint")
     request, extra = asked_request(args, run, backends.model_config(args.preset, args.model_dir))
@@ -66,6 +69,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         observed_frames=request.observed_frames,
         dtype=dtype,
         attention=attention,
+        **fast.settings(),
         **extra,
     )
     # A single --prompt overwrites. A batch resumes: a prompt whose outputs exist with the same settings is done;
@@ -77,7 +81,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print("nothing to do: every output exists, made with the same settings")
         return 0
     # 2. Load, encode every prompt at once, then each video: its files written as its blocks arrive
-    pipe = Pipeline(load_model(args, device, dtype, attention), run, offload=args.offload)
+    backend = load_model(args, device, dtype, attention)
+    fast.apply(backend.model, run.sampler.cache)
+    pipe = Pipeline(backend, run, offload=args.offload)
     asked = [dataclasses.replace(request, prompt=prompt, seed=seed) for _, prompt, _, _, seed in todo]
     for (index, prompt, video, log, seed), ready in zip(todo, pipe.encode(asked), strict=True):
         blocks = args.latent_frames // pipe.loop.frames_per_block
@@ -203,6 +209,7 @@ def observe(args: argparse.Namespace, config, block: int):
 def build_parser() -> argparse.ArgumentParser:
     from tokentrim.app import bench, compare, demo, figures, merge_lora, reproduce, stress
     from tokentrim.app.args import POSITIVE_INT, SEED, Parser, add_model_args, add_run_args
+    from tokentrim.app.fast_path import add_fast_path_args
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
@@ -216,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p)
     add_run_args(p)
+    add_fast_path_args(p)
     g = p.add_argument_group("input and output")
     g.add_argument("--prompt", help="the text prompt")
     g.add_argument(

@@ -57,8 +57,10 @@ class SamplerConfig:
     )
     cache: str = option(
         "dynamic",
-        "KV-cache layout: exact key sets (dynamic) or fixed shapes and a mask (static)",
+        "KV-cache layout: exact key sets (dynamic) or fixed shapes and a mask (static: one compiled graph per "
+        "call kind with --compile, the layout for CUDA graphs)",
         choices=CACHE_LAYOUTS,
+        flag="--cache",
     )
 
     def __post_init__(self) -> None:

@@ -50,7 +50,7 @@ def check_quantize(mode: str, device: torch.device) -> None:
         capable = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
         if not capable:
             raise UserError("fp8 weights need a CUDA GPU of compute capability 8.9 or later (Ada, Hopper); "
-                            "use `quantize` int8 here", field="quantize")  # fmt: skip
+                            "use int8 here", field="quantize")  # fmt: skip
     if mode != "none":
         _torchao()
 

@@ -226,3 +226,16 @@ def build_tiny_vae(
         torch.manual_seed(seed)
         model = AutoencoderKLWan(base_dim=TINY_VAE_BASE_DIM, z_dim=get_preset("tiny").out_dim)
     return WanVAE(model.to(device=device, dtype=dtype))
+
+
+def build_random_vae(
+    seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16
+) -> WanVAE:
+    """The Wan2.1 VAE's architecture with diffusers' default initialisation, seeded (the global RNG left as it
+    was): its speed and memory without the weights (`tokentrim bench --random-weights`, the GPU check)."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoencoderKLWan(**WAN21_VAE_CONFIG)
+    return WanVAE(model.to(device=device, dtype=dtype).eval().requires_grad_(False))

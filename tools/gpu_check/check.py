@@ -7,17 +7,22 @@ first, so that a short slot still measures the main figures:
 
 1. environment: GPU, torch / CUDA versions, flash-attn importable or not;
 2. correctness: the tiny preset in fp32 on the device vs on the CPU, both pipelines, TokenTrim pruning every
-   block it may (lam = 0), with and without FlowMo, the same noise (drawn on the CPU) for both; bf16 finite;
+   block it may (lam = 0), with and without FlowMo, and on the static cache against the CPU's dynamic one, the
+   same noise (drawn on the CPU) for all; bf16 finite;
 3. host_syncs: CUDA's synchronising calls per video of the tiny preset, by the function that made them;
 4. model: the full-size Wan2.1 DiT with random weights (the dry run: the tiny preset);
 5. speed_<pipeline>: baseline, TokenTrim (FlowMo off) and TokenTrim + FlowMo on block 0, alternating in one
-   process (`tokentrim.app.bench.measure`): fps, per-block latency, overhead ratios, scoring share;
+   process (`tokentrim.app.bench.measure`), every block decoded by the Wan VAE (its architecture, random
+   weights) and timed apart: the loop's fps and end-to-end fps, per-block and first-block latency, overhead
+   ratios, scoring share;
 6. memory: peak memory of a 30 s Rolling Forcing video (the larger cache) with TokenTrim + FlowMo, every block
-   decoded as it finishes by the Wan VAE (its architecture, random weights); no text encoder on the device;
-7. attention_flash: the baselines again with flash-attn's kernels, if flash-attn imports;
-8. compile: `tokentrim bench --compile` in its own process (compilation is process-wide and may hang) against
-   the same run in eager mode;
-9. flowmo: FlowMo off / first block / every block, TokenTrim off, on a shorter video (what time is left).
+   decoded as it finishes; no text encoder on the device;
+7. static_cache: Self Forcing's baseline on the dynamic and the static KV cache, eager, alternating;
+8. attention_flash: the baselines again with flash-attn's kernels, if flash-attn imports;
+9. compile: `tokentrim bench --compile --cache static` in its own process (compilation is process-wide and may
+   hang): the same runs eager, then compiled; speed-up, compilation time, graphs compiled;
+10. flowmo: FlowMo off / first block / every block, TokenTrim off, on a shorter video;
+11. memory_int8: the memory run again with the DiT's block weights in int8 (torchao), if torchao imports.
 
 `--dry-run` runs the same steps on the CPU with the tiny preset and short videos, in about a minute.
 """
@@ -56,7 +61,7 @@ TOLERANCE = 1e-4  # max |latent difference|, fp32 device vs CPU
 GOAL_GIB = 24  # a 30 s video on a 24 GB GPU
 PRUNING = ["tokentrim.lam=0", "tokentrim.warmup=1"]  # threshold = the running mean: prunes most blocks
 DEPENDENCIES = ("numpy", "diffusers", "transformers", "tokenizers", "safetensors", "omegaconf", "imageio",
-                "imageio-ffmpeg", "opencv-python-headless", "matplotlib", "ftfy", "tqdm", "flash-attn", "triton")  # fmt: skip
+                "imageio-ffmpeg", "opencv-python-headless", "matplotlib", "ftfy", "tqdm", "flash-attn", "triton", "torchao")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ GPU = Plan(
     warmup_frames={"self_forcing": 9, "rolling_forcing": 15}, short_frames=30, check_frames=24,
     compile_backend="inductor", total_s=450.0,
     budgets={"environment": 15, "correctness": 60, "host_syncs": 45, "model": 60, "speed_self_forcing": 100,
-             "speed_rolling_forcing": 120, "memory": 90, "attention_flash": 70, "compile": 150, "flowmo": 100},
+             "speed_rolling_forcing": 120, "memory": 90, "static_cache": 40, "attention_flash": 70, "compile": 150,
+             "flowmo": 100, "memory_int8": 60},
 )  # fmt: skip
 # The same steps on the CPU: the tiny preset, the shortest videos each pipeline allows, compilation traced only.
 # About a minute in all; the budgets leave room for a CPU shared with other jobs (the longest step: ~20 s alone).
@@ -103,6 +109,11 @@ DRY = replace(
 FIGURES = (
     Figure("Self Forcing baseline, video fps (H100-class)", ("speed_self_forcing", "baseline_fps"), "", ">=", 25),
     Figure("Rolling Forcing baseline, video fps", ("speed_rolling_forcing", "baseline_fps")),
+    Figure("Self Forcing baseline, end-to-end fps (VAE decode included)",
+           ("speed_self_forcing", "baseline_end_to_end_fps")),
+    Figure("Rolling Forcing baseline, end-to-end fps", ("speed_rolling_forcing", "baseline_end_to_end_fps")),
+    Figure("Self Forcing baseline, first-block latency (decoded)",
+           ("speed_self_forcing", "baseline_first_block_latency_ms"), " ms"),
     Figure("Self Forcing baseline, block latency", ("speed_self_forcing", "baseline_block_latency_ms"), " ms"),
     Figure("Rolling Forcing baseline, block latency", ("speed_rolling_forcing", "baseline_block_latency_ms"), " ms"),
     Figure("TokenTrim overhead, Self Forcing", ("speed_self_forcing", "tokentrim_overhead"), "", "<=", 1.03),
@@ -113,6 +124,10 @@ FIGURES = (
     Figure("scoring share of the run, Self Forcing", ("speed_self_forcing", "scoring_share"), "", "<", 0.01),
     Figure("scoring share of the run, Rolling Forcing", ("speed_rolling_forcing", "scoring_share"), "", "<", 0.01),
     Figure("peak allocated, 30 s video + VAE decode", ("memory", "peak_allocated_gib"), " GiB", "<=", GOAL_GIB),
+    Figure("peak allocated, the same with int8 DiT weights", ("memory_int8", "peak_allocated_gib"), " GiB"),
+    Figure("static / dynamic cache time, Self Forcing baseline", ("static_cache", "static_over_dynamic")),
+    Figure("fp32 device static cache vs CPU, Self Forcing", ("correctness", "self_forcing", "max_abs_diff_static"),
+           "", "<=", TOLERANCE),
     Figure("fp32 device vs CPU, Self Forcing", ("correctness", "self_forcing", "max_abs_diff"), "", "<=", TOLERANCE),
     Figure("fp32 device vs CPU, Rolling Forcing", ("correctness", "rolling_forcing", "max_abs_diff"), "", "<=",
            TOLERANCE),
@@ -122,7 +137,8 @@ FIGURES = (
            ("host_syncs", "rolling_forcing", "other_after_first_block"), "", "<=", 0),
     Figure("flash-attn baseline fps, Self Forcing", ("attention_flash", "self_forcing", "baseline_fps")),
     Figure("flash-attn baseline fps, Rolling Forcing", ("attention_flash", "rolling_forcing", "baseline_fps")),
-    Figure("torch.compile speed-up, Self Forcing baseline", ("compile", "speedup")),
+    Figure("torch.compile speed-up, Self Forcing baseline, static cache", ("compile", "speedup")),
+    Figure("graphs compiled, Self Forcing baseline, static cache", ("compile", "compiled_graphs")),
     Figure("FlowMo every block / off, Self Forcing", ("flowmo", "self_forcing", "every_block_ratio")),
     Figure("FlowMo every block / off, Rolling Forcing", ("flowmo", "rolling_forcing", "every_block_ratio")),
 )  # fmt: skip
@@ -180,6 +196,7 @@ class Check:
         }
         self.report = Report(out_dir, header, FIGURES, plan.total_s)
         self.backend: Backend | None = None
+        self.vae = None
         self.embeds: torch.Tensor | None = None
 
     # Helpers -------------------------------------------------------------------------------------------------
@@ -219,9 +236,16 @@ class Check:
         return self.backend
 
     def _measure(
-        self, fig: dict, configs: dict, frames: int, warmup_runs: int, warmup_frames: int | None = None
+        self,
+        fig: dict,
+        configs: dict,
+        frames: int,
+        warmup_runs: int,
+        warmup_frames: int | None = None,
+        decode: bool = False,
     ):
-        """Alternating runs (`bench.measure`, one round); the summaries in `fig["configs"]` after every run."""
+        """Alternating runs (`bench.measure`, one round; `decode`: each block decoded by the VAE, timed apart);
+        the summaries in `fig["configs"]` after every run."""
         backend, runs = self._need_model(), {name: [] for name in configs}
         for name, warming, run in measure(
             backend,
@@ -233,6 +257,7 @@ class Check:
             repeats=1,
             warmup_runs=warmup_runs,
             warmup_frames=warmup_frames,
+            decoder=self.vae if decode else None,
         ):
             if not warming:
                 runs[name].append(run)
@@ -283,13 +308,24 @@ class Check:
                     row[f"decisions_equal{label}"] = decisions == ref_decisions
                     row[f"prunes{label}"] = sum(action == "prune" for action, _ in decisions)
                     self.report.save()
+                # the static cache on the device against the dynamic one on the CPU (the run without FlowMo)
+                overrides = [*PRUNING, "flowmo.mode=off"]
+                ref, ref_decisions = self.tiny_rollout(
+                    pipeline, torch.device("cpu"), torch.float32, overrides
+                )
+                got, decisions = self.tiny_rollout(
+                    pipeline, self.device, torch.float32, [*overrides, f"{pipeline}.cache=static"]
+                )
+                row["max_abs_diff_static"] = (got - ref).abs().max().item()
+                row["decisions_equal_static"] = decisions == ref_decisions
+                self.report.save()
         for pipeline in PIPELINES:
             latents, _ = self.tiny_rollout(pipeline, self.device, torch.bfloat16, PRUNING)
             fig[pipeline]["bf16_finite"] = bool(torch.isfinite(latents).all())
         fig["passed"] = all(
             row[f"max_abs_diff{label}"] <= TOLERANCE and row[f"decisions_equal{label}"] and row["bf16_finite"]
             for row in map(fig.get, PIPELINES)
-            for label in ("", "_flowmo")
+            for label in ("", "_flowmo", "_static")
         )
 
     def host_syncs(self, fig: dict) -> None:
@@ -314,10 +350,12 @@ class Check:
             decoder=False,
             **model,
         ).backend
+        self.vae = self._vae()
         cfg = self.backend.model.config
         gen = torch.Generator().manual_seed(0)
         self.embeds = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(self.device)
         fig.update(
+            vae_weights_gib=sum(p.numel() * p.element_size() for p in self.vae.model.parameters()) / GIB,
             backend=self.backend.name,
             build_s=time.perf_counter() - start,
             dtype=str(self.plan.dtype),
@@ -342,11 +380,14 @@ class Check:
             "tokentrim_flowmo": self.run_config(pipeline),
         }
         s = self._measure(
-            fig, configs, frames, warmup_runs=1, warmup_frames=self.plan.warmup_frames[pipeline]
+            fig, configs, frames, warmup_runs=1, warmup_frames=self.plan.warmup_frames[pipeline], decode=True
         )
         base = s["baseline"]
         fig.update(
-            baseline_fps=base["video_fps"],
+            baseline_fps=base["dit_fps"],
+            baseline_end_to_end_fps=base["end_to_end_fps"],
+            baseline_decode_s=base["decode_s_median"],
+            baseline_first_block_latency_ms=base["first_block_latency_ms_median"],
             baseline_block_latency_ms=base["block_latency_ms_median"],
             tokentrim_overhead=s["tokentrim"]["wall_s_median"] / base["wall_s_median"],
             tokentrim_flowmo_overhead=s["tokentrim_flowmo"]["wall_s_median"] / base["wall_s_median"],
@@ -357,8 +398,24 @@ class Check:
         )
 
     def memory(self, fig: dict) -> None:
+        self._decoded_video_peak(fig)
+
+    def memory_int8(self, fig: dict) -> None:
+        """The memory run with the DiT's block linears in int8 (torchao), quantised in place: the last step."""
+        from tokentrim.wan.quantize import quantize_dit, weight_bytes
+
+        if importlib.util.find_spec("torchao") is None:
+            raise Skip("torchao is not importable here (pip install 'tokentrim[quant]')")
+        model = self._need_model().model
+        before = weight_bytes(model)
+        quantize_dit(model, "int8")
+        fig.update(dit_weights_gib_bf16=before / GIB, dit_weights_gib=weight_bytes(model) / GIB)
+        self._decoded_video_peak(fig)
+
+    def _decoded_video_peak(self, fig: dict) -> None:
+        """Peak memory of a 30 s Rolling Forcing video (TokenTrim + FlowMo), each block decoded as it is final."""
         backend, pipeline, frames = self._need_model(), "rolling_forcing", self.plan.speed_frames
-        vae = self._vae()
+        vae = self.vae
         fig.update(
             pipeline=pipeline,
             latent_frames=frames,
@@ -392,19 +449,28 @@ class Check:
 
             fig["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process
 
+    def static_cache(self, fig: dict) -> None:
+        """Self Forcing's baseline on both KV-cache layouts, eager, alternating (no decoding)."""
+        frames = self.plan.short_frames
+        configs = {
+            layout: self.run_config("self_forcing", [f"self_forcing.cache={layout}"], baseline=True)
+            for layout in ("dynamic", "static")
+        }
+        fig.update(latent_frames=frames, run="baseline (TokenTrim off, FlowMo off), eager")
+        s = self._measure(fig, configs, frames, warmup_runs=1)
+        fig.update(
+            dynamic_fps=s["dynamic"]["dit_fps"],
+            static_fps=s["static"]["dit_fps"],
+            static_over_dynamic=s["static"]["wall_s_median"] / s["dynamic"]["wall_s_median"],
+        )
+
     def _vae(self):
         """The Wan2.1 VAE architecture with random weights (GPU), or the tiny preset's VAE (dry run)."""
-        from tokentrim.wan.vae import WAN21_VAE_CONFIG, WanVAE, build_tiny_vae
+        from tokentrim.wan.vae import build_random_vae, build_tiny_vae
 
         if self.plan.preset == "tiny":
             return build_tiny_vae(0, device=self.device, dtype=self.plan.dtype)
-        from diffusers import AutoencoderKLWan
-
-        # Its default initialisation, seeded; the global RNG left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = AutoencoderKLWan(**WAN21_VAE_CONFIG)
-        return WanVAE(model.to(self.device, self.plan.dtype))
+        return build_random_vae(0, device=self.device, dtype=self.plan.dtype)
 
     def attention_flash(self, fig: dict) -> None:
         from tokentrim.wan.attention import flash_available
@@ -424,45 +490,27 @@ class Check:
                     warmup_frames=self.plan.warmup_frames[pipeline],
                 )
                 sdpa = self.report.steps[f"speed_{pipeline}"]["figures"].get("baseline_fps")
-                row.update(baseline_fps=s["baseline"]["video_fps"], sdpa_baseline_fps=sdpa)
+                row.update(baseline_fps=s["baseline"]["dit_fps"], sdpa_baseline_fps=sdpa)
         finally:
             backend.model.attention_backend = "sdpa"
 
     def compile(self, fig: dict) -> None:
-        """`tokentrim bench --compile` for Self Forcing's baseline, in its own process, against the same run in
-        eager mode in this one."""
+        """`tokentrim bench --compile --cache static` for Self Forcing's baseline in its own process: the same runs
+        eager, then compiled (no decoding)."""
         frames, out = self.plan.short_frames, self.out_dir / "compile_bench.json"
-        eager = self._measure(fig, {"eager": self.run_config("self_forcing", baseline=True)}, frames, 0)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # room for the other process
         model = ["--random-weights"] if self.plan.preset is None else ["--preset", self.plan.preset]
-        cmd = [
-            sys.executable,
-            "-m",
-            "tokentrim.app.cli",
-            "bench",
-            *model,
-            "--pipeline",
-            "self_forcing",
-            "--device",
-            self.plan.device,
-            "--dtype",
-            "bf16" if self.plan.dtype == torch.bfloat16 else "fp32",
-            "--latent-frames",
-            str(frames),
-            "--no-tokentrim",
-            "--flowmo",
-            "off",
-            "--compile",
-            "--compile-backend",
-            self.plan.compile_backend,
-            "--repeats",
-            "1",
-            "--json",
-            str(out),
-        ]
+        cmd = [sys.executable, "-m", "tokentrim.app.cli", "bench", *model, "--pipeline", "self_forcing",
+               "--device", self.plan.device, "--dtype", "bf16" if self.plan.dtype == torch.bfloat16 else "fp32",
+               "--latent-frames", str(frames), "--no-tokentrim", "--flowmo", "off", "--no-decode", "--compile",
+               "--cache", "static", "--compile-backend", self.plan.compile_backend, "--repeats", "1",
+               "--json", str(out)]  # fmt: skip
         fig.update(
-            command=" ".join(["tokentrim", *cmd[3:]]), backend=self.plan.compile_backend, latent_frames=frames
+            command=" ".join(["tokentrim", *cmd[3:]]),
+            backend=self.plan.compile_backend,
+            cache="static",
+            latent_frames=frames,
         )
         left = self.report.steps["compile"]["budget_s"] - 5  # end it before this step's own budget does
         try:
@@ -472,13 +520,13 @@ class Check:
         if proc.returncode != 0:
             raise RuntimeError(f"tokentrim bench --compile exited {proc.returncode}: {proc.stderr[-800:]}")
         report = json.loads(out.read_text())
-        compiled = report["run"]["wall_s_median"]
         fig.update(
-            eager_wall_s=eager["eager"]["wall_s_median"],
-            compiled_wall_s=compiled,
+            eager_wall_s=report["eager"]["run"]["wall_s_median"],
+            compiled_wall_s=report["run"]["wall_s_median"],
             compile_and_warmup_s=report["warmup_wall_s"],
+            compile_s=report["compile_s"],
             compiled_graphs=report["compiled_graphs"],
-            speedup=eager["eager"]["wall_s_median"] / compiled,
+            speedup=report["compile_speedup"],
         )
 
     def flowmo(self, fig: dict) -> None:
@@ -506,9 +554,11 @@ class Check:
             ("model", self.model),
             *[(f"speed_{p}", lambda fig, p=p: self.speed(fig, p)) for p in PIPELINES],
             ("memory", self.memory),
+            ("static_cache", self.static_cache),
             ("attention_flash", self.attention_flash),
             ("compile", self.compile),
             ("flowmo", self.flowmo),
+            ("memory_int8", self.memory_int8),
         ]
 
     def run(self) -> bool:
