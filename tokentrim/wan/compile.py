@@ -21,6 +21,8 @@ counters so that a benchmark can report the graphs a run compiled.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from tokentrim.errors import UserError
@@ -53,6 +55,8 @@ def compile_dit(model: CausalWanModel, cache_layout: str, backend: str = "induct
     """Compile every transformer block of `model` in place for calls on a `cache_layout` ("static" | "dynamic")
     KV cache. Returns the model. The first call of each kind compiles; later calls reuse the graph."""
     check_compile(backend, model.patch_embedding.weight.device)
+    # RoPE rotates keys as complex numbers, which inductor leaves to eager kernels; it warns once per process.
+    warnings.filterwarnings("ignore", "Torchinductor does not support code generation for complex operators")
     dynamic = False if cache_layout == "static" else None
     for block in model.blocks:
         block.compile(fullgraph=True, dynamic=dynamic, backend=backend, recompile_limit=COMPILE_LIMIT)
