@@ -4,9 +4,11 @@ For every video (mp4 files, or the synthetic moving scene with --synthetic), bui
 `tokentrim.eval.degrade.DEGRADATIONS` in memory and an H.264 round trip (`tokentrim.video.write_video` at its
 default quality, read back), evaluates them like `tokentrim eval`, and compares each with its source both ways
 round. Prints a markdown table (verdict with the source as baseline, and swapped; the copy's flags) and the count
-of copies preferred over their source, which must be 0; a round trip should be a tie.
+of copies preferred over their source, which must be 0; a round trip should be a tie. With --encode every copy is
+also written as an H.264 mp4 (in a temporary folder, deleted after use) and read back before it is evaluated, as a
+user comparing two files would; without it the copies are evaluated as they were built, in memory.
 
-    python scripts/eval_degradations.py VIDEO.mp4 ... [--json out.json]
+    python scripts/eval_degradations.py VIDEO.mp4 ... [--only grey,doubled] [--encode] [--json out.json]
     python scripts/eval_degradations.py --synthetic 96x160 --seconds 8 [--segment-seconds 2]
 """
 
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 from tokentrim.eval import compare_reports, evaluate_frames
-from tokentrim.eval.degrade import DEGRADATIONS
+from tokentrim.eval.degrade import BY_NAME, DEGRADATIONS
 from tokentrim.eval.scene import moving_scene
 from tokentrim.video import read_video, write_video
 
@@ -38,18 +40,33 @@ def compare_both(source: dict, copy: dict) -> dict:
             "votes": forward["votes"]}  # fmt: skip
 
 
-def run(name: str, frames, fps: float, segment_seconds: float) -> list[dict]:
+def round_trip(frames, fps: float, tmp: str):
+    """The frames written as an H.264 mp4 at `tokentrim.video`'s default quality and read back; the file is
+    deleted."""
+    path = write_video(Path(tmp) / "copy.mp4", frames, fps=round(fps))
+    try:
+        return read_video(path)[0]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run(name: str, frames, fps: float, segment_seconds: float, kinds, encode: bool) -> list[dict]:
     rows = []
     t0 = time.perf_counter()
     source = evaluate_frames(frames, fps, segment_seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_video(Path(tmp) / "copy.mp4", frames, fps=round(fps))
-        encoded = evaluate_frames(read_video(path)[0], fps, segment_seconds)
-    rows.append({"video": name, "copy": "H.264 round trip", **compare_both(source, encoded)})
-    for d in DEGRADATIONS:
-        copy, copy_fps = d.make(frames, fps)
-        rows.append({"video": name, "copy": d.name, "loss": d.loss, "progressive": d.progressive,
-                     **compare_both(source, evaluate_frames(copy, copy_fps, segment_seconds))})  # fmt: skip
+        encoded = evaluate_frames(round_trip(frames, fps, tmp), fps, segment_seconds)
+        rows.append(
+            {"video": name, "copy": "H.264 round trip", "encoded": True, **compare_both(source, encoded)}
+        )
+        for d in kinds:
+            copy, copy_fps = d.make(frames, fps)
+            if encode:
+                copy = round_trip(copy, copy_fps, tmp)
+            rows.append({"video": name, "copy": d.name, "loss": d.loss, "progressive": d.progressive,
+                         "encoded": encode,
+                         **compare_both(source, evaluate_frames(copy, copy_fps, segment_seconds))})  # fmt: skip
+            del copy
     print(f"{name}: {len(rows)} copies in {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
@@ -60,15 +77,33 @@ def main() -> None:
     parser.add_argument("--synthetic", metavar="HxW", help="the synthetic moving scene at this size instead")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic scene")
     parser.add_argument("--segment-seconds", type=float, default=2.0)
+    parser.add_argument("--only", metavar="KINDS", help="comma-separated copies to build (default: all)")
+    parser.add_argument(
+        "--encode", action="store_true", help="write each copy as H.264 and read it back first"
+    )
     parser.add_argument("--json", metavar="OUT", help="write every row as JSON")
     args = parser.parse_args()
+    kinds = DEGRADATIONS
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(BY_NAME))
+        if unknown:
+            parser.error(f"unknown copies {unknown}; choose from {', '.join(BY_NAME)}")
+        kinds = tuple(BY_NAME[k] for k in args.only.split(","))
     rows = []
     if args.synthetic:
         h, w = (int(v) for v in args.synthetic.split("x"))
-        rows += run(f"scene {h}x{w}", moving_scene(h, w, args.seconds, 16.0), 16.0, args.segment_seconds)
+        rows += run(
+            f"scene {h}x{w}",
+            moving_scene(h, w, args.seconds, 16.0),
+            16.0,
+            args.segment_seconds,
+            kinds,
+            args.encode,
+        )
     for video in args.videos:
         frames, fps = read_video(video)
-        rows += run(Path(video).stem, frames, fps, args.segment_seconds)
+        rows += run(Path(video).stem, frames, fps, args.segment_seconds, kinds, args.encode)
+        del frames
         if args.json:  # after every video, so a long run can be read before it ends
             Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| video | copy | categories for source : copy | source as baseline | swapped | the copy's flags | "

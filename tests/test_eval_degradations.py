@@ -150,3 +150,35 @@ def test_margins_are_twice_the_spread_of_equally_good_videos(tmp_path):
                 a, b = first["levels"][spec.name], other["levels"][spec.name]
                 assert abs(log_ratio(spec, a["start"], b["start"])) <= spec.margin / 2, (seed, spec.name)
                 assert abs(a["loss"] - b["loss"]) <= spec.margin / 2, (seed, spec.name)
+
+
+@pytest.mark.slow
+def test_degradations_script_writes_copies_only_to_a_temporary_folder(tmp_path, monkeypatch, capsys):
+    """scripts/eval_degradations.py end to end on a small synthetic scene, each copy encoded and read back
+    (--encode): one row per copy and the round trip, both orders, and no video left behind."""
+    import importlib.util
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_degradations.py"
+    spec = importlib.util.spec_from_file_location("eval_degradations", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "rows.json"
+    argv = ["eval_degradations.py", "--synthetic", "48x80", "--seconds", "4", "--segment-seconds", "1",
+            "--only", "grey,low_fps", "--encode", "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    rows = json.loads(out.read_text())
+    assert [r["copy"] for r in rows] == ["H.264 round trip", "grey", "low_fps"]
+    assert all(r["encoded"] for r in rows)
+    assert rows[0]["verdict"] == rows[0]["swapped"] == "tie"
+    assert all("copy" not in (r["verdict"], r["swapped"]) for r in rows)
+    assert any(f.startswith("less colour") for f in rows[1]["copy_flags"])
+    assert "degraded copies preferred over their source: 0 of 2" in capsys.readouterr().out
+    assert list(scratch.iterdir()) == []  # the encoded copies and their folder are gone
