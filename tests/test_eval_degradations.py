@@ -152,7 +152,6 @@ def test_margins_are_twice_the_spread_of_equally_good_videos(tmp_path):
                 assert abs(a["loss"] - b["loss"]) <= spec.margin / 2, (seed, spec.name)
 
 
-@pytest.mark.slow
 def test_degradations_script_writes_copies_only_to_a_temporary_folder(tmp_path, monkeypatch, capsys):
     """scripts/eval_degradations.py end to end on a small synthetic scene, each copy encoded and read back
     (--encode): one row per copy and the round trip, both orders, and no video left behind."""
