@@ -62,8 +62,8 @@ def direct_run(backend, *, enabled: bool, flowmo: str, frames: int, seed: int, l
 
 
 def demo_threads() -> list[threading.Thread]:
-    """Threads besides the test's own: the demo's runs are streams read in the caller's thread, none start (tqdm's
-    monitor, which an earlier progress bar in the same process may have started, is not the demo's)."""
+    """Threads started since the test began: the demo's runs are streams read in the caller's thread, none start
+    (tqdm's monitor, which a progress bar may start, is not the demo's)."""
     return [
         t
         for t in threading.enumerate()
@@ -71,7 +71,14 @@ def demo_threads() -> list[threading.Thread]:
     ]
 
 
-STARTING_THREADS = set(threading.enumerate())
+STARTING_THREADS: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def threads_before_the_test():
+    """Earlier tests in the same process may leave pools running (inductor's compile workers): not the demo's."""
+    STARTING_THREADS.clear()
+    STARTING_THREADS.update(threading.enumerate())
 
 
 def test_stream_shows_every_block_as_it_is_decoded(runner, toy, tmp_path):
