@@ -135,6 +135,7 @@ def test_a_cpu_generator_gives_the_same_video_on_any_device(model, embeds):
 
 
 # Writing as the blocks come --------------------------------------------------------------------------------------
+@pytest.mark.slow  # 6 s: a 30-frame tiny video written twice
 def test_the_mp4_grows_under_its_temporary_name_and_equals_the_one_shot_video(tmp_path):
     """`generate`'s writer: the temporary mp4 exists from the first block and grows while the run goes on (ffmpeg
     writes its output in 256 KB pieces: 45 latent frames of the tiny preset's VAE are 177 frames, about 0.8 MB); the
