@@ -135,26 +135,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise UserError(f"{path} is {_kind(path)}, not a file; give a file name")
-    with refusals_named(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mine = claim(path)
+    with _writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix or path.suffix, dir=path.parent)
+        os.close(fd)
         try:
-            remove_stale(path)
-            fd, tmp = tempfile.mkstemp(
-                prefix=_tmp_prefix(path), suffix=suffix or path.suffix, dir=path.parent
-            )
-            os.close(fd)
-            try:
-                yield Path(tmp)
-                _flush_to_disk(tmp)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
-                os.replace(tmp, path)
-            finally:
-                if os.path.lexists(tmp):
-                    os.remove(tmp)
+            yield Path(tmp)
+            _flush_to_disk(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
+            os.replace(tmp, path)
         finally:
-            if mine:
-                release(path)
+            if os.path.lexists(tmp):
+                os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -164,21 +155,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{path} is {_kind(path)}, not a folder; give a folder name")
+    with _writing(path):
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+        try:
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """What every atomic write does around its temporary: refusals named after `path`, its folder made, the
+    output claimed (and released after, if this write claimed it), a killed run's leftovers removed."""
     with refusals_named(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = claim(path)
         try:
             remove_stale(path)
-            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
-            try:
-                yield tmp
-                os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
+            yield
         finally:
             if mine:
                 release(path)
