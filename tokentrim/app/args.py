@@ -84,8 +84,11 @@ def add_option(group, cls: type, name: str, dest: str, default=None, help_defaul
     type and range, help with the range and the default (`help_default`, the run config's, when `default` is
     None: the flag then only overrides the config)."""
     opt, kind, _ = options(cls)[name]
-    shown = help_default if default is None else default
-    text = f"{opt.help}; {opt.expected(kind)}" + ("" if shown is None else f" (config default {shown})")
+    if default is None:  # the flag overrides the run config: say the config's value
+        suffix = "" if help_default is None else f" (config default {help_default})"
+    else:  # the formatter appends a value-taking option's default; a --x/--no-x flag says its own
+        suffix = f" (default: {default})" if kind is bool else ""
+    text = f"{opt.help}; {opt.expected(kind)}{suffix}"
     if kind is bool:
         group.add_argument(
             opt.flag, dest=dest, default=default, action=argparse.BooleanOptionalAction, help=text
@@ -98,7 +101,7 @@ def add_option(group, cls: type, name: str, dest: str, default=None, help_defaul
             dest=dest,
             default=default,
             type=option_type(opt, name, kind),
-            help=text if default is None else f"{opt.help}; {opt.expected(kind)}",
+            help=text,
         )
 
 
