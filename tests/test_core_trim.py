@@ -234,8 +234,13 @@ def test_records_are_typed_and_serialise_to_the_log_keys():
         "kept",
         "score_ms",
         "prompt_switch",
+        "unstable",
+        "scores",
     ]
     assert row["action"] == "prune" and row["frames"] == [12, 15] and row["pruned_positions"] == [2, 3]
+    # the paper's rule scores a position by its drift: A4 against A3 gives d = [0, 0, 8, 4]
+    assert row["unstable"] == [2, 3] and row["scores"] == pytest.approx([8.0, 4.0])
+    assert recs(tt)[0]["unstable"] is None and recs(tt)[0]["scores"] is None  # block 0: no drift
 
 
 def test_accept_lower_keeps_the_attempt_with_the_lowest_severity():

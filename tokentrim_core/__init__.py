@@ -5,7 +5,7 @@ Imports torch only. This project's pipelines talk to it through `BlockHook`; any
 docs/tokentrim.md, docs/integrations.md).
 """
 
-from .detectors import Detector, PaperRule
+from .detectors import Detector, PaperRule, TokenwiseRule
 from .drift import consecutive_block_drift, latent_summary, num_unstable, token_drift, unstable_set
 from .flowmo import FlowMoConfig, Guided, applies, flowmo_guidance, motion_variance
 from .hook import BlockHook, BlockRecord, Verdict
@@ -28,6 +28,7 @@ __all__ = [
     "TokenTrim",
     "TokenTrimConfig",
     "TokenTrimController",
+    "TokenwiseRule",
     "Verdict",
     "applies",
     "check_options",

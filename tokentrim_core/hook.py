@@ -42,7 +42,9 @@ class BlockRecord:
     the statistics it was judged against (threshold None while not armed); triggered: D_t > threshold.
     pruned_positions: the spatial positions removed from the cache (union over regenerations);
     tokens_removed: cache tokens removed per layer; regenerated_severity: D of the last regeneration;
-    kept: which attempt was committed.
+    kept: which attempt was committed; unstable / scores: the candidate's unstable set S_t and the detector's
+    score of each of its positions (the paper's rule: the drift d_i; the token-wise rule: z_i), None for a block
+    without a drift value.
     """
 
     block: int
@@ -60,6 +62,8 @@ class BlockRecord:
     kept: int = 0  # the attempt committed: 0 = the candidate, i = the i-th regeneration
     score_ms: float = 0.0
     prompt_switch: bool = False  # the prompt changed before this block
+    unstable: list[int] | None = None  # the candidate's S_t, ascending
+    scores: list[float] | None = None  # the detector's score of each position of `unstable`
 
     def to_dict(self) -> dict:
         """JSON-ready dict (frames as a [start, stop] list)."""

@@ -32,13 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .detectors import Detector, PaperRule
+from .detectors import Detector, PaperRule, TokenwiseRule
 from .drift import latent_summary, token_drift
 from .hook import BlockRecord, Verdict
 from .options import check_options, option
 from .stats import RunningStats
 
 STATS_AFTER_REGEN = ("regenerated", "candidate", "skip")
+DETECTORS = ("paper", "tokenwise")
 ACCEPT = ("regenerated", "lower")
 
 
@@ -52,6 +53,9 @@ class TokenTrimConfig:
     "reset" starts the statistics and the warm-up again, "keep" keeps them. How a regeneration draws its noise and
     whether a re-cache keeps pruned positions are the loops' settings (`regen_noise`, `switch_pruning` of the
     sink-cache samplers).
+
+    detector: "paper" (Eq. 6–8 with p, lam, min_std) or "tokenwise" (beyond the paper, docs/tokentrim.md §5: each
+    token's drift against its own history, with p, tokenwise_level and tokenwise_floor).
     """
 
     enabled: bool = option(
@@ -91,17 +95,39 @@ class TokenTrimConfig:
     switch_stats: str = option(
         "reset", "the statistics and the warm-up at a prompt switch", choices=("keep", "reset")
     )
+    detector: str = option(
+        "paper",
+        "the scoring rule: the paper's (Eq. 6-8) or each token against its own history (docs/tokentrim.md §5)",
+        choices=DETECTORS,
+    )
+    tokenwise_level: float = option(
+        4.0, "tokenwise detector: trigger when the unstable set's mean score exceeds this level", low=0.0
+    )
+    tokenwise_floor: float = option(
+        0.5, "tokenwise detector: each token's deviation floored at this fraction of its mean drift", low=0.0
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
 
 
-def _decision_to_host(severity: torch.Tensor, indices: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """D_t (float32 0-dim) and the unstable set (long [k]) in one device-to-host copy, packed as float64 [1 + k]:
-    float64 holds every float32 and every index below 2^53 exactly, so the values equal two separate reads.
-    Returns (D_t as a Python float, the indices as a host long [k])."""
-    packed = torch.cat([severity.reshape(1).double(), indices.double()]).cpu()
-    return float(packed[0]), packed[1:].long()
+def make_detector(config: TokenTrimConfig) -> Detector:
+    """The scoring rule `config.detector` names: the paper's (Eq. 6–8) or the token-wise one (docs/tokentrim.md
+    §5)."""
+    if config.detector == "tokenwise":
+        return TokenwiseRule(config.p, config.tokenwise_level, config.tokenwise_floor)
+    return PaperRule(config.p, config.lam, config.min_std)
+
+
+def _decision_to_host(
+    severity: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor
+) -> tuple[float, torch.Tensor, list[float]]:
+    """D_t (float32 0-dim), the unstable set (long [k]) and its scores (float32 [k]) in one device-to-host copy,
+    packed as float64 [1 + 2k]: float64 holds every float32 and every index below 2^53 exactly, so the values
+    equal separate reads. Returns (D_t as a Python float, the indices as a host long [k], the scores)."""
+    k = indices.shape[0]
+    packed = torch.cat([severity.reshape(1).double(), indices.double(), scores.double()]).cpu()
+    return float(packed[0]), packed[1 : 1 + k].long(), packed[1 + k :].tolist()
 
 
 class _ScoreTimer:
@@ -141,6 +167,7 @@ class _Attempt:
 
     severity: float
     drift: torch.Tensor  # (B, N) per-token drift against the reference, on the scoring device
+    scores: list[float]  # the detector's scores of the unstable set, in the order of its positions
 
 
 @dataclass
@@ -182,7 +209,7 @@ class TokenTrimController:
             raise ValueError(f"patch must be two ints >= 1, got {patch!r}")
         self.config = config
         self.patch = (patch[0], patch[1])
-        self.detector = detector if detector is not None else PaperRule(config.p, config.lam, config.min_std)
+        self.detector = detector if detector is not None else make_detector(config)
         self.reset()
 
     def reset(self) -> None:
@@ -217,16 +244,16 @@ class TokenTrimController:
         if reference is None:
             return None, None, timer.elapsed_ms()
         drift = token_drift(latent_summary(x0, self.patch), reference)
-        indices, d_t = self.detector.select(drift)
+        indices, d_t, scores = self.detector.select(drift)
         timer.queued()
-        severity, positions = _decision_to_host(d_t, indices)
+        severity, positions, scores = _decision_to_host(d_t, indices, scores)
         timer.copied()
         if not math.isfinite(severity):
             raise FloatingPointError(
                 f"the candidate latents are not finite (drift severity {severity}): the model diverged. "
                 "Check the checkpoint, or run in another dtype (bf16 / fp32)"
             )
-        return _Attempt(severity, drift), positions, timer.elapsed_ms()
+        return _Attempt(severity, drift, scores), positions, timer.elapsed_ms()
 
     def judge(
         self,
@@ -269,6 +296,8 @@ class TokenTrimController:
             score_ms=ms,
             prompt_switch=self._switched,
         )
+        if attempt is not None:
+            record.unstable, record.scores = positions.tolist(), attempt.scores
         self._records.append(record)
         opened = _Open(record, reference, [] if attempt is None else [attempt])
         self._open = opened
