@@ -111,7 +111,10 @@ def _case_list():
             toy_embeds, 30, seed=0, tokentrim=TokenTrimConfig(lam=0.5), start=prefix,
         )),
         # Recorded before the stream refactor (Request / BlockEvent): FlowMo's current defaults, Causal Forcing
-        # frame-wise, LongLive (both RoPE modes) and prompt switches, and an injected fault on the toy.
+        # frame-wise, LongLive (both RoPE modes) and prompt switches, and an injected fault on the toy. The two
+        # fault cases were re-recorded (--only) when the fault itself changed: a blob is the region's own mean
+        # shifted by C block stds, a noise burst C stds (C = 3), and the faulted block is the reference TokenTrim
+        # judges the next block against; every other case was reproduced unchanged by that code.
         "sf_tiny_default_flowmo_prune_18": lambda: sf()(Request(
             embeds, 18, seed=8, tokentrim=eager, flowmo=FlowMoConfig(mode="first_block"),
         )),

@@ -317,3 +317,43 @@ def test_observed_frames_errors(model, embeds):
         SelfForcingPipeline(model)(Request(embeds, 3, seed=0, start=torch.zeros(1, 3, 16, 8, 12)))
     with pytest.raises(UserError, match="at least 18 latent frames"):
         RollingForcingPipeline(model)(Request(embeds, 15, seed=0, start=torch.zeros(1, 3, 16, 8, 12)))
+
+
+def test_own_key_mask_by_hand():
+    """Two cached segments (3 rows and a gathered 2), then the call's own 2 frames of 4 tokens: positions 1 and 3
+    of every own frame are masked for every query; cached keys stay."""
+    from tokentrim.pipelines.common import own_key_mask
+
+    plan = kv_cache.CallPlan(
+        start_frame=2,
+        num_frames=2,
+        reads=(kv_cache.Segment(0, 3), kv_cache.Segment(3, 8, index=torch.tensor([4, 6]))),
+        append_current=True,
+    )
+    mask = own_key_mask(plan, 2, 4, torch.tensor([1, 3]), torch.device("cpu"))
+    row = [True] * 5 + [True, False, True, False] * 2
+    assert mask.shape == (8, 13) and mask.tolist() == [row] * 8
+
+
+def test_prune_window_masks_only_regenerations():
+    """rolling_forcing.prune_window: the rollout equals the plain one up to the first prune, then differs (the
+    regeneration's own window keys at the pruned positions are masked); refused with the static cache."""
+    from tokentrim.app.api import Pipeline
+    from tokentrim.app.backends import PRESETS
+    from tokentrim.app.run_config import default_config_path, load_run_config
+    from tokentrim.toy import HELD_OUT_SCENES, observed_start
+
+    toy = PRESETS["toy"].load(torch.device("cpu"), torch.float32, True)
+    prompt, prefix = observed_start(HELD_OUT_SCENES)
+    out = {}
+    for on in ("false", "true"):
+        overrides = ["flowmo.mode=off", "tokentrim.lam=0", f"rolling_forcing.prune_window={on}"]
+        run = load_run_config(default_config_path("rolling_forcing", "toy"), overrides)
+        out[on] = Pipeline(toy, run).generate(prompt, latent_frames=18, seed=0, start=prefix, decode=False)
+    first = next(r.block for r in out["false"].records if r.action == "prune")
+    a, b = out["false"].latents, out["true"].latents
+    assert torch.equal(a[:, : 3 * first], b[:, : 3 * first]) and not torch.equal(
+        a[:, 3 * first :], b[:, 3 * first :]
+    )
+    with pytest.raises(ValueError, match="dynamic"):
+        RollingForcingConfig(prune_window=True, cache="static")

@@ -94,7 +94,9 @@ class BlockHook(Protocol):
 
     def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
         """The kept attempt of a generated block, before its clean pass: returns the latents to commit and output
-        (x0 itself unless the hook changes blocks). Observed blocks are not passed here."""
+        (x0 itself unless the hook changes blocks: an experiment's fault). Observed blocks are not passed here. A
+        hook that wraps another passes the changed latents on: they are the reference the next block is judged
+        against."""
         ...
 
     def switched(self, block: int) -> None:

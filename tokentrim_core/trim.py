@@ -450,7 +450,9 @@ class TokenTrim:
         return verdict
 
     def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
-        """TokenTrim does not change accepted latents."""
+        """The committed latents of the block just settled become the next block's reference (they equal the
+        kept attempt unless an experiment changed them: an injected fault is judged by what follows it)."""
+        self._previous = x0.detach().clone()
         return x0
 
     def switched(self, block: int) -> None:

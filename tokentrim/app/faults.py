@@ -1,13 +1,21 @@
-"""Injected faults: a few spatial tokens of one accepted block corrupted before its clean pass, so the corruption
-enters the KV cache (and the video) the way an unstable region would, and the rollout continues from there.
+"""Injected faults: a few spatial tokens of one block corrupted, so the corruption enters the KV cache (and the
+video) the way an unstable region would, and the rollout continues from there.
 
 A fault is a compact region of K tokens on the DiT patch grid (a rectangle as square as K allows, placed by a
-seeded generator), applied to every latent frame of block J. Kinds, in latent space (per-channel statistics of the
-block itself, so they scale with any VAE; with the toy codec the channels are colour planes):
-- `blob`: a saturated patch — every channel set to its block mean + 3 std;
-- `foreign`: the same region copied from another rollout (another scene) at the same frames;
-- `noise`: a noise burst — Gaussian noise of twice the block's std added;
-- `cast`: a local colour cast — the first third of the channels (the toy codec's red plane) shifted by 2 std.
+seeded generator), applied to every latent frame of block J. Where (`Fault.level`):
+- None: block J's accepted latents, before its clean pass (Self Forcing and the other one-pass loops). The
+  faulted latents are what later blocks attend to and what TokenTrim judges block J + 1 against;
+- a level L: block J's x0 after the denoising pass at level L of a multi-pass loop (Rolling Forcing's window),
+  before it is re-noised, so the fault spreads through the window and TokenTrim judges it with block J itself.
+Kinds, in latent space, their size set by `contrast` C in units of the block's own per-channel std sigma_c (so
+they scale with any VAE; with the toy codec the channels are colour planes):
+- `blob`: a flat patch — every channel set to the region's own mean over the block (its local content) shifted by
+  C sigma_c, away from the block's mean of that channel: a fixed contrast against what was there;
+- `foreign`: the same region copied from another rollout (another scene) at the same frames (its contrast is the
+  other scene's: measured and recorded, not set);
+- `noise`: a noise burst — Gaussian noise of C sigma_c added;
+- `cast`: a local colour cast — the first third of the channels (the toy codec's red plane) shifted by C sigma_c.
+`measured_contrast` gives the root-mean-square change inside the region in units of sigma_c.
 """
 
 from __future__ import annotations
@@ -24,16 +32,25 @@ from tokentrim_core.hook import BlockHook, BlockRecord, Verdict
 KINDS = ("blob", "foreign", "noise", "cast")
 
 
+DEFAULT_CONTRAST = 3.0
+
+
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    block: int  # the block whose accepted latents are corrupted
+    block: int  # the block whose latents are corrupted
     tokens: tuple[int, ...]  # spatial token indices n = h * grid_w + w
     seed: int  # for the noise burst
+    contrast: float = DEFAULT_CONTRAST  # C, in units of the block's per-channel std
+    level: int | None = (
+        None  # None: the accepted block; L: its x0 after the pass at level L (multi-pass loops)
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"`kind` must be one of {KINDS}, got {self.kind!r}")
+        if not (math.isfinite(self.contrast) and self.contrast > 0):
+            raise UserError(f"`contrast` must be a number > 0, got {self.contrast!r}")
 
 
 def check_tokens(k: int, tokens_per_frame: int, flag: str) -> None:
@@ -70,10 +87,13 @@ def corrupt(
     """The block `x0 [B, f, C, H, W]` with the fault applied inside `mask [H, W]` (a new tensor)."""
     out = x0.clone()
     m = mask.to(x0.device)
+    c = fault.contrast
     mean = x0.float().mean(dim=(1, 3, 4), keepdim=True)  # (B, 1, C, 1, 1): the block's own statistics
     std = x0.float().std(dim=(1, 3, 4), keepdim=True)
     if fault.kind == "blob":
-        new = (mean + 3 * std).expand_as(x0)
+        local = x0.float()[..., m].mean(dim=(1, 3)).reshape(mean.shape)  # the region's own mean per channel
+        away = torch.where(local > mean, -1.0, 1.0)
+        new = (local + away * c * std).expand_as(x0)
     elif fault.kind == "foreign":
         if foreign is None or foreign.shape != x0.shape:
             raise UserError("a `foreign` fault needs the other rollout's latents of the same block")
@@ -81,19 +101,28 @@ def corrupt(
     elif fault.kind == "noise":
         gen = torch.Generator().manual_seed(fault.seed)
         burst = torch.randn(x0.shape, generator=gen).to(x0.device)
-        new = x0.float() + 2 * std * burst
+        new = x0.float() + c * std * burst
     else:  # cast
         shift = torch.zeros_like(std)
-        shift[:, :, : x0.shape[2] // 3] = 2 * std[:, :, : x0.shape[2] // 3]
+        shift[:, :, : x0.shape[2] // 3] = c * std[:, :, : x0.shape[2] // 3]
         new = (x0.float() + shift).expand_as(x0)
     out[..., m] = new.to(x0.dtype)[..., m]
     return out
 
 
+def measured_contrast(x0: torch.Tensor, bad: torch.Tensor, mask: torch.Tensor) -> float:
+    """Root-mean-square change inside the region, in units of the clean block's per-channel std."""
+    std = x0.float().std(dim=(1, 3, 4), keepdim=True)
+    change = ((bad.float() - x0.float()) / std)[..., mask.to(x0.device)]
+    return float(change.pow(2).mean().sqrt())
+
+
 class FaultHook:
-    """A `BlockHook` around another (TokenTrim, scoring only or pruning): it passes every decision through and,
-    once block `fault.block` is accepted, corrupts it before its clean pass (`corrupt`), so the fault enters the
-    cache and the video. `applied` holds the injected error energy once the block has passed.
+    """A `BlockHook` around another (TokenTrim, scoring only or pruning): it passes every decision through and
+    corrupts block `fault.block` once, where `fault.level` says: at acceptance (level None: the corrupted latents
+    go on to the inner hook, so they are the reference the next block is judged against, and into the cache and
+    the video), or after the block's window pass at that level (`denoised`, Rolling Forcing). `applied` holds the
+    injected error energy and `contrast` its `measured_contrast` once the block has passed.
 
     foreign: the other rollout's latents `[B, F, C, H, W]` (a `foreign` fault copies its block)."""
 
@@ -102,6 +131,7 @@ class FaultHook:
     ):
         self.inner, self.fault, self.mask, self.foreign = inner, fault, mask, foreign
         self.applied: list[torch.Tensor] = []
+        self.contrast: list[float] = []
 
     @property
     def records(self) -> list[BlockRecord]:
@@ -117,11 +147,18 @@ class FaultHook:
         self.inner.switched(block)
 
     def accepted(self, block: int, x0: torch.Tensor) -> torch.Tensor:
-        x0 = self.inner.accepted(block, x0)
-        if block != self.fault.block:
+        return self.inner.accepted(block, self._corrupt(block, None, x0))
+
+    def denoised(self, block: int, level: int, x0: torch.Tensor) -> torch.Tensor:
+        """The loop's hook point after a window pass (`Rollout.denoised`)."""
+        return self._corrupt(block, level, x0)
+
+    def _corrupt(self, block: int, level: int | None, x0: torch.Tensor) -> torch.Tensor:
+        if block != self.fault.block or level != self.fault.level or self.applied:
             return x0
         s = block * x0.shape[1]
         foreign = None if self.foreign is None else self.foreign[:, s : s + x0.shape[1]]
         bad = corrupt(self.fault, x0, self.mask, foreign)
         self.applied.append((bad - x0).float().pow(2).sum().cpu())
+        self.contrast.append(measured_contrast(x0, bad, self.mask))
         return bad

@@ -131,6 +131,23 @@ def flowmo_checkpointing(flowmo: FlowMoConfig, config: WanConfig) -> bool:
     return config.dim >= CHECKPOINTING_FROM_DIM
 
 
+def own_key_mask(
+    plan: CallPlan, frames: int, tokens_per_frame: int, exclude: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Boolean attention mask `[Lq, Lk]` (True = attend) of a call that appends its own keys after the cached
+    segments it reads: the call's own keys at spatial positions `exclude` (in every one of its frames) are masked
+    for every query; the cached keys stay. Lq = frames * tokens_per_frame."""
+    assert plan.append_current and not plan.skip_frames, (
+        "own keys are masked in calls that attend to themselves"
+    )
+    cached = sum(seg.end - seg.start if seg.index is None else seg.index.numel() for seg in plan.reads)
+    own = torch.ones(frames, tokens_per_frame, dtype=torch.bool, device=device)
+    own[:, exclude.to(device)] = False
+    lq = frames * tokens_per_frame
+    keys = torch.cat([torch.ones(cached, dtype=torch.bool, device=device), own.flatten()])
+    return keys.expand(lq, -1)
+
+
 def model_device_dtype(model: CausalWanModel) -> tuple[torch.device, torch.dtype]:
     weight = model.patch_embedding.weight
     return weight.device, weight.dtype
@@ -155,6 +172,8 @@ class Rollout:
     # FlowMo: per guidance call, the loss per iteration
     losses: list[list[float]] = field(default_factory=list)
     handed_out: tuple[int, int] = (0, 0)  # records and losses already in events
+    # the positions of the latest prune (what a regeneration may also mask)
+    pruned: torch.Tensor | None = None
 
     @property
     def model(self) -> CausalWanModel:
@@ -183,10 +202,22 @@ class Rollout:
         return out.to(like.device)
 
     # Model calls --------------------------------------------------------------------------------------------
-    def predict_x0(self, x: torch.Tensor, t: torch.Tensor, start: int, write: bool = True) -> torch.Tensor:
-        """One DiT call on a noisy block or window (no cache commit), converted to x0."""
+    def predict_x0(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        start: int,
+        write: bool = True,
+        exclude: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One DiT call on a noisy block or window (no cache commit), converted to x0. `exclude`: spatial positions
+        whose keys in the call's own frames no query attends to (the cached keys are the cache's business)."""
         plan = self.cache.plan(start, x.shape[1], write=write)
-        flow = self.model(x, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start)
+        mask = None if exclude is None else own_key_mask(plan, x.shape[1], self.cache.cache.tokens_per_frame,
+                                                          exclude, x.device)  # fmt: skip
+        flow = self.model(
+            x, t, self.context, cache=self.cache.cache, plan=plan, start_frame=start, attn_mask=mask
+        )
         return self.schedule.to_x0(flow, x, t)
 
     def commit(self, x0: torch.Tensor, start: int) -> None:
@@ -247,13 +278,14 @@ class Rollout:
     def judge(
         self, block: int, x0: torch.Tensor, regenerate: Callable[[], torch.Tensor]
     ) -> tuple[torch.Tensor, int]:
-        """Ask the hook about a candidate block; while it says prune, prune the cache and regenerate. Returns the
-        attempt the hook keeps and its index (0 = the candidate, i = the i-th regeneration)."""
+        """Ask the hook about a candidate block; while it says prune, prune the cache and regenerate
+        (`regenerate()`; the positions just pruned are `self.pruned`). Returns the attempt the hook keeps and its
+        index (0 = the candidate, i = the i-th regeneration)."""
         s = block * self.block
         verdict = self.hook.propose(block, range(s, s + self.block), x0)
         attempts = [x0]
         while verdict.prune:
-            removed = self.cache.prune(verdict.positions)
+            removed, self.pruned = self.cache.prune(verdict.positions), verdict.positions
             attempts.append(regenerate())
             verdict = self.hook.regenerated(block, attempts[-1], removed, len(attempts) - 1)
         kept = len(attempts) - 1 if verdict.keep is None else verdict.keep
@@ -297,6 +329,14 @@ class Rollout:
         return BlockEvent(
             block, frames, self.output[:, s : frames.stop], record, block < self.observed, losses
         )
+
+    def denoised(self, block: int, level: int, x0: torch.Tensor) -> torch.Tensor:
+        """An unfinished block's x0 `[B, f, C, H, W]` after a denoising pass at `level`, before it is re-noised
+        (loops that refine a block over several passes: Rolling Forcing's window). The latents to carry on with:
+        x0 itself unless the hook has a `denoised(block, level, x0)` method that changes them (an experiment's
+        hook point; BlockHook does not require it, TokenTrim has none)."""
+        hook = getattr(self.hook, "denoised", None)
+        return x0 if hook is None else hook(block, level, x0)
 
     def commit_observed(self, prefix: torch.Tensor | None) -> Iterator[BlockEvent]:
         """The observed blocks 0 .. observed-1, in order: room in the cache, the clean pass, the output.

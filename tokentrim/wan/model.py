@@ -111,8 +111,12 @@ class WanBlock(nn.Module):
         k_raw = a.heads(a.norm_k(a.k(h)))
         v = a.heads(a.v(h))
         q, k = apply_rope(q, freqs), apply_rope(k_raw, freqs)
-        if kv is not None:
-            k, v, attn_mask = kv.attend(k, k_raw, v)
+        if kv is not None:  # a cached call's mask is its view's, or one given over the dynamic layout's keys
+            k, v, view_mask = kv.attend(k, k_raw, v)
+            assert attn_mask is None or view_mask is None, (
+                "a mask given to a cached call needs the dynamic cache"
+            )
+            attn_mask = view_mask if attn_mask is None else attn_mask
         y = a.o(attention(q, k, v, backend, attn_mask).flatten(2))
         x = x + (per_frame(y) * g1).flatten(1, 2)
         # 2. cross-attention to the text (no gate, no modulation)
@@ -144,7 +148,9 @@ class CausalWanModel(nn.Module):
     `forward(x, t, context, cache, plan, start_frame)` maps latents `x [B, F, C, H, W]` at per-frame timesteps
     `t [B, F]` to the flow prediction `[B, F, C, H, W]`. With a cache, the `plan` (built by the pipeline's cache
     policy for these frames) says what each layer reads and writes. Without a cache, attention spans the call's
-    own tokens, optionally restricted by a boolean `attn_mask [L, L]` (the block-causal training mask).
+    own tokens, optionally restricted by a boolean `attn_mask [L, L]` (the block-causal training mask); with the
+    dynamic cache an `attn_mask [Lq, Lk]` over the keys in the plan's order masks some of them (Rolling Forcing's
+    prune_window).
     """
 
     def __init__(self, config: WanConfig):
@@ -195,7 +201,6 @@ class CausalWanModel(nn.Module):
         cfg = self.config
         b, f, _, h, w = x.shape
         assert (cache is None) == (plan is None), "a cached call needs its plan"
-        assert cache is None or attn_mask is None, "a cached call's attention is what its plan says"
         assert plan is None or (plan.start_frame, plan.num_frames) == (start_frame, f), (
             "plan is for other frames"
         )
