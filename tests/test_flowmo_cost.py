@@ -142,6 +142,9 @@ class PruneOnce(NoHook):
     def regenerated(self, block, x0, tokens_removed, regenerations):
         return Verdict(False)
 
+    def accepted(self, block, x0):
+        return x0
+
 
 def test_a_regeneration_repeats_the_guidance_in_self_forcing_only(model, embeds, monkeypatch):
     cfg = FlowMoConfig(mode="every_block")

@@ -52,6 +52,7 @@ class ControllerHook:
         return verdict
 
     def accepted(self, block, x0):
+        self.previous = x0.clone()  # what the loop commits is the next block's reference
         return x0
 
     def switched(self, block):

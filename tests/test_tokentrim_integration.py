@@ -111,6 +111,9 @@ class KeepCandidate(NoHook):
         self.regenerated_x0 = x0.clone()
         return Verdict(False, keep=0)
 
+    def accepted(self, block, x0):
+        return x0
+
 
 @pytest.mark.parametrize("pipeline", [SelfForcingPipeline, RollingForcingPipeline])
 def test_a_kept_candidate_is_what_is_committed(model, embeds, pipeline):
