@@ -129,3 +129,47 @@ def test_cli_heatmap(tmp_path, monkeypatch):
         args = p.parse_args(["figure", "heatmap", str(tmp_path / name), "-o", str(tmp_path / "x.png")])
         with pytest.raises(UserError, match=message):
             args.func(args)
+
+
+def _legend_covers_every_line(ax):
+    """Every drawn line style is in the legend, or (the dotted D_t -> D* link) named by a legend entry."""
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    styles = {
+        (ln.get_marker(), ln.get_linestyle(), ln.get_color())
+        for ln in ax.lines
+        if not ln.get_label().startswith("_")
+    }
+    for ln in ax.lines:
+        key = (ln.get_marker(), ln.get_linestyle(), ln.get_color())
+        if key not in styles:
+            assert ln.get_linestyle() == ":" and any("dotted" in t for t in labels), key
+    return labels
+
+
+def test_drift_legend_explains_every_marker():
+    trim = make_log(True)
+    trim["config"]["fault"] = {"kind": "blob", "block": 4, "tokens": [0]}
+    fig = figures.drift_figure([make_log(False), trim], labels=["baseline", "TokenTrim"])
+    labels = _legend_covers_every_line(fig.axes[0])
+    assert set(labels) == {"warm-up", "baseline", "TokenTrim", "TokenTrim: mean μ .. threshold (shaded)",
+                           "TokenTrim: threshold (dashed)", "pruned candidate (D_t above the threshold)",
+                           "regenerated block (D*), dotted from its candidate", "injected fault"}  # fmt: skip
+    assert fig.axes[0].get_ylabel() == "drift severity D_t"
+
+
+def test_drift_legend_of_the_tokenwise_rule_has_no_mean_band():
+    tt = TokenTrim(TokenTrimConfig(p=0.25, detector="tokenwise", tokenwise_level=1.0), (2, 2))
+    g = torch.Generator().manual_seed(0)
+    for b in range(8):
+        x = torch.randn(1, 3, 4, 4, 4, generator=g) * (6.0 if b == 5 else 1.0)
+        if tt.propose(b, range(3 * b, 3 * b + 3), x).prune:
+            tt.regenerated(b, torch.randn(1, 3, 4, 4, 4, generator=g), tokens_removed=4, regenerations=1)
+    log = {"config": dataclasses.asdict(tt.config), "blocks": [r.to_dict() for r in tt.records]}
+    assert any(r["action"] == "prune" for r in log["blocks"]) and all(
+        r["mean"] is None for r in log["blocks"]
+    )
+    fig = figures.drift_figure(log)
+    labels = _legend_covers_every_line(fig.axes[0])
+    assert "TokenTrim: threshold (dashed)" in labels and not any("shaded" in t for t in labels)
+    assert not fig.axes[0].collections[1:]  # the warm-up span only: no band
+    assert fig.axes[0].get_ylabel() == "drift severity D_t (token-wise rule: mean score)"

@@ -235,3 +235,32 @@ def test_compare_writes_a_two_panel_video(tmp_path, capsys):
     assert log["config"]["fault"]["block"] == 4 and any(b["action"] == "prune" for b in log["blocks"])
     left, right = video[:, 22:, :256], video[:, 22:, 260:]
     assert np.abs(left[:12].astype(int) - right[:12].astype(int)).mean() < 3  # the same seed: same start
+    seen = json.loads((out / "visibility.json").read_text())
+    assert seen["blocks"] == [5, 6, 7]
+    inner = (slice(None), slice(3, -3), slice(3, -3))  # inside the red border of pruned blocks
+    for k, b in enumerate(seen["blocks"]):  # the panels as the mp4 shows them (H.264: within a level or two)
+        frames = slice(3 * b, 3 * b + 3)
+        shown = np.abs(left[frames][inner].astype(int) - right[frames][inner].astype(int)).mean()
+        assert shown == pytest.approx(seen["panels"][k], abs=2.0)
+    for name in ("baseline", "TokenTrim"):
+        assert len(seen["residual"][name]) == 3 and min(seen["residual"][name]) >= 0.0
+        assert seen["residual_total"][name] == pytest.approx(sum(seen["residual"][name]))
+    assert seen["residual"]["baseline"][0] > 0.0  # the fault's remainder in the block after it
+
+
+def test_panel_difference_and_visibility_by_hand():
+    from tokentrim.app.compare import panel_difference, visibility
+
+    zeros = np.zeros((4, 1, 1, 3), np.uint8)
+    right = np.array([0, 3, 6, 9], np.uint8)[:, None, None, None].repeat(3, axis=3)
+    first_frame = [0, 1, 4]  # block 0: frame 0; block 1: frames 1-3
+    assert panel_difference(zeros, right, first_frame) == [0.0, 6.0]
+    assert panel_difference(right, zeros, first_frame) == [0.0, 6.0]  # no uint8 wrap-around
+    seen = visibility(
+        {"a": zeros, "b": right}, first_frame, 0, {"a": zeros, "b": zeros}, {"a": [0.5], "b": [0.25]}
+    )
+    assert seen["blocks"] == [1] and seen["panels"] == [6.0] and seen["panels_max"] == 6.0
+    assert seen["clean_panels"] == [0.0] and seen["from_clean"] == {"a": [0.0], "b": [6.0]}
+    assert seen["residual_total"] == {"a": 0.5, "b": 0.25}
+    whole = visibility({"a": zeros, "b": right}, first_frame)
+    assert whole["blocks"] == [0, 1] and whole["panels_mean"] == 3.0 and "residual" not in whole

@@ -1,6 +1,11 @@
 """`tokentrim compare`: the baseline and TokenTrim from the same seed, side by side — optionally with the same
 injected fault (`tokentrim.app.faults`) — as one two-panel mp4, the drift figure of both runs with the prune
 events, and the heat map of the block TokenTrim pruned. `make demo` runs it on the toy world model.
+
+How visible the difference is, measured (`visibility.json`): per block, the mean absolute difference between the
+two panels (0-255 levels); with a fault, both runs are also made without it, and per block after the fault each
+panel's difference from its own fault-free run (pixels) and the fault's residual energy (latents, the squared
+difference over the block divided by the injected energy; `tokentrim stress` sums it as persistence).
 """
 
 from __future__ import annotations
@@ -52,6 +57,37 @@ def side_by_side(
             out_b[i, LABEL_HEIGHT:, :3], out_b[i, LABEL_HEIGHT:, -3:] = (230, 30, 30), (230, 30, 30)
     video = np.concatenate([out_a, gap, out_b], axis=2)
     return video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+
+
+def panel_difference(left: np.ndarray, right: np.ndarray, first_frame) -> list[float]:
+    """Per block, the mean absolute difference between two uint8 videos `[T, H, W, 3]` over the block's frames
+    `first_frame[b] .. first_frame[b + 1]`, in 0-255 levels."""
+    return [float(np.abs(left[a:z].astype(np.int16) - right[a:z].astype(np.int16)).mean())
+            for a, z in zip(first_frame[:-1], first_frame[1:], strict=True)]  # fmt: skip
+
+
+def visibility(videos: dict, first_frame, fault_block: int | None = None, clean_videos: dict | None = None,
+               residual: dict | None = None) -> dict:  # fmt: skip
+    """What a viewer can see: `panels`, the per-block difference between the two panels (`panel_difference`)
+    and its mean and largest value over the blocks after the fault (all blocks without one); with a fault,
+    `from_clean` (each panel against its own fault-free run, per block after the fault), `clean_panels` (the
+    two fault-free runs against each other) and `residual` (latent energy per block, as given)."""
+    names = list(videos)
+    after = 0 if fault_block is None else fault_block + 1
+    panels = panel_difference(videos[names[0]], videos[names[1]], first_frame)
+    out = {"blocks": list(range(after, len(panels))), "panels": panels[after:],
+           "panels_mean": float(np.mean(panels[after:])), "panels_max": max(panels[after:])}  # fmt: skip
+    if clean_videos is not None:
+        clean = panel_difference(clean_videos[names[0]], clean_videos[names[1]], first_frame)
+        out["clean_panels"], out["clean_panels_mean"] = clean[after:], float(np.mean(clean[after:]))
+        out["from_clean"] = {
+            n: panel_difference(videos[n], clean_videos[n], first_frame)[after:] for n in names
+        }
+        out["from_clean_mean"] = {n: float(np.mean(v)) for n, v in out["from_clean"].items()}
+    if residual is not None:
+        out["residual"] = residual
+        out["residual_total"] = {n: float(sum(v)) for n, v in residual.items()}
+    return out
 
 
 def plot_pruned_block(
@@ -122,12 +158,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out, runs, request, fault = compare_plan(args)
     backend = backends.load_preset(args.preset, args.device)
     # 2. Both runs from the same request, the same fault injected into each
-    videos, logs = {}, {}
+    videos, logs, hooks, clean = {}, {}, {}, {}
     inputs = {"latent_frames": request.latent_frames, "seed": request.seed, "start": request.start}
     for name, run in runs.items():
+        pipe = Pipeline(backend, run, offload="none")
         hook = {} if fault is None else {"hook": fault_hook(backend, run, fault)}
-        videos[name] = Pipeline(backend, run, offload="none").generate(request.prompt, **inputs, **hook)
+        videos[name] = pipe.generate(request.prompt, **inputs, **hook)
         logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
+        if fault is not None:  # the same run without the fault: what the fault left in each panel
+            hooks[name], clean[name] = hook["hook"], pipe.generate(request.prompt, **inputs)
     # 3. The two-panel video (TokenTrim's pruned blocks framed red), the logs, the drift figure, the heat map
     first_frame = block_starts(backend, args.latent_frames)
     pruned = [r for r in videos["TokenTrim"].records if r.action == "prune"]
@@ -139,10 +178,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     labels = (f"baseline{what}", f"TokenTrim{what}")
     video = side_by_side(base, videos["TokenTrim"].frames, labels, marked, factor)
     write_video(out / "compare.mp4", video, fps=backend.fps)
+    frames = {name: v.frames for name, v in videos.items()}
+    if fault is None:
+        seen = visibility(frames, first_frame)
+    else:
+        from tokentrim.app.stress import energy
+
+        block = backend.model.config.frames_per_block
+        blocks_after = range(fault.block + 1, request.latent_frames // block)
+        residual = {name: [energy(v.latents, clean[name].latents, b, block) / float(hooks[name].applied[0])
+                           for b in blocks_after] for name, v in videos.items()}  # fmt: skip
+        seen = visibility(frames, first_frame, fault.block, {n: v.frames for n, v in clean.items()}, residual)
+    write_json(out / "visibility.json", seen)
     for name, log in logs.items():
         write_json(out / f"{name.lower()}.json", log)
     plot_drift([logs["baseline"], logs["TokenTrim"]], out / "drift.png", labels=["baseline", "TokenTrim"])
-    made = [out / "compare.mp4", out / "drift.png"]
+    made = [out / "compare.mp4", out / "drift.png", out / "visibility.json"]
     shown = [r for r in pruned if fault is None or r.block > fault.block]  # the prune that answers the fault
     if shown:
         end = first_frame[shown[0].block + 1]
@@ -162,6 +213,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(
         f"wrote {', '.join(map(str, made))}  [{video.shape[2]}x{video.shape[1]}, TokenTrim pruned blocks: {prunes}]"
     )
+    where = "all blocks" if fault is None else f"blocks {fault.block + 1}.."
+    line = f"panels differ by {seen['panels_mean']:.1f}/255 on average over {where} (largest block {seen['panels_max']:.1f})"
+    if fault is not None:
+        left = ", ".join(
+            f"{n} {seen['residual_total'][n]:.2f} ({seen['from_clean_mean'][n]:.1f}/255)" for n in runs
+        )
+        line += (f"; without the fault they differ by {seen['clean_panels_mean']:.1f}; the fault's residual energy "
+                 f"(per injected, whole frame) and pixel difference from the fault-free run: {left}")  # fmt: skip
+    print(line)
     return 0
 
 

@@ -74,6 +74,16 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
     warm = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("action") == "warmup"})
     for i, b in enumerate(warm):
         ax.axvspan(b - 0.5, b + 0.5, color="0.9", zorder=0, label="warm-up" if i == 0 else None)
+    named: set[str] = set()
+
+    def once(
+        text: str,
+    ) -> str | None:  # a legend entry for the first marker of its kind, whichever run has it
+        if text in named:
+            return None
+        named.add(text)
+        return text
+
     for i, (lg, label) in enumerate(zip(logs, labels, strict=True)):
         color = f"C{i}"
         scored = [r for r in lg["blocks"] if r.get("severity") is not None]
@@ -96,18 +106,21 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
             xs = [r["block"] for r in run]
             if len(run) == 1:  # one block: a short band centred on it
                 xs, run = [xs[0] - 0.4, xs[0] + 0.4], run * 2
-            ax.fill_between(
-                xs,
-                [r["mean"] for r in run],
-                [r["threshold"] for r in run],
-                color=color,
-                alpha=0.15,
-                step="mid",
-                label=f"{label}: mean .. threshold" if k == 0 else None,
-            )
-            ax.plot(xs, [r["threshold"] for r in run], "--", color=color, lw=1, drawstyle="steps-mid")
+            if all(r.get("mean") is not None for r in run):  # the paper's rule: mu .. mu + lam sigma
+                ax.fill_between(
+                    xs,
+                    [r["mean"] for r in run],
+                    [r["threshold"] for r in run],
+                    color=color,
+                    alpha=0.15,
+                    step="mid",
+                    label=f"{label}: mean μ .. threshold (shaded)" if k == 0 else None,
+                )
+            # the token-wise rule keeps no block mean: its threshold is a fixed level of the score
+            ax.plot(xs, [r["threshold"] for r in run], "--", color=color, lw=1, drawstyle="steps-mid",
+                    label=f"{label}: threshold (dashed)" if k == 0 else None)  # fmt: skip
         pruned = [r for r in scored if r.get("action") == "prune"]
-        for j, r in enumerate(pruned):
+        for r in pruned:
             ax.plot(
                 r["block"],
                 r["severity"],
@@ -115,7 +128,7 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
                 color="red",
                 ms=9,
                 mew=2,
-                label="prune (D_t)" if i == j == 0 else None,
+                label=once("pruned candidate (D_t above the threshold)"),
             )
             if r.get("regenerated_severity") is not None:
                 ax.plot([r["block"]] * 2, [r["severity"], r["regenerated_severity"]], ":", color="red", lw=1)
@@ -126,7 +139,7 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
                     mfc="none",
                     color="red",
                     ms=7,
-                    label="regenerated (D*)" if i == j == 0 else None,
+                    label=once("regenerated block (D*), dotted from its candidate"),
                 )
     faults = sorted(
         {
@@ -141,7 +154,11 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
     for i, b in enumerate(switches):  # a prompt switch (--timeline): just before its first block
         ax.axvline(b - 0.5, color="green", lw=1.5, ls="-.", label="prompt switch" if i == 0 else None)
     ax.set_xlabel("block")
-    ax.set_ylabel("drift severity D_t")
+    # the token-wise rule: armed records with a threshold and no block mean (its severity is a mean score)
+    tokenwise = any(
+        r.get("threshold") is not None and r.get("mean") is None for lg in logs for r in lg["blocks"]
+    )
+    ax.set_ylabel("drift severity D_t" + (" (token-wise rule: mean score)" if tokenwise else ""))
     ax.set_title("TokenTrim drift severity (top-p mean token drift)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no marker
     ax.grid(alpha=0.3)
