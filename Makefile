@@ -45,7 +45,7 @@ demo: install
 		--fault blob --fault-block 6 --out $(OUT)/demo
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(BIN)/tokentrim compare --preset toy --scene $(DEMO_SCENE) --latent-frames 120 \
 		--seed 0 --out $(OUT)/demo_clean
-	@echo "baseline | TokenTrim, same seed, a fault injected at block 6: $(OUT)/demo/compare.mp4 (drift.png, heatmap.png)"
+	@echo "baseline | TokenTrim, same seed, a fault injected at block 6: $(OUT)/demo/compare.mp4 (drift.png, heatmap.png, visibility.json)"
 	@echo "the same without a fault: $(OUT)/demo_clean/compare.mp4"
 
 # `make reproduce` (toy, CPU), `make reproduce PRESET=tiny` (a small CPU smoke grid, run by CI), or the real
