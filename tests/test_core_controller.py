@@ -83,7 +83,11 @@ class FixedRule:
         self.updates = []
 
     def select(self, drift):
-        return torch.tensor([1], device=drift.device), torch.tensor(9.0, device=drift.device), torch.tensor([9.0])
+        return (
+            torch.tensor([1], device=drift.device),
+            torch.tensor(9.0, device=drift.device),
+            torch.tensor([9.0]),
+        )
 
     @property
     def armed(self):

@@ -1,4 +1,4 @@
-"""The token-wise detector (docs/tokentrim.md §5) on hand-made latent sequences; expected values worked out by hand.
+"""The token-wise detector (docs/tokentrim.md#5-beyond-the-paper-the-token-wise-detector) on hand-made latent sequences; expected values worked out by hand.
 
 The blocks are those of test_core_trim.py: 4 tokens (n = 2*row + col) whose summary is a_n * ones(16), so the drift
 of token n is d_n = 4 |delta a_n|. With p = 0.5 the unstable set holds ceil(0.5 * 4) = 2 positions.

@@ -132,12 +132,14 @@ def test_decision_copy_equals_separate_reads(severity):
     d = torch.rand(2, 5000, generator=torch.Generator().manual_seed(1))
     d[0, 17] = severity
     indices, d_t = unstable_set(d, 0.01)
-    host_severity, host_indices = _decision_to_host(d_t, indices)
+    scores = d.mean(dim=0)[indices] * severity  # the detector's scores of the set, float32
+    host_severity, host_indices, host_scores = _decision_to_host(d_t, indices, scores)
     assert host_severity == d_t.item() and type(host_severity) is float
     assert host_indices.dtype == torch.long and host_indices.device.type == "cpu"
     assert host_indices.tolist() == indices.tolist()
+    assert host_scores == scores.tolist()
     big = torch.tensor([2**52 + 3, 2**40 + 1])  # indices far beyond any token grid survive exactly
-    assert _decision_to_host(d_t, big)[1].tolist() == big.tolist()
+    assert _decision_to_host(d_t, big, torch.zeros(2))[1].tolist() == big.tolist()
 
 
 def test_verdict_positions_are_host_tensors():

@@ -3,7 +3,7 @@
 The controller (`tokentrim_core.trim.TokenTrimController`) owns the block lifecycle (warm-up, regenerations, the
 accepted attempt, records); a detector owns the scoring rule and its statistics, so another rule plugs in beside
 the paper's without touching the lifecycle. The paper's rule (`PaperRule`, the default) is Eq. 6–8;
-`TokenwiseRule` (beyond the paper, docs/tokentrim.md §5) scores each token's drift against its own history.
+`TokenwiseRule` (beyond the paper, docs/tokentrim.md#5-beyond-the-paper-the-token-wise-detector) scores each token's drift against its own history.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class PaperRule:
 
 
 class TokenwiseRule:
-    """Beyond the paper (docs/tokentrim.md §5): each token's drift is scored against its own history.
+    """Beyond the paper (docs/tokentrim.md#5-beyond-the-paper-the-token-wise-detector): each token's drift is scored against its own history.
 
     Over the accepted blocks, every spatial position i keeps the running mean m_i and population deviation s_i
     of its drift d_i (Eq. 5, averaged over the batch). A candidate's score is

@@ -54,7 +54,7 @@ class TokenTrimConfig:
     whether a re-cache keeps pruned positions are the loops' settings (`regen_noise`, `switch_pruning` of the
     sink-cache samplers).
 
-    detector: "paper" (Eq. 6–8 with p, lam, min_std) or "tokenwise" (beyond the paper, docs/tokentrim.md §5: each
+    detector: "paper" (Eq. 6–8 with p, lam, min_std) or "tokenwise" (beyond the paper, docs/tokentrim.md#5-beyond-the-paper-the-token-wise-detector: each
     token's drift against its own history, with p, tokenwise_level and tokenwise_floor).
     """
 
@@ -97,7 +97,7 @@ class TokenTrimConfig:
     )
     detector: str = option(
         "paper",
-        "the scoring rule: the paper's (Eq. 6-8) or each token against its own history (docs/tokentrim.md §5)",
+        "the scoring rule: the paper's (Eq. 6-8) or each token against its own history (docs/tokentrim.md)",
         choices=DETECTORS,
     )
     tokenwise_level: float = option(
@@ -112,8 +112,8 @@ class TokenTrimConfig:
 
 
 def make_detector(config: TokenTrimConfig) -> Detector:
-    """The scoring rule `config.detector` names: the paper's (Eq. 6–8) or the token-wise one (docs/tokentrim.md
-    §5)."""
+    """The scoring rule `config.detector` names: the paper's (Eq. 6–8) or the token-wise one
+    (docs/tokentrim.md#5-beyond-the-paper-the-token-wise-detector)."""
     if config.detector == "tokenwise":
         return TokenwiseRule(config.p, config.tokenwise_level, config.tokenwise_floor)
     return PaperRule(config.p, config.lam, config.min_std)
