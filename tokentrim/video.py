@@ -149,6 +149,8 @@ class VideoWriter:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
             self._proc.wait()
+        if self._reader is not None:  # it ends at the pipe's end: leave no thread behind
+            self._reader.join(timeout=5)
         self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def __enter__(self) -> VideoWriter:
