@@ -404,6 +404,36 @@ def test_interrupt_leaves_no_temporary_or_partial_files(tmp_path, sig, code):
     assert err.split("\n")[-2:] == [line, ""] and "Traceback" not in err, err  # its own line, after any bar
 
 
+@pytest.mark.parametrize(
+    "sig, code, line", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_inside_a_progress_bars_constructor_ends_in_one_line(
+    sig, code, line, tmp_path, monkeypatch, capsys
+):
+    """The signal lands after the bar set its first fields and before the rest: its destructor would then fail
+    ("Exception ignored in tqdm.__del__ ... no attribute 'pos'") after the one line, as a CI run once showed."""
+    import gc
+
+    import tqdm.auto
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    original = tqdm.auto.tqdm.__init__
+
+    def cut_short(self, *args, **kwargs):
+        self.disable = False
+        os.kill(os.getpid(), sig)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto.tqdm, "__init__", cut_short)
+    monkeypatch.chdir(tmp_path)
+    assert run([*TOY, "--out", "v.mp4"]) == code
+    gc.collect()
+    assert unraisable == []
+    assert capsys.readouterr().err.split("\n")[-2:] == [line, ""]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_sigkill_litter_is_removed_by_the_next_run(tmp_path):
     out = tmp_path / "run.mp4"

@@ -305,6 +305,26 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _release_cut_short(err: BaseException) -> None:
+    """Free now, with destructor reports muted, what the signal cut short: an object interrupted mid-construction
+    lives on in the traceback's frames and may fail in its destructor at exit (a progress bar stopped inside its
+    `__init__` prints "Exception ignored in tqdm.__del__" after the one line)."""
+    import gc
+    import traceback
+
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        seen: set[int] = set()
+        while err is not None and id(err) not in seen:  # the exception and the ones it was raised during
+            seen.add(id(err))
+            traceback.clear_frames(err.__traceback__)  # frames still running (this one) are left alone
+            err.__traceback__ = None
+            err = err.__context__
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 def _stopped(signum: int) -> int:
     """The one line and exit status of a run stopped by a signal."""
     if signum == signal.SIGTERM:
@@ -354,14 +374,17 @@ def _run(argv: list[str] | None) -> int:
     except FloatingPointError as err:  # non-finite latents (tokentrim_core)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        _release_cut_short(err)
         return _stopped(signal.SIGINT)
     except SystemExit as err:
         if err.code == 128 + signal.SIGTERM:
+            _release_cut_short(err)
             print("terminated", file=sys.stderr)
         raise
-    except Exception:
+    except Exception as err:
         if _received:  # an interrupt that surfaced as another error (an import cut short)
+            _release_cut_short(err)
             return _stopped(signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
         raise
 
