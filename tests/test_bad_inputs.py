@@ -226,6 +226,22 @@ CASES = [
     (["reproduce", "--preset", "toy", "--checkpoint", "nope=x.pt"], "--checkpoint takes PIPELINE=FILE"),
     (["reproduce", "--preset", "toy", "--prompts", "{in}/binary.dat"], "is not a UTF-8 text file"),
     (["reproduce", "--preset", "toy", "--checkpoint-sf", "x.pt"], "uses built-in weights"),
+    (
+        ["reproduce", "rolling_forcing.sink_frames=0", "--preset", "toy", "--pipelines", "self_forcing"],
+        "rolling_forcing.sink_frames=0 sets the rolling_forcing sampler, but this command runs self_forcing: "
+        "write self_forcing.sink_frames",
+    ),
+    # a key=value for the sampler of a pipeline the command does not run is read by nothing
+    (
+        TOY + ["rolling_forcing.attention_frames=12"],
+        "rolling_forcing.attention_frames=12 sets the rolling_forcing sampler, but this command runs "
+        "self_forcing: self_forcing's sampler has denoising_steps, ",
+    ),
+    (
+        ["stress", "--pipeline", "rolling_forcing", "self_forcing.denoising_steps=[1000]"],
+        "write rolling_forcing.",
+    ),
+    (["compare", "--out", "o", "--scene", "3", "longlive.cache=static"], "sets the longlive sampler"),
     # stress, compare
     (["stress", "--at-block", "1"], "--at-block must be >= 3"),
     (["stress", "--at-block", "4", "--latent-frames", "15"], "leaves no block after --at-block 4"),

@@ -71,7 +71,9 @@ def plan_grid(args, prompts: list[str], out: Path) -> list[dict]:
         config = bk.model_config(args.preset, args.model_dir)
         for variant in args.variants:
             updates = {"pipeline": pipeline, **VARIANTS[variant]}
-            run = load_run_config(default_config_path(pipeline, args.preset), args.overrides, updates)
+            run = load_run_config(
+                default_config_path(pipeline, args.preset), args.overrides, updates, runs=args.pipelines
+            )
             run.request(prompts[0], args.latent_frames, seed=args.seed, start=prefixes[0]).check(
                 run.checker(config)
             )

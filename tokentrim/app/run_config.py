@@ -211,10 +211,32 @@ def _moved_to(pipeline: str, section: DictConfig, moved: dict) -> dict:
     return kept
 
 
+def _check_sections(overrides: list[str], runs: list[str]) -> None:
+    """A `key=value` override for the sampler of a pipeline the command does not run would be read by nothing:
+    say which section to write instead."""
+    for override in overrides:
+        section, _, key = override.split("=", 1)[0].strip().partition(".")
+        if section in REGISTRY and section not in runs:
+            fields = {run: [f.name for f in dataclasses.fields(get_pipeline(run).config)] for run in runs}
+            instead = " or ".join(f"{run}.{key}" for run in runs if key in fields[run]) or "; ".join(
+                f"{run}'s sampler has {', '.join(names)}" for run, names in fields.items()
+            )
+            raise UserError(
+                f"{override} sets the {section} sampler, but this command runs {' and '.join(runs)}: "
+                + (f"write {instead}" if key and key in sum(fields.values(), []) else instead),
+                field=override.split("=", 1)[0].strip(),
+            )
+
+
 def load_run_config(
-    path: str | os.PathLike | None = None, overrides: list[str] = (), updates: dict | None = None
+    path: str | os.PathLike | None = None,
+    overrides: list[str] = (),
+    updates: dict | None = None,
+    runs: list[str] | None = None,
 ) -> RunConfig:
-    """Defaults <- YAML file <- `key=value` overrides <- `updates`, validated by the dataclasses."""
+    """Defaults <- YAML file <- `key=value` overrides <- `updates`, validated by the dataclasses. `runs`: the
+    pipelines the command runs with these overrides (default: the chosen one); an override of another pipeline's
+    sampler is refused (a YAML file may hold every pipeline's section)."""
     try:
         merged, moved = _schema(), {}
         if path is not None:
@@ -228,6 +250,9 @@ def load_run_config(
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise UserError(f"overrides must look like key=value (e.g. tokentrim.p=0.05), got {bad}")
+        chosen = (updates or {}).get("pipeline", merged.pipeline)  # `updates` are merged last
+        if chosen in REGISTRY:
+            _check_sections(list(overrides), list(runs or [chosen]))
         for override in overrides:  # one at a time, so that a wrong value's error can name its key
             key = override.split("=", 1)[0].strip()
             try:
