@@ -121,3 +121,25 @@ def test_inductor_matches_eager_within_fp32_rounding(layout):
     assert again["graphs"] == first["graphs"] == (2 if layout == "static" else first["graphs"])
     torch.testing.assert_close(compiled.latents, eager.latents, rtol=0, atol=1e-5)
     assert same_decisions(compiled, eager)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="inductor on the CPU needs g++ (apt-get install -y g++)"
+)
+def test_inductor_compiles_an_int8_model_as_it_runs_eagerly():
+    """`--quantize int8 --compile`: the blocks' weights are torchao tensor subclasses when the DiT is compiled (the
+    order `generate` and `bench` apply them in); the static cache still makes one graph per call kind, and the
+    output is the quantised model's eager output within fp32 rounding."""
+    pytest.importorskip("torchao")
+    from tokentrim.wan.quantize import quantize_dit
+
+    torch._dynamo.reset()
+    model = quantize_dit(build_model(C, seed=3), "int8")
+    eager = rollout(self_forcing(model, "static"), 21, (12,))
+    compile_dit(model, "static", "inductor")
+    before = compile_counts()
+    compiled = rollout(self_forcing(model, "static"), 21, (12,))
+    assert counts_since(before)["graphs"] == 2
+    torch.testing.assert_close(compiled.latents, eager.latents, rtol=0, atol=1e-5)
+    assert same_decisions(compiled, eager) and sum(r.action == "prune" for r in eager.records) >= 1
