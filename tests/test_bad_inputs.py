@@ -420,6 +420,44 @@ def test_interrupt_leaves_no_temporary_or_partial_files(tmp_path, sig, code):
     assert err.split("\n")[-2:] == [line, ""] and "Traceback" not in err, err  # its own line, after any bar
 
 
+@pytest.mark.slow
+def test_ctrl_c_pressed_twice_still_cleans_up_and_says_one_line(tmp_path):
+    """The second Ctrl-C lands while the first one's clean-up runs: it must not cut the clean-up short."""
+    out = tmp_path / "run.mp4"
+    proc = _start(out)
+    assert _wait_for_temporaries(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    err = proc.stderr.read().decode()
+    assert err.split("\n")[-2:] == ["interrupted", ""] and "Traceback" not in err, err
+
+
+def test_the_second_signal_is_ignored_and_the_third_stops_at_once(monkeypatch, capsys):
+    """`tokentrim.app.cli._interrupt`, the handler `main` installs: the first signal unwinds, the second (while the
+    run stops) is ignored, the third exits at once with the first signal's status."""
+    from tokentrim.app import cli
+
+    class Exited(Exception):
+        pass
+
+    def exit_now(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    monkeypatch.setattr(cli, "_received", [])
+    with pytest.raises(SystemExit) as first:
+        cli._interrupt(signal.SIGTERM, None)
+    assert first.value.code == 143
+    assert cli._interrupt(signal.SIGINT, None) is None
+    with pytest.raises(Exited) as third:
+        cli._interrupt(signal.SIGINT, None)
+    assert third.value.args == (143,)
+    assert capsys.readouterr().err == "stopped at once: the next run on this output removes what is left\n"
+
+
 @pytest.mark.parametrize(
     "sig, code, line", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 )

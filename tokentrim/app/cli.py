@@ -298,8 +298,18 @@ _received: list[int] = []  # the interrupting signals that reached `main`
 
 def _interrupt(signum, frame):
     """SIGINT: KeyboardInterrupt; SIGTERM (a scheduler's kill, `timeout`): SystemExit(143). Either unwinds, so
-    temporary files are removed; remembered in case a library swallows the exception while it is imported."""
+    temporary files are removed; remembered in case a library swallows the exception while it is imported.
+    A second signal comes while the run is already stopping (Ctrl-C pressed twice): it is ignored, so that the
+    clean-up is not cut short; a third stops the process at once, leaving what the next run on the same output
+    removes (as after a kill)."""
     _received.append(signum)
+    if len(_received) == 2:
+        return
+    if len(_received) > 2:
+        print(
+            "stopped at once: the next run on this output removes what is left", file=sys.stderr, flush=True
+        )
+        os._exit(128 + _received[0])
     if signum == signal.SIGTERM:
         raise SystemExit(128 + signum)
     raise KeyboardInterrupt
