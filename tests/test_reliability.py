@@ -353,6 +353,28 @@ def test_interrupt_during_import_is_one_line(sig, code, line, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+KI_INSIDE_PYRUN = textwrap.dedent("""
+    import ctypes, sys
+    from tokentrim.app import cli
+    run = ctypes.pythonapi.PyRun_StringFlags  # how an extension module runs Python code
+    run.restype, run.argtypes = ctypes.py_object, [ctypes.c_char_p, ctypes.c_int, ctypes.py_object,
+                                                   ctypes.py_object, ctypes.c_void_p]
+    def build_parser():  # Ctrl-C lands while such code runs
+        run(b"raise KeyboardInterrupt", 257, {}, {}, None)
+    cli.build_parser = build_parser
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def test_an_interrupt_inside_code_an_extension_runs_still_exits_130(tmp_path):
+    """CPython ends a `python -m` process by SIGINT (-2) when a KeyboardInterrupt once left code run through
+    `PyRun_*`, even though `main` handled it and returned 130; `main` clears that memory."""
+    (tmp_path / "ki_inside_pyrun.py").write_text(KI_INSIDE_PYRUN)
+    done = subprocess.run([sys.executable, "-m", "ki_inside_pyrun", *TOY], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+
+
 # One writer per output ---------------------------------------------------------------------------------------------
 def _holder(path: Path) -> subprocess.Popen:
     """Another process that claims `path` (as a `tokentrim` run writing it does) and waits."""

@@ -341,7 +341,18 @@ def _stopped(signum: int) -> int:
         print("terminated", file=sys.stderr)
         raise SystemExit(128 + signum)
     print("interrupted", file=sys.stderr)
+    _forget_unhandled_interrupt()
     return 130
+
+
+def _forget_unhandled_interrupt() -> None:
+    """CPython remembers a KeyboardInterrupt that left Python code an extension module ran through `PyRun_*`
+    (as some do while they import) even when it was handled later, and then ends a `python -m` process by SIGINT
+    (status -2) instead of with the status `main` returns. Running an empty statement the same way clears it."""
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleStringFlags(b"", None)
 
 
 def main(argv: list[str] | None = None) -> int:
