@@ -148,9 +148,7 @@ def plot_pruned_block(
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokentrim.app import backends
-    from tokentrim.app.api import Pipeline
     from tokentrim.app.figures import plot_drift
-    from tokentrim.app.generate import decision_log
     from tokentrim.files import write_json
     from tokentrim.video import write_video
 
@@ -158,16 +156,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out, runs, request, fault = compare_plan(args)
     backend = backends.load_preset(args.preset, args.device)
     # 2. Both runs from the same request, the same fault injected into each
-    videos, logs, hooks, clean = {}, {}, {}, {}
-    inputs = {"latent_frames": request.latent_frames, "seed": request.seed, "start": request.start}
-    for name, run in runs.items():
-        pipe = Pipeline(backend, run, offload="none")
-        hook = {} if fault is None else {"hook": fault_hook(backend, run, fault)}
-        videos[name] = pipe.generate(request.prompt, **inputs, **hook)
-        logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
-        if fault is not None:  # the same run without the fault: what the fault left in each panel
-            hooks[name], clean[name] = hook["hook"], pipe.generate(request.prompt, **inputs)
-    # 3. The two-panel video (TokenTrim's pruned blocks framed red), the logs, the drift figure, the heat map
+    videos, logs, hooks, clean = run_both(backend, runs, request, fault)
+    # 3. The two-panel video, TokenTrim's pruned blocks framed red
     first_frame = block_starts(backend, args.latent_frames)
     pruned = [r for r in videos["TokenTrim"].records if r.action == "prune"]
     marked = {f for r in pruned for f in range(first_frame[r.block], first_frame[r.block + 1])}
@@ -178,18 +168,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     labels = (f"baseline{what}", f"TokenTrim{what}")
     video = side_by_side(base, videos["TokenTrim"].frames, labels, marked, factor)
     write_video(out / "compare.mp4", video, fps=backend.fps)
+    # 4. How visible the difference is: between the panels; with a fault, against the fault-free runs
     frames = {name: v.frames for name, v in videos.items()}
     if fault is None:
         seen = visibility(frames, first_frame)
     else:
-        from tokentrim.app.stress import energy
-
-        block = backend.model.config.frames_per_block
-        blocks_after = range(fault.block + 1, request.latent_frames // block)
-        residual = {name: [energy(v.latents, clean[name].latents, b, block) / float(hooks[name].applied[0])
-                           for b in blocks_after] for name, v in videos.items()}  # fmt: skip
+        fpb = backend.model.config.frames_per_block
+        residual = fault_residual(videos, clean, hooks, fault.block, fpb, request.latent_frames)
         seen = visibility(frames, first_frame, fault.block, {n: v.frames for n, v in clean.items()}, residual)
     write_json(out / "visibility.json", seen)
+    # 5. The logs, the drift figure of both runs, the heat map of the prune that answers the fault
     for name, log in logs.items():
         write_json(out / f"{name.lower()}.json", log)
     plot_drift([logs["baseline"], logs["TokenTrim"]], out / "drift.png", labels=["baseline", "TokenTrim"])
@@ -209,20 +197,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
             () if fault is None else fault.tokens,
         )
         made.append(out / "heatmap.png")
+    # 6. What was written, and how much the panels differ
     prunes = ", ".join(str(r.block) for r in pruned) or "none"
     print(
         f"wrote {', '.join(map(str, made))}  [{video.shape[2]}x{video.shape[1]}, TokenTrim pruned blocks: {prunes}]"
     )
+    print(visibility_line(seen, fault, runs))
+    return 0
+
+
+def run_both(backend, runs: dict, request, fault) -> tuple[dict, dict, dict, dict]:
+    """Each run of `runs` ({"baseline", "TokenTrim"} run configs) from the same request, with `fault` (or None)
+    injected into each: (outputs, decision logs, fault hooks, outputs without the fault), dicts keyed by run name;
+    the last two are empty without a fault."""
+    from tokentrim.app.api import Pipeline
+    from tokentrim.app.generate import decision_log
+
+    videos, logs, hooks, clean = {}, {}, {}, {}
+    inputs = {"latent_frames": request.latent_frames, "seed": request.seed, "start": request.start}
+    for name, run in runs.items():
+        pipe = Pipeline(backend, run, offload="none")
+        hook = {} if fault is None else {"hook": fault_hook(backend, run, fault)}
+        videos[name] = pipe.generate(request.prompt, **inputs, **hook)
+        logs[name] = decision_log(compare_settings(backend, run, request, fault), videos[name])
+        if fault is not None:  # the same run without the fault: what the fault left in each panel
+            hooks[name], clean[name] = hook["hook"], pipe.generate(request.prompt, **inputs)
+    return videos, logs, hooks, clean
+
+
+def fault_residual(
+    videos: dict, clean: dict, hooks: dict, fault_block: int, fpb: int, latent_frames: int
+) -> dict[str, list[float]]:
+    """Per run, the fault's residual energy in each block after `fault_block`: the squared latent difference from
+    the run's fault-free output over the block (`tokentrim.app.stress.energy`, whole frame), divided by the energy
+    its hook injected. videos, clean: outputs by run name, latents [1, F, C, H, W]; hooks: `FaultHook`s by run
+    name; fpb: latent frames per block."""
+    from tokentrim.app.stress import energy
+
+    blocks_after = range(fault_block + 1, latent_frames // fpb)
+    return {name: [energy(v.latents, clean[name].latents, b, fpb) / float(hooks[name].applied[0])
+                   for b in blocks_after] for name, v in videos.items()}  # fmt: skip
+
+
+def visibility_line(seen: dict, fault, names) -> str:
+    """One line on how much the panels differ (`visibility`'s `seen`); with a fault, also how much it left in each
+    run named in `names`: its residual energy and its pixel difference from the fault-free run."""
     where = "all blocks" if fault is None else f"blocks {fault.block + 1}.."
     line = f"panels differ by {seen['panels_mean']:.1f}/255 on average over {where} (largest block {seen['panels_max']:.1f})"
     if fault is not None:
         left = ", ".join(
-            f"{n} {seen['residual_total'][n]:.2f} ({seen['from_clean_mean'][n]:.1f}/255)" for n in runs
+            f"{n} {seen['residual_total'][n]:.2f} ({seen['from_clean_mean'][n]:.1f}/255)" for n in names
         )
         line += (f"; without the fault they differ by {seen['clean_panels_mean']:.1f}; the fault's residual energy "
                  f"(per injected, whole frame) and pixel difference from the fault-free run: {left}")  # fmt: skip
-    print(line)
-    return 0
+    return line
 
 
 def block_starts(backend, latent_frames: int) -> np.ndarray:
