@@ -159,12 +159,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # 2. Load (and quantise), measure eager, compile and measure again if asked, report
     backend = load_model(args, device, dtype, attention, decoder=not args.no_decode, text_encoder=False,
                          random_weights=args.random_weights)  # fmt: skip
-    decoder = None if args.no_decode else backend.decoder
-    if decoder is None and not args.no_decode and args.random_weights:
-        from tokentrim.wan.vae import build_random_vae
-
-        decoder = build_random_vae(device=device, dtype=dtype)
-    layout = configs["tokentrim" if args.compare else "run"].sampler.cache
+    decoder = None if args.no_decode else bench_decoder(backend, args.random_weights, device, dtype)
+    treated_name = "tokentrim" if args.compare else "run"  # the configuration the report's header describes
+    treated = configs[treated_name]
+    layout = treated.sampler.cache
     dataclasses.replace(fast, compile=False).apply(backend.model, layout)  # quantised for both
     cfg = backend.model.config
     gen_ = torch.Generator().manual_seed(args.seed)
@@ -185,7 +183,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compile_dit(backend.model, layout, args.compile_backend)
         before = compile_counts()
     main, warmup = measured()
-    treated = configs["tokentrim" if args.compare else "run"]
     report = {
         **bench_header(args, backend, treated, device, dtype, fast),
         "decoded": decoder is not None,
@@ -195,13 +192,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     if eager is not None:
         counts = counts_since(before)
-        name = "tokentrim" if args.compare else "run"
         report |= {
             "eager": eager,
             "eager_warmup_wall_s": eager_warmup,
             "compiled_graphs": counts["graphs"],  # every call kind of the run; more: recompilations
             "compile_s": counts["compile_s"],
-            "compile_speedup": eager[name]["wall_s_median"] / main[name]["wall_s_median"],
+            "compile_speedup": eager[treated_name]["wall_s_median"] / main[treated_name]["wall_s_median"],
         }
     if args.compare:
         report["overhead_ratio"] = report["tokentrim"]["wall_s_median"] / report["baseline"]["wall_s_median"]
@@ -209,6 +205,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(args.json, report)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def bench_decoder(backend, random_weights: bool, device: torch.device, dtype: torch.dtype):
+    """The VAE that decodes each block: the backend's, or with `random_weights` (no VAE loaded) a random-weight
+    Wan VAE built on `device` in `dtype`."""
+    if backend.decoder is None and random_weights:
+        from tokentrim.wan.vae import build_random_vae
+
+        return build_random_vae(device=device, dtype=dtype)
+    return backend.decoder
 
 
 def bench_header(
