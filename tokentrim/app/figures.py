@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -60,6 +61,7 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
     TokenTrim). A prune is drawn as a cross at D_t joined to a hollow circle at the regenerated block's D*;
     a prompt switch as a vertical line before its first block, an injected fault as a line at its block. The figure has an Agg canvas (no pyplot state), so a web page can render it too.
     """
+    # 1. The logs, checked, and their names
     logs = [log] if isinstance(log, dict) else list(log)
     if not logs:
         raise UserError("plot_drift needs at least one decision log")
@@ -71,19 +73,12 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
         ]
     fig = Figure(figsize=(10, 4))
     ax = fig.add_subplot()
+    # 2. The warm-up blocks of any run, shaded behind everything
     warm = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("action") == "warmup"})
     for i, b in enumerate(warm):
         ax.axvspan(b - 0.5, b + 0.5, color="0.9", zorder=0, label="warm-up" if i == 0 else None)
-    named: set[str] = set()
-
-    def once(
-        text: str,
-    ) -> str | None:  # a legend entry for the first marker of its kind, whichever run has it
-        if text in named:
-            return None
-        named.add(text)
-        return text
-
+    # 3. Each run in its colour: the severity curve, the armed band and threshold, the prunes
+    named: set[str] = set()  # legend entries given so far: the first marker of a kind, whichever run has it
     for i, (lg, label) in enumerate(zip(logs, labels, strict=True)):
         color = f"C{i}"
         scored = [r for r in lg["blocks"] if r.get("severity") is not None]
@@ -95,64 +90,11 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
             color=color,
             label=label,
         )
-        armed = [r for r in scored if r.get("threshold") is not None]
-        runs: list[list[dict]] = []  # consecutive armed blocks (a reset of the statistics breaks the band)
-        for r in armed:
-            if runs and r["block"] == runs[-1][-1]["block"] + 1:
-                runs[-1].append(r)
-            else:
-                runs.append([r])
-        for k, run in enumerate(runs):
-            xs = [r["block"] for r in run]
-            if len(run) == 1:  # one block: a short band centred on it
-                xs, run = [xs[0] - 0.4, xs[0] + 0.4], run * 2
-            if all(r.get("mean") is not None for r in run):  # the paper's rule: mu .. mu + lam sigma
-                ax.fill_between(
-                    xs,
-                    [r["mean"] for r in run],
-                    [r["threshold"] for r in run],
-                    color=color,
-                    alpha=0.15,
-                    step="mid",
-                    label=f"{label}: mean μ .. threshold (shaded)" if k == 0 else None,
-                )
-            # the token-wise rule keeps no block mean: its threshold is a fixed level of the score
-            ax.plot(xs, [r["threshold"] for r in run], "--", color=color, lw=1, drawstyle="steps-mid",
-                    label=f"{label}: threshold (dashed)" if k == 0 else None)  # fmt: skip
-        pruned = [r for r in scored if r.get("action") == "prune"]
-        for r in pruned:
-            ax.plot(
-                r["block"],
-                r["severity"],
-                "x",
-                color="red",
-                ms=9,
-                mew=2,
-                label=once("pruned candidate (D_t above the threshold)"),
-            )
-            if r.get("regenerated_severity") is not None:
-                ax.plot([r["block"]] * 2, [r["severity"], r["regenerated_severity"]], ":", color="red", lw=1)
-                ax.plot(
-                    r["block"],
-                    r["regenerated_severity"],
-                    "o",
-                    mfc="none",
-                    color="red",
-                    ms=7,
-                    label=once("regenerated block (D*), dotted from its candidate"),
-                )
-    faults = sorted(
-        {
-            lg["config"]["fault"]["block"]
-            for lg in logs
-            if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)
-        }
-    )
-    for i, b in enumerate(faults):  # an injected fault (tokentrim compare / stress): its block
-        ax.axvline(b, color="purple", lw=1.2, ls="--", label="injected fault" if i == 0 else None)
-    switches = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("prompt_switch")})
-    for i, b in enumerate(switches):  # a prompt switch (--timeline): just before its first block
-        ax.axvline(b - 0.5, color="green", lw=1.5, ls="-.", label="prompt switch" if i == 0 else None)
+        _plot_threshold(ax, scored, color, label)
+        _plot_prunes(ax, scored, named)
+    # 4. Events of the runs: injected faults, prompt switches
+    _mark_events(ax, logs)
+    # 5. Axes, title, and the legend beside the axes (it hides no marker)
     ax.set_xlabel("block")
     # the token-wise rule: armed records with a threshold and no block mean (its severity is a mean score)
     tokenwise = any(
@@ -160,10 +102,97 @@ def drift_figure(log: dict | Sequence[dict], labels: Sequence[str] | None = None
     )
     ax.set_ylabel("drift severity D_t" + (" (token-wise rule: mean score)" if tokenwise else ""))
     ax.set_title("TokenTrim drift severity (top-p mean token drift)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no marker
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _armed_runs(scored: Sequence[dict]) -> list[list[dict]]:
+    """The armed records (those with a threshold) grouped into runs of consecutive blocks: a reset of the
+    statistics breaks the band."""
+    armed = [r for r in scored if r.get("threshold") is not None]
+    runs: list[list[dict]] = []
+    for r in armed:
+        if runs and r["block"] == runs[-1][-1]["block"] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+def _plot_threshold(ax: Axes, scored: Sequence[dict], color: str, label: str) -> None:
+    """One run's armed blocks (`scored`: its records with a severity): the band mean μ .. threshold (the paper's
+    rule) shaded, and the threshold dashed; a single armed block gets a short band centred on it."""
+    for k, run in enumerate(_armed_runs(scored)):
+        xs = [r["block"] for r in run]
+        if len(run) == 1:  # one block: a short band centred on it
+            xs, run = [xs[0] - 0.4, xs[0] + 0.4], run * 2
+        if all(r.get("mean") is not None for r in run):  # the paper's rule: mu .. mu + lam sigma
+            ax.fill_between(
+                xs,
+                [r["mean"] for r in run],
+                [r["threshold"] for r in run],
+                color=color,
+                alpha=0.15,
+                step="mid",
+                label=f"{label}: mean μ .. threshold (shaded)" if k == 0 else None,
+            )
+        # the token-wise rule keeps no block mean: its threshold is a fixed level of the score
+        ax.plot(xs, [r["threshold"] for r in run], "--", color=color, lw=1, drawstyle="steps-mid",
+                label=f"{label}: threshold (dashed)" if k == 0 else None)  # fmt: skip
+
+
+def _legend_once(named: set[str], text: str) -> str | None:
+    """`text` the first time it is asked for (a legend entry), None after; `named` holds the texts given."""
+    if text in named:
+        return None
+    named.add(text)
+    return text
+
+
+def _plot_prunes(ax: Axes, scored: Sequence[dict], named: set[str]) -> None:
+    """One run's prunes (`scored`: its records with a severity): a red cross at the candidate's D_t and, where the
+    block was regenerated, a hollow circle at D* joined to it by a dotted line. `named`: `_legend_once`."""
+    pruned = [r for r in scored if r.get("action") == "prune"]
+    for r in pruned:
+        ax.plot(
+            r["block"],
+            r["severity"],
+            "x",
+            color="red",
+            ms=9,
+            mew=2,
+            label=_legend_once(named, "pruned candidate (D_t above the threshold)"),
+        )
+        if r.get("regenerated_severity") is not None:
+            ax.plot([r["block"]] * 2, [r["severity"], r["regenerated_severity"]], ":", color="red", lw=1)
+            ax.plot(
+                r["block"],
+                r["regenerated_severity"],
+                "o",
+                mfc="none",
+                color="red",
+                ms=7,
+                label=_legend_once(named, "regenerated block (D*), dotted from its candidate"),
+            )
+
+
+def _mark_events(ax: Axes, logs: Sequence[dict]) -> None:
+    """Vertical lines for what happened to the runs: an injected fault (tokentrim compare / stress, from a log's
+    config) at its block, a prompt switch (--timeline) just before its first block."""
+    faults = sorted(
+        {
+            lg["config"]["fault"]["block"]
+            for lg in logs
+            if isinstance(lg.get("config"), dict) and isinstance(lg["config"].get("fault"), dict)
+        }
+    )
+    for i, b in enumerate(faults):
+        ax.axvline(b, color="purple", lw=1.2, ls="--", label="injected fault" if i == 0 else None)
+    switches = sorted({r["block"] for lg in logs for r in lg["blocks"] if r.get("prompt_switch")})
+    for i, b in enumerate(switches):
+        ax.axvline(b - 0.5, color="green", lw=1.5, ls="-.", label="prompt switch" if i == 0 else None)
 
 
 def block_drift_maps(
