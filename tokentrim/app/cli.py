@@ -208,15 +208,31 @@ def observe(args: argparse.Namespace, config, block: int):
 
 def build_parser() -> argparse.ArgumentParser:
     from tokentrim.app import bench, compare, demo, figures, merge_lora, reproduce, stress
-    from tokentrim.app.args import POSITIVE_INT, SEED, Parser, add_model_args, add_run_args
-    from tokentrim.app.fast_path import add_fast_path_args
+    from tokentrim.app.args import Parser
     from tokentrim.eval import command as eval_command
 
     parser = Parser(prog="tokentrim", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and library notices")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    register_generate(sub)
+    eval_command.register(sub)
+    figures.register(sub)
+    bench.register(sub)
+    demo.register(sub)
+    reproduce.register(sub)
+    stress.register(sub)
+    compare.register(sub)
+    merge_lora.register(sub)
+    return parser
+
+
+def register_generate(subparsers: argparse._SubParsersAction) -> None:
+    """Add `generate`: the model and run options, the fast path, and its inputs and outputs; runs `cmd_generate`."""
+    from tokentrim.app.args import POSITIVE_INT, SEED, add_model_args, add_run_args
+    from tokentrim.app.fast_path import add_fast_path_args
+
+    p = subparsers.add_parser(
         "generate",
         help="generate a video (or a batch) with a registered pipeline",
         description="Generate a video from a prompt (or one per line of a file) with TokenTrim.",
@@ -281,16 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="text encoder after encoding: keep on the device, move to the CPU, or free it",
     )
     p.set_defaults(func=cmd_generate)
-
-    eval_command.register(sub)
-    figures.register(sub)
-    bench.register(sub)
-    demo.register(sub)
-    reproduce.register(sub)
-    stress.register(sub)
-    compare.register(sub)
-    merge_lora.register(sub)
-    return parser
 
 
 _received: list[int] = []  # the interrupting signals that reached `main`
