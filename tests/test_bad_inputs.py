@@ -436,9 +436,9 @@ def test_ctrl_c_pressed_twice_still_cleans_up_and_says_one_line(tmp_path):
 
 
 def test_the_second_signal_is_ignored_and_the_third_stops_at_once(monkeypatch, capsys):
-    """`tokentrim.app.cli._interrupt`, the handler `main` installs: the first signal unwinds, the second (while the
-    run stops) is ignored, the third exits at once with the first signal's status."""
-    from tokentrim.app import cli
+    """`tokentrim.app.interrupts.handler`, installed by `main`: the first signal unwinds, the second (while the
+    command stops) is ignored, the third exits at once with the first signal's status."""
+    from tokentrim.app import interrupts
 
     class Exited(Exception):
         pass
@@ -446,16 +446,51 @@ def test_the_second_signal_is_ignored_and_the_third_stops_at_once(monkeypatch, c
     def exit_now(code):
         raise Exited(code)
 
-    monkeypatch.setattr(cli.os, "_exit", exit_now)
-    monkeypatch.setattr(cli, "_received", [])
+    monkeypatch.setattr(interrupts.os, "_exit", exit_now)
+    monkeypatch.setattr(interrupts, "received", [])
     with pytest.raises(SystemExit) as first:
-        cli._interrupt(signal.SIGTERM, None)
+        interrupts.handler(signal.SIGTERM, None)
     assert first.value.code == 143
-    assert cli._interrupt(signal.SIGINT, None) is None
+    assert interrupts.handler(signal.SIGINT, None) is None
     with pytest.raises(Exited) as third:
-        cli._interrupt(signal.SIGINT, None)
+        interrupts.handler(signal.SIGINT, None)
     assert third.value.args == (143,)
     assert capsys.readouterr().err == "stopped at once: the next run on this output removes what is left\n"
+
+
+@pytest.mark.parametrize(
+    "sig, code, line", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_inside_a_destructor_still_stops_the_run(sig, code, line, tmp_path, monkeypatch, capsys):
+    """The signal lands while a destructor runs: Python only reports the exception ("Exception ignored in ...")
+    and carries on. The report is muted and the run stops at the next block, in one line, leaving nothing."""
+    import gc
+
+    from tokentrim.app import generate
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    class SignalledWhileFreed:
+        def __del__(self):
+            os.kill(os.getpid(), sig)
+            sum(range(1000))  # the handler runs here, inside the destructor
+
+    blocks = generate.with_progress
+
+    def with_a_destructor(events, *args):
+        for i, event in enumerate(blocks(events, *args)):
+            if i == 1:
+                SignalledWhileFreed()  # made and freed at once
+            yield event
+
+    monkeypatch.setattr(generate, "with_progress", with_a_destructor)
+    monkeypatch.chdir(tmp_path)
+    assert run([*TOY, "--out", "v.mp4", "--latent-frames", "12"]) == code
+    gc.collect()
+    assert unraisable == []
+    assert capsys.readouterr().err.split("\n")[-2:] == [line, ""]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from tokentrim.errors import UserError
@@ -299,91 +298,21 @@ def register_generate(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_generate)
 
 
-_received: list[int] = []  # the interrupting signals that reached `main`
-
-
-def _interrupt(signum, frame):
-    """SIGINT: KeyboardInterrupt; SIGTERM (a scheduler's kill, `timeout`): SystemExit(143). Either unwinds, so
-    temporary files are removed; remembered in case a library swallows the exception while it is imported.
-    A second signal comes while the run is already stopping (Ctrl-C pressed twice): it is ignored, so that the
-    clean-up is not cut short; a third stops the process at once, leaving what the next run on the same output
-    removes (as after a kill)."""
-    _received.append(signum)
-    if len(_received) == 2:
-        return
-    if len(_received) > 2:
-        print(
-            "stopped at once: the next run on this output removes what is left", file=sys.stderr, flush=True
-        )
-        os._exit(128 + _received[0])
-    if signum == signal.SIGTERM:
-        raise SystemExit(128 + signum)
-    raise KeyboardInterrupt
-
-
-def _release_cut_short(err: BaseException) -> None:
-    """Free now, with destructor reports muted, what the signal cut short: an object interrupted mid-construction
-    lives on in the traceback's frames and may fail in its destructor at exit (a progress bar stopped inside its
-    `__init__` prints "Exception ignored in tqdm.__del__" after the one line)."""
-    import gc
-    import traceback
-
-    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-    try:
-        seen: set[int] = set()
-        while err is not None and id(err) not in seen:  # the exception and the ones it was raised during
-            seen.add(id(err))
-            traceback.clear_frames(err.__traceback__)  # frames still running (this one) are left alone
-            err.__traceback__ = None
-            err = err.__context__
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
-
-
-def _stopped(signum: int) -> int:
-    """The one line and exit status of a run stopped by a signal."""
-    if signum == signal.SIGTERM:
-        print("terminated", file=sys.stderr)
-        raise SystemExit(128 + signum)
-    print("interrupted", file=sys.stderr)
-    _forget_unhandled_interrupt()
-    return 130
-
-
-def _forget_unhandled_interrupt() -> None:
-    """CPython remembers a KeyboardInterrupt that left Python code an extension module ran through `PyRun_*`
-    (as some do while they import) even when it was handled later, and then ends a `python -m` process by SIGINT
-    (status -2) instead of with the status `main` returns. Running an empty statement the same way clears it."""
-    if sys.implementation.name == "cpython":
-        import ctypes
-
-        ctypes.pythonapi.PyRun_SimpleStringFlags(b"", None)
-
-
 def main(argv: list[str] | None = None) -> int:
     # First, before any heavy import: Ctrl-C and SIGTERM unwind to the one-line exits below, whenever they come.
-    _received.clear()
-    previous = (
-        {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        if threading.current_thread() is threading.main_thread()
-        else {}
-    )
+    from tokentrim.app import interrupts
     from tokentrim.files import command_claims  # light: the outputs this run claims go when it ends
 
-    try:
-        with command_claims():
-            return _run(argv)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with interrupts.handling(), command_claims():
+        return _run(argv)
 
 
 def _run(argv: list[str] | None) -> int:
+    from tokentrim.app import interrupts
+
     try:
         parser = build_parser()  # imports torch and the rest
-        if _received:  # a library caught the interrupt while it was imported
-            raise SystemExit(128 + signal.SIGTERM) if signal.SIGTERM in _received else KeyboardInterrupt
+        interrupts.raise_if_received()  # a library caught the interrupt while it was imported
         args = parser.parse_args(argv)
         if not args.verbose:  # diffusers / transformers read these when first imported
             os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
@@ -402,17 +331,19 @@ def _run(argv: list[str] | None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        _release_cut_short(err)
-        return _stopped(signal.SIGINT)
+        interrupts.release_cut_short(err)
+        return interrupts.stopped(signal.SIGINT)
     except SystemExit as err:
         if err.code == 128 + signal.SIGTERM:
-            _release_cut_short(err)
+            interrupts.release_cut_short(err)
             print("terminated", file=sys.stderr)
         raise
     except Exception as err:
-        if _received:  # an interrupt that surfaced as another error (an import cut short)
-            _release_cut_short(err)
-            return _stopped(signal.SIGTERM if signal.SIGTERM in _received else signal.SIGINT)
+        if interrupts.received:  # an interrupt that surfaced as another error (an import cut short)
+            interrupts.release_cut_short(err)
+            return interrupts.stopped(
+                signal.SIGTERM if signal.SIGTERM in interrupts.received else signal.SIGINT
+            )
         raise
 
 

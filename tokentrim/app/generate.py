@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tokentrim.app import interrupts
 from tokentrim.app.api import Shown, Video
 from tokentrim.app.run_config import RunConfig
 from tokentrim.errors import UserError
@@ -71,6 +72,7 @@ def with_progress(events: Iterable[BlockEvent], blocks: int, desc: str) -> Itera
 
     with tqdm(total=blocks, desc=desc, unit="block") as bar:
         for event in events:
+            interrupts.raise_if_received()  # a Ctrl-C Python lost (it landed in a destructor) stops here
             yield event
             bar.update(1)
 
