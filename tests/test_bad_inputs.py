@@ -231,6 +231,14 @@ CASES = [
         "rolling_forcing.sink_frames=0 sets the rolling_forcing sampler, but this command runs self_forcing: "
         "write self_forcing.sink_frames",
     ),
+    # overrides that name no setting
+    (TOY + ["=5"], "override '=5' has no key: write KEY=VALUE, e.g. tokentrim.p=0.05"),
+    (
+        TOY + ["tokentrim=5"],
+        "tokentrim is a section: set one of its keys, tokentrim.KEY=VALUE (tokentrim has enabled, p,",
+    ),
+    (TOY + ["pipeline=longlive"], "pipeline=longlive: choose the pipeline with --pipeline longlive"),
+    (["eval", "--json", "e.json", "/dev/null"], "/dev/null is not a video file (not a regular file)"),
     # a key=value for the sampler of a pipeline the command does not run is read by nothing
     (
         TOY + ["rolling_forcing.attention_frames=12"],

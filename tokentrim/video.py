@@ -189,7 +189,11 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"video file not found: {path}")
+        raise UserError(
+            f"video file not found: {path}"
+            if not Path(path).exists()
+            else f"{path} is not a video file (not a regular file)"
+        )
     try:
         reader = imageio.get_reader(path, format="FFMPEG")
         fps = float(reader.get_meta_data().get("fps", DEFAULT_FPS))

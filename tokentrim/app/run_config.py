@@ -211,6 +211,23 @@ def _moved_to(pipeline: str, section: DictConfig, moved: dict) -> dict:
     return kept
 
 
+def _check_keys(overrides: list[str], updates: dict) -> None:
+    """Overrides that name no setting: an empty key, a whole section (`tokentrim=5`), or `pipeline=` when the
+    command chooses the pipeline itself (`--pipeline`, which would win silently)."""
+    schema = _schema()
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not key:
+            raise UserError(f"override {override!r} has no key: write KEY=VALUE, e.g. tokentrim.p=0.05")
+        if key in schema and key != "pipeline":
+            names = ", ".join(map(str, schema[key].keys()))
+            raise UserError(f"{key} is a section: set one of its keys, {key}.KEY=VALUE ({key} has {names})")
+        if key == "pipeline" and "pipeline" in updates:
+            raise UserError(
+                f"{override}: choose the pipeline with --pipeline {override.split('=', 1)[1].strip()}"
+            )
+
+
 def _check_sections(overrides: list[str], runs: list[str]) -> None:
     """A `key=value` override for the sampler of a pipeline the command does not run would be read by nothing:
     say which section to write instead."""
@@ -250,6 +267,7 @@ def load_run_config(
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise UserError(f"overrides must look like key=value (e.g. tokentrim.p=0.05), got {bad}")
+        _check_keys(list(overrides), updates or {})
         chosen = (updates or {}).get("pipeline", merged.pipeline)  # `updates` are merged last
         if chosen in REGISTRY:
             _check_sections(list(overrides), list(runs or [chosen]))

@@ -67,7 +67,11 @@ def _check_videos(paths: list[Path]) -> None:
     """Fail before any work if an input is missing, so a long run never stops half-way on a typo."""
     for p in paths:
         if not Path(p).is_file():
-            raise UserError(f"video file not found: {p}")
+            raise UserError(
+                f"video file not found: {p}"
+                if not Path(p).exists()
+                else f"{p} is not a video file (not a regular file)"
+            )
 
 
 def _warn(messages: list[str]) -> None:
