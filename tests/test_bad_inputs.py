@@ -231,6 +231,13 @@ CASES = [
         "rolling_forcing.sink_frames=0 sets the rolling_forcing sampler, but this command runs self_forcing: "
         "write self_forcing.sink_frames",
     ),
+    # options are spelled out (an abbreviation was taken for whichever option it begins), unknown ones are reported
+    # by the command they were given to
+    (TOY + ["--lat", "6"], "unrecognized arguments: --lat (see: tokentrim generate --help)"),
+    (
+        ["merge-lora", "b.pt", "l.pt", "-o", "m.safetensors", "--lora", "2"],
+        "unrecognized arguments: --lora 2",
+    ),
     # overrides that name no setting
     (TOY + ["=5"], "override '=5' has no key: write KEY=VALUE, e.g. tokentrim.p=0.05"),
     (
@@ -615,7 +622,8 @@ def _parsers(parser):
 
 def test_every_option_says_what_it_does_and_its_default():
     """Every option of every subcommand: a help text, and, if it takes a value, its default in the rendered
-    help (the value itself, "none", or the help's own words); flags are off unless given."""
+    help (the value itself, "none", or the help's own words); flags are off unless given; a required option
+    shows none."""
     import argparse
 
     from tokentrim.app.cli import DESCRIPTION, build_parser
@@ -633,6 +641,12 @@ def test_every_option_says_what_it_does_and_its_default():
             if not action.option_strings or action.nargs == 0:
                 continue
             default = action.default
+            if action.required:  # must be given: no default to show
+                if "(default" in p._get_formatter()._get_help_string(action):
+                    missing.append(
+                        f"{p.prog} {'/'.join(action.option_strings)}: required, yet a default is shown"
+                    )
+                continue
             if "default" in action.help:
                 shown = " ".join(action.help.replace("%(default)s", str(default)).replace("%%", "%").split())
             elif default is None:

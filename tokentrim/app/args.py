@@ -30,6 +30,7 @@ class HelpFormatter(argparse.HelpFormatter):
             or action.nargs == 0
             or not action.option_strings
             or default is argparse.SUPPRESS
+            or action.required
         ):
             return text
         if default is None:
@@ -43,15 +44,35 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (what to change, then where the help is), exit status 2."""
+    """An argument parser whose errors are one line (what to change, then where the help is), exit status 2.
+    Options are spelled out: an abbreviation would be taken for whichever option it begins (`--lora` for
+    `--lora-alpha`), and a typo then gets the wrong complaint."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         sys.stderr.write(f"error: {message} (see: {self.prog} --help)\n")
         sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, with an unknown option reported by the (sub)command it was given to (its help lists the
+        options there)."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = self
+            while parser._subparsers is not None:  # down the subcommands `parsed` went through
+                chosen = [
+                    a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)
+                ]
+                name = getattr(parsed, chosen[0].dest, None) if chosen else None
+                if name not in (chosen[0].choices if chosen else {}):
+                    break
+                parser = chosen[0].choices[name]
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
 
 
 def _number(kind, name: str, low=None, high=None, low_open=False, high_open=False):
