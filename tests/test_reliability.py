@@ -375,6 +375,32 @@ def test_an_interrupt_inside_code_an_extension_runs_still_exits_130(tmp_path):
     assert (done.returncode, done.stderr) == (130, "interrupted\n")
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_command_ends_the_process_at_once_and_quietly(sig):
+    """`interrupts.quiet_shutdown`, set by the `tokentrim` entry point once `main` returns: a signal while Python
+    shuts down ends the process with 128 + its number, printed output flushed, no traceback."""
+    code = ("import os, signal, sys, time\n"
+            "from tokentrim.app import interrupts\n"
+            "interrupts.quiet_shutdown()\n"
+            "print('done', end='')  # buffered: flushed by the handler\n"
+            f"os.kill(os.getpid(), {int(sig)})\n"
+            "time.sleep(30)\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (128 + sig, "done", "")
+
+
+def test_the_console_script_is_the_entry_point():
+    """pyproject's `tokentrim` script calls `entry` (main, then the quiet shutdown), as `python -m` does."""
+    import tomllib
+
+    from tokentrim.app import cli
+
+    scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]["scripts"]
+    assert scripts["tokentrim"] == "tokentrim.app.cli:entry" and callable(cli.entry)
+
+
 # One writer per output ---------------------------------------------------------------------------------------------
 def _holder(path: Path) -> subprocess.Popen:
     """Another process that claims `path` (as a `tokentrim` run writing it does) and waits."""

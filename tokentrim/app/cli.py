@@ -347,5 +347,17 @@ def _run(argv: list[str] | None) -> int:
         raise
 
 
+def entry() -> None:
+    """The `tokentrim` command (the console script, `python -m tokentrim.app.cli`): `main`, then the process ends;
+    a signal while Python shuts down ends it at once (`interrupts.quiet_shutdown`)."""
+    from tokentrim.app import interrupts
+
+    try:
+        code = main()
+    finally:
+        interrupts.quiet_shutdown()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -10,6 +10,7 @@ next safe point (after the imports, between blocks). Standard library only: impo
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -112,3 +113,25 @@ def _forget_unhandled_interrupt() -> None:
         import ctypes
 
         ctypes.pythonapi.PyRun_SimpleStringFlags(b"", None)
+
+
+def quiet_shutdown() -> None:
+    """For the rest of the process, once the command is over (its outputs complete, or removed): a signal ends it at
+    once and quietly, instead of raising inside Python's shutdown (a traceback from a thread's clean-up); from the
+    exit handlers on, when no Python code is left to stop, signals are ignored (Python would otherwise put back
+    the default action, and a late Ctrl-C would kill the process instead of letting it exit with its status)."""
+
+    def now(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(128 + signum)
+
+    def ignore() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, now)
+        atexit.register(ignore)  # the last registered: the first exit handler to run
