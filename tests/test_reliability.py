@@ -119,6 +119,23 @@ def test_progressive_mp4_refused_at_close(tmp_path, full_disk):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_progressive_mp4_refused_mid_video(tmp_path, full_disk):
+    """ffmpeg meets the full disk while frames still come (it has written part of the video and exited): the next
+    append is the same one-line error, and nothing is left."""
+    full_disk("m.mp4")
+    with pytest.raises(UserError, match="no space left on device while writing"):
+        with VideoWriter(tmp_path / "m.mp4") as writer:
+            writer.append(
+                noise(t=120)
+            )  # enough for the encoder to emit packets, which the muxer cannot write
+            end = time.time() + 60
+            while writer._proc.poll() is None and time.time() < end:
+                time.sleep(0.01)
+            assert writer._proc.poll() is not None, "ffmpeg kept every frame in memory"
+            writer.append(noise(t=3, seed=1))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_png_folder_refused_by_a_full_disk(tmp_path, full_disk):
     full_disk("frames")
     with pytest.raises(UserError) as caught:

@@ -104,8 +104,11 @@ class VideoWriter:
                             f"{width}x{height}")  # fmt: skip
         try:
             self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
-        except OSError:  # a broken pipe: ffmpeg stopped, and its exit says why
-            raise self._failure() from None
+        except OSError:  # a broken pipe: ffmpeg stopped (a full disk mid-video, ...), and its exit says why
+            self._closed = True
+            failure = self._failure() or UserError(f"ffmpeg stopped before {self.path} was complete")
+            self._ctx.__exit__(type(failure), failure, None)  # raises the one-line error of a refused write
+            raise failure from None
         self.frames_written += len(frames)
 
     def _failure(self) -> Exception | None:
