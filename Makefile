@@ -25,10 +25,12 @@ $(VENV)/.installed: pyproject.toml
 
 # Test tiers (README.md#tests). `make test`: the unit and fast integration tests; `make test-slow`: the rest (tests
 # marked slow or browser); `make test-all`: both in one run. Tests marked gpu need CUDA and are left out of all three.
-# One torch thread per test process (tests/conftest.py); a line per file, the 15 slowest tests at the end.
+# One torch thread per test process (tests/conftest.py); the 15 slowest tests at the end. The fast tier runs in two
+# worker processes (pytest-xdist: on a busy machine two processes get twice the share of the cores); the slow tiers
+# run in one (their signal and timing tests, the browser).
 PYTEST = $(BIN)/python -m pytest --durations=15
 test: install
-	$(PYTEST) -m "not slow and not browser and not gpu"
+	$(PYTEST) -n 2 -m "not slow and not browser and not gpu"
 
 test-slow: install
 	$(PYTEST) -m "(slow or browser) and not gpu"

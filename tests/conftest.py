@@ -37,7 +37,13 @@ def pytest_runtest_call(item):
     used, imported = _cpu_seconds() - start, len(sys.modules) - modules
     fast = not any(item.get_closest_marker(tier) for tier in SLOW_TIERS)
     if fast and used > FAST_BUDGET_S and imported < FIRST_IMPORTS:
-        _over_budget.append((used, item.nodeid))
+        item.user_properties.append(("cpu_over_budget_s", used))  # reaches the main process under pytest-xdist
+
+
+def pytest_runtest_logreport(report):
+    for name, used in report.user_properties:
+        if name == "cpu_over_budget_s" and report.when == "call":
+            _over_budget.append((used, report.nodeid))
 
 
 def pytest_terminal_summary(terminalreporter):
