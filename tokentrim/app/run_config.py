@@ -235,12 +235,14 @@ def _check_sections(overrides: list[str], runs: list[str]) -> None:
         section, _, key = override.split("=", 1)[0].strip().partition(".")
         if section in REGISTRY and section not in runs:
             fields = {run: [f.name for f in dataclasses.fields(get_pipeline(run).config)] for run in runs}
-            instead = " or ".join(f"{run}.{key}" for run in runs if key in fields[run]) or "; ".join(
-                f"{run}'s sampler has {', '.join(names)}" for run, names in fields.items()
+            same = [f"{run}.{key}" for run in runs if key in fields[run]]
+            instead = (
+                f"write {' or '.join(same)}"
+                if same
+                else "; ".join(f"{run}'s sampler has {', '.join(names)}" for run, names in fields.items())
             )
             raise UserError(
-                f"{override} sets the {section} sampler, but this command runs {' and '.join(runs)}: "
-                + (f"write {instead}" if key and key in sum(fields.values(), []) else instead),
+                f"{override} sets the {section} sampler, but this command runs {' and '.join(runs)}: {instead}",
                 field=override.split("=", 1)[0].strip(),
             )
 
