@@ -34,6 +34,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -588,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="the same steps on the CPU, tiny preset (~1 min)"
     )
     args = parser.parse_args(argv)
+    # torch's notice about torchao's enums when the int8 step imports it (the CLI hides it the same way)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         check_request(args.dry_run, args.out_dir)
     except UserError as err:
