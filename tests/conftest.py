@@ -37,7 +37,8 @@ def pytest_runtest_call(item):
     used, imported = _cpu_seconds() - start, len(sys.modules) - modules
     fast = not any(item.get_closest_marker(tier) for tier in SLOW_TIERS)
     if fast and used > FAST_BUDGET_S and imported < FIRST_IMPORTS:
-        item.user_properties.append(("cpu_over_budget_s", used))  # reaches the main process under pytest-xdist
+        # as a report property, which reaches the main process under pytest-xdist
+        item.user_properties.append(("cpu_over_budget_s", used))
 
 
 def pytest_runtest_logreport(report):

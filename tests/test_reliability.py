@@ -125,9 +125,8 @@ def test_progressive_mp4_refused_mid_video(tmp_path, full_disk):
     full_disk("m.mp4")
     with pytest.raises(UserError, match="no space left on device while writing"):
         with VideoWriter(tmp_path / "m.mp4") as writer:
-            writer.append(
-                noise(t=120)
-            )  # enough for the encoder to emit packets, which the muxer cannot write
+            # enough frames for the encoder to emit packets, which the muxer then cannot write
+            writer.append(noise(t=120))
             end = time.time() + 60
             while writer._proc.poll() is None and time.time() < end:
                 time.sleep(0.01)

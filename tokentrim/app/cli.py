@@ -336,7 +336,7 @@ def _run(argv: list[str] | None) -> int:
     except SystemExit as err:
         if err.code == 128 + signal.SIGTERM:
             interrupts.release_cut_short(err)
-            print("terminated", file=sys.stderr)
+            interrupts.stopped(signal.SIGTERM)  # its one line; raises SystemExit(143)
         raise
     except Exception as err:
         if interrupts.received:  # an interrupt that surfaced as another error (an import cut short)

@@ -1,5 +1,5 @@
 """How a `tokentrim` command stops on Ctrl-C (SIGINT) or SIGTERM: one line (`interrupted`, status 130, or
-`terminated`, 143), after the temporary files are removed (README, "Reliability").
+`terminated`, 143), after the temporary files are removed (README, "Bad inputs and interruptions").
 
 `handling()` (entered by `cli.main` before anything heavy is imported) installs `handler`: the first signal raises
 KeyboardInterrupt or SystemExit(143), which unwinds through the writers' clean-up. Python may lose that exception:
